@@ -44,19 +44,23 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--users", type=Path, help="user.json")
     p.add_argument("--name", default="yelp")
     common(p, 5)
-    p = sources.add_parser("generic", help="generic CSV / Parquet / JSON-lines tables")
-    p.add_argument("--spec", type=Path, help="YAML table spec (see docs/data.md)")
+    p = sources.add_parser("generic", help="generic CSV / Parquet / JSON-lines tables (or a YAML spec)")
+    p.add_argument("--spec", type=Path, help="YAML table spec (see docs/data.md); replaces the table flags")
     p.add_argument("--interactions", type=Path, help="interactions table")
     p.add_argument("--user-col", default="user")
     p.add_argument("--item-col", default="item")
-    p.add_argument("--time-col")
+    p.add_argument("--time-col", help="optional: unix seconds or ISO-8601 dates")
     p.add_argument("--users", type=Path, help="user text table")
+    p.add_argument("--user-id-col", help="default: --user-col")
     p.add_argument("--user-text-col", action="append", help="repeatable; columns are joined")
     p.add_argument("--items", type=Path, help="item text table")
+    p.add_argument("--item-id-col", help="default: --item-col")
     p.add_argument("--item-text-col", action="append", help="repeatable; columns are joined")
     p.add_argument("--reviews", type=Path, help="review table (user, item, text)")
+    p.add_argument("--review-user-col")
+    p.add_argument("--review-item-col")
     p.add_argument("--review-text-col", default="text")
-    p.add_argument("--name", default="generic")
+    p.add_argument("--name", help="dataset name (default: the spec's name, else 'generic')")
     common(p, 0)
 
 
@@ -75,7 +79,18 @@ def _read_raw(args: argparse.Namespace):
         return readers.read_amazon(args.reviews, args.meta, name=args.name, skip_bad_lines=skip)
     if args.source == "yelp":
         return readers.read_yelp(args.reviews, args.business, args.users, name=args.name, skip_bad_lines=skip)
-    spec = readers.GenericSpec.from_args(args)
+    if args.spec is not None:
+        spec = readers.GenericSpec.from_yaml(args.spec)
+    elif args.interactions is not None:
+        spec = readers.GenericSpec.from_options(
+            args.interactions, args.user_col, args.item_col, args.time_col,
+            users=args.users, user_id=args.user_id_col, user_text=args.user_text_col,
+            items=args.items, item_id=args.item_id_col, item_text=args.item_text_col,
+            reviews=args.reviews, review_user=args.review_user_col, review_item=args.review_item_col,
+            review_text=args.review_text_col, name=args.name or "generic",
+        )
+    else:
+        raise DataPrepError("prepare generic: give --spec SPEC.yaml or --interactions TABLE")
     return readers.read_generic(spec, name=args.name, skip_bad_lines=skip)
 
 

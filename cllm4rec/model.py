@@ -1,0 +1,191 @@
+"""CLLM4Rec: one frozen causal-LM backbone, four ID tables and the heads tied to them (SPEC 2-7).
+
+Token ids follow `cllm4rec.tokenization`: words 0..V-1, user i = V+i, item j = V+N+j. One module
+holds everything so that a single `forward(task, ...)` serves every phase (and a DeepSpeed engine):
+
+  task "collab"  collaborative LLM: item-space next-token loss, head tied to Z^{l,v};
+                 MR toward the content tables; prior λ_l. Gradients reach the collaborative tables.
+  task "content" content LLM: vocabulary next-token loss through the backbone's own (frozen) output
+                 head; MR toward the collaborative tables. Gradients reach the content tables.
+  task "rec"     finetuning: multinomial likelihood of the last prompt position's item logits
+                 (head tied to Z^{l,v}); MR toward the content tables.
+  task "score"   item logits [B, J] of the last prompt position (no loss).
+
+Batches are right-padded: input_ids / attention_mask [B, T], lengths [B] (real tokens), n_prompt [B]
+(prompt tokens incl. BOS; the LM loss covers positions n_prompt..length-1 only).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cllm4rec.losses import (
+    item_cross_entropy_sum,
+    multinomial_nll_sum,
+    squared_distance_sum,
+    squared_norm_sum,
+    vocab_cross_entropy_sum,
+)
+
+TableSet = Literal["collab", "content"]
+TABLE_NAMES = ("collab_user", "collab_item", "content_user", "content_item")
+
+
+def decoder_of(backbone: nn.Module) -> nn.Module:
+    """The transformer body (no LM head) of a causal LM, also when wrapped by a PEFT adapter."""
+    inner = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return inner.base_model
+
+
+class CLLM4Rec(nn.Module):
+    """Backbone + collaborative and content ID tables [N, K] / [J, K] (fp32) + tied heads."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_users: int,
+        n_items: int,
+        *,
+        init_std: float | None = None,
+        seed: int = 0,
+        lambda_c: float = 1.0,
+        lambda_l: float = 0.0,
+        backbone_trainable: bool = False,
+        backbone_dropout: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder_of(backbone)
+        words = backbone.get_input_embeddings().weight
+        self.vocab_rows, self.dim = int(words.shape[0]), int(words.shape[1])
+        self.n_users, self.n_items = int(n_users), int(n_items)
+        self.lambda_c, self.lambda_l = float(lambda_c), float(lambda_l)
+        self.backbone_trainable, self.backbone_dropout = backbone_trainable, backbone_dropout
+        std = float(words.detach().float().std()) if init_std is None else float(init_std)
+        generator = torch.Generator().manual_seed(seed)
+        for name in TABLE_NAMES:
+            rows = self.n_users if name.endswith("user") else self.n_items
+            table = torch.randn(rows, self.dim, generator=generator, dtype=torch.float32) * std
+            setattr(self, name, nn.Parameter(table.to(words.device)))
+        if not backbone_trainable:
+            for p in backbone.parameters():
+                p.requires_grad_(False)
+        self.train(False)
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "CLLM4Rec":
+        """Tables follow `mode`; the backbone stays in eval mode (no dropout) unless dropout is on."""
+        super().train(mode)
+        self.backbone.train(mode and self.backbone_dropout)
+        return self
+
+    def tables(self, which: TableSet) -> tuple[nn.Parameter, nn.Parameter]:
+        """(user table, item table) of a table set."""
+        return (self.collab_user, self.collab_item) if which == "collab" else (self.content_user, self.content_item)
+
+    def table_parameters(self, which: TableSet) -> list[nn.Parameter]:
+        return list(self.tables(which))
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Trainable backbone weights (all of them for FtAll, adapter weights for LoRA, else none)."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def id_tables(self) -> dict[str, torch.Tensor]:
+        """The four tables by name, detached (for saving as safetensors)."""
+        return {name: getattr(self, name).detach() for name in TABLE_NAMES}
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.backbone.get_input_embeddings().weight.dtype
+
+    # ---- forward pieces --------------------------------------------------------------------------
+
+    def _id_positions(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat positions and indices of user and item tokens in ids [B, T]: (upos, users, ipos, items)."""
+        flat = ids.reshape(-1)
+        upos = ((flat >= self.vocab_rows) & (flat < self.vocab_rows + self.n_users)).nonzero(as_tuple=True)[0]
+        ipos = (flat >= self.vocab_rows + self.n_users).nonzero(as_tuple=True)[0]
+        return upos, flat[upos] - self.vocab_rows, ipos, flat[ipos] - self.vocab_rows - self.n_users
+
+    def embed(self, ids: torch.Tensor, which: TableSet) -> torch.Tensor:
+        """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
+        IDs from table set `which` (fp32, cast after composition so gradients reach fp32 masters)."""
+        words = self.backbone.get_input_embeddings()(torch.where(ids < self.vocab_rows, ids, 0))
+        flat = words.reshape(-1, self.dim).float()
+        upos, users, ipos, items = self._id_positions(ids)
+        user_table, item_table = self.tables(which)
+        flat = flat.index_put((upos,), user_table[users]).index_put((ipos,), item_table[items])
+        return flat.view(*ids.shape, self.dim).to(self.compute_dtype)
+
+    def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor, which: TableSet) -> torch.Tensor:
+        """Last-layer hidden states [B, T, K] of the backbone over the extended embeddings."""
+        out = self.decoder(inputs_embeds=self.embed(ids, which), attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    @staticmethod
+    def main_part(n_prompt: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """Mask [B, T-1] of the positions whose NEXT token is in the main part (the LM loss positions)."""
+        pos = torch.arange(seq_len - 1, device=n_prompt.device)
+        return (pos >= (n_prompt[:, None] - 1)) & (pos < (lengths[:, None] - 1))
+
+    def regulariser_sums(self, ids: torch.Tensor, which: TableSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MR sum, prior sum) over every ID occurrence in ids: Σ||z − ẑ_other||², Σ||z||²."""
+        _, users, _, items = self._id_positions(ids)
+        user_table, item_table = self.tables(which)
+        other_user, other_item = self.tables("content" if which == "collab" else "collab")
+        mr = squared_distance_sum(user_table, other_user, users) + squared_distance_sum(item_table, other_item, items)
+        prior = squared_norm_sum(user_table, users) + squared_norm_sum(item_table, items)
+        return mr, prior
+
+    def last_position_item_logits(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Item logits [B, J] from the hidden state at each row's last real position."""
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+        return last.float() @ self.collab_item.t()
+
+    # ---- the one forward -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor,
+        n_prompt: torch.Tensor | None = None,
+        target_rows: torch.Tensor | None = None,
+        target_items: torch.Tensor | None = None,
+        lm_denominator: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run one task on a batch; returns loss parts (see module docstring) or item logits.
+
+        Keys: "loss" = lm_sum / lm_denominator + λ_c·mr_sum + λ_l·prior_sum, and "lm_sum",
+        "lm_count" (main-part tokens, or users for "rec"), "mr_sum", "prior_sum". lm_denominator
+        defaults to lm_count; a distributed caller passes the global count.
+        """
+        which: TableSet = "content" if task == "content" else "collab"
+        hidden = self.hidden_states(input_ids, attention_mask, which)
+        if task == "score":
+            return {"logits": self.last_position_item_logits(hidden, lengths)}
+        if task == "rec":
+            logits = self.last_position_item_logits(hidden, lengths)
+            lm_sum = multinomial_nll_sum(logits, target_rows, target_items)
+            lm_count = torch.tensor(float(input_ids.shape[0]))
+        elif task in ("collab", "content"):
+            mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
+            selected = hidden[:, :-1][mask]
+            targets = input_ids[:, 1:][mask]
+            if task == "collab":
+                lm_sum = item_cross_entropy_sum(selected, self.collab_item, targets - self.vocab_rows - self.n_users)
+            else:
+                logits = self.backbone.get_output_embeddings()(selected)
+                lm_sum = vocab_cross_entropy_sum(logits, targets)
+            lm_count = torch.tensor(float(targets.shape[0]))
+        else:
+            raise ValueError(f"unknown task {task!r}; expected collab, content, rec or score")
+        mr_sum, prior_sum = self.regulariser_sums(input_ids, which)
+        denominator = lm_count.clamp(min=1.0) if lm_denominator is None else lm_denominator
+        loss = lm_sum / denominator + self.lambda_c * mr_sum + self.lambda_l * prior_sum
+        return {"loss": loss, "lm_sum": lm_sum.detach(), "lm_count": lm_count,
+                "mr_sum": mr_sum.detach(), "prior_sum": prior_sum.detach()}
