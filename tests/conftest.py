@@ -1,0 +1,92 @@
+"""Shared, expensive fixtures: tiny random backbones (LLaMA and GPT-2), a planted dataset, one trained run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tokenizer_fixtures import build_tokenizer  # noqa: E402
+
+# Words the tiny tokenizers know (see tokenizer_fixtures.CORPUS), used for planted texts.
+CLUSTER_WORDS = ["comedy about cats", "movie loved stars", "old films teacher", "dogs released items"]
+
+
+def _save_tiny_backbone(folder: Path, arch: str) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer("gpt2" if arch == "gpt2" else "llama")
+    vocab = len(tokenizer) + 8  # padded vocabulary: more embedding rows than tokens
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=4,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return _save_tiny_backbone(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return _save_tiny_backbone(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
+
+
+def planted_raw(n_users: int = 80, n_items: int = 40, n_clusters: int = 4, seed: int = 0):
+    """Users and items in clusters; 90% of a user's items come from the user's cluster; texts name the cluster."""
+    from data_prep.raw import RawBuilder
+
+    rng = np.random.default_rng(seed)
+    builder = RawBuilder("planted", "generic")
+    item_cluster = np.arange(n_items) % n_clusters
+    for u in range(n_users):
+        c = u % n_clusters
+        own = np.flatnonzero(item_cluster == c)
+        other = np.flatnonzero(item_cluster != c)
+        n = int(rng.integers(6, 10))
+        picks = list(rng.choice(own, size=min(n, own.shape[0]), replace=False))
+        if rng.random() < 0.5:
+            picks.append(int(rng.choice(other)))
+        for t, j in enumerate(picks):
+            builder.add_interaction(f"u{u}", f"i{j}", 1000 + t, review=f"great {CLUSTER_WORDS[item_cluster[j]]}")
+        builder.set_user_text(f"u{u}", f"a user who loves {CLUSTER_WORDS[c]}")
+    for j in range(n_items):
+        builder.set_item_text(f"i{j}", f"a {CLUSTER_WORDS[item_cluster[j]]}")
+    return builder.build()
+
+
+@pytest.fixture(scope="session")
+def planted_dataset(tmp_path_factory) -> Path:
+    from data_prep.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "planted"
+    prepare(planted_raw(), out, seed=0)
+    return out
+
+
+def tiny_overrides(dataset: Path, backbone: Path, out: Path, **extra: object) -> list[str]:
+    """Config overrides for a fast run on the planted dataset with a tiny backbone."""
+    values = {
+        "data.dataset": str(dataset), "model.backbone": str(backbone), "model.dtype": "float32",
+        "output_dir": str(out), "pretrain.warmup_epochs": 2, "pretrain.rounds": 3, "pretrain.batch_size": 8,
+        "pretrain.lr": 0.01, "finetune.epochs": 4, "finetune.batch_size": 8, "finetune.lr": 0.01,
+        "finetune.patience": 4, "baselines.multivae_epochs": 10, "eval.batch_size": 64,
+        "tracking.mlflow": False,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,119 @@
+"""Build the pieces of a run from its config: dataset, backbone (+ LoRA), model, tokenizer, corpora."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cllm4rec.backbone import load_backbone
+from cllm4rec.model import CLLM4Rec
+from cllm4rec.tokenization import IdTokenizer
+from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
+from trainer.config import ModelConfig, TrainConfig
+from trainer.data import Corpora
+
+log = logging.getLogger(__name__)
+EMBEDDED_DATASETS = ("ml-100k",)
+
+
+def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
+    """A processed dataset folder, or an embedded name prepared on demand into the cache."""
+    path = Path(ref)
+    if path.is_dir() or ref not in EMBEDDED_DATASETS:
+        return path
+    from data_prep.assets import cache_dir, fetch_ml100k_raw
+    from data_prep.prepare import prepare
+    from data_prep.readers import read_movielens
+
+    out = cache_dir() / "datasets" / (ref if split_seed == 0 else f"{ref}-split{split_seed}")
+    if not (out / "meta.json").is_file():
+        prepare(read_movielens(fetch_ml100k_raw(), ref), out, seed=split_seed)
+    return out
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Backbone compute dtype: 'auto' → bf16 where the hardware has it, else fp32."""
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name == "float32":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def build_backbone(cfg: ModelConfig, dtype: torch.dtype):
+    """(backbone, HF tokenizer, resolved reference); LoRA adapters attached when asked for."""
+    from data_prep.assets import resolve_backbone
+
+    ref = resolve_backbone(cfg.backbone)
+    backbone, hf_tokenizer = load_backbone(ref, dtype=dtype, random_init=cfg.random_init)
+    if cfg.train_backbone == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules or None,
+            bias="none",
+        )
+        backbone = get_peft_model(backbone, lora)
+    elif cfg.train_backbone == "full":
+        backbone.requires_grad_(True)
+    return backbone, hf_tokenizer, ref
+
+
+@dataclass
+class RunParts:
+    dataset: ProcessedDataset
+    dataset_path: Path
+    dataset_hash: str
+    model: CLLM4Rec
+    tokenizer: IdTokenizer
+    corpora: Corpora
+    backbone_ref: str
+
+
+def build_run(config: TrainConfig, device: torch.device | None = None) -> RunParts:
+    device = device or torch.device("cpu")
+    path = resolve_dataset(config.data.dataset, config.data.split_seed)
+    dataset = load_processed(path)
+    dtype = pick_dtype(config.model.dtype, device)
+    backbone, hf_tokenizer, ref = build_backbone(config.model, dtype)
+    model = CLLM4Rec(
+        backbone.to(device),
+        dataset.n_users,
+        dataset.n_items,
+        init_std=config.model.init_std,
+        seed=config.seed,
+        lambda_c=config.pretrain.lambda_c,
+        lambda_l=config.pretrain.lambda_l,
+        backbone_trainable=config.model.train_backbone != "none",
+        backbone_dropout=config.model.dropout,
+    )
+    tokenizer = IdTokenizer(hf_tokenizer, model.vocab_rows, dataset.n_users, dataset.n_items)
+    corpora = Corpora.build(
+        dataset,
+        tokenizer,
+        max_items=config.data.max_items,
+        max_main_tokens=config.data.max_main_tokens,
+        biographies=config.data.biographies,
+        item_texts=config.data.item_texts,
+        reviews=config.data.reviews,
+    )
+    if config.model.content_init_from_text:
+        model.init_content_from_text(corpora.entity_text_ids())
+    log.info("model: backbone %s (%s), %d users, %d items, K=%d", ref, dtype, dataset.n_users, dataset.n_items, model.dim)
+    return RunParts(dataset, path, dataset_hash(path), model, tokenizer, corpora, ref)

@@ -1,0 +1,299 @@
+"""Epoch checkpoints and the exported model folder: safetensors, JSON and YAML only, never pickle.
+
+A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), optimizer-<name>.safetensors + .json
+per optimizer, optional extra.safetensors (trainable backbone/LoRA weights), state.json (training position),
+config.yaml, identity.json and, written last, COMPLETE (sha256 of every other file). Folders are written
+whole (`atomic_folder`); `root/latest` and `root/best` name a tag. Nothing without a valid COMPLETE loads.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from data_prep.atomic import atomic_folder, atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+TABLES = "tables.safetensors"
+EXTRA = "extra.safetensors"
+STATE = "state.json"
+CONFIG = "config.yaml"
+IDENTITY = "identity.json"
+MODEL_FILES = (TABLES, CONFIG, IDENTITY)
+CHECKPOINT_FILES = (*MODEL_FILES, STATE)
+POINTERS = ("latest", "best")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or saved model is incomplete, corrupted or does not match this run."""
+
+
+def _check_name(name: str, what: str) -> str:
+    """Return `name` if it is a safe single path component (and not a pointer file name)."""
+    if not _NAME.fullmatch(name) or name in POINTERS:
+        raise CheckpointError(f"invalid {what} {name!r}: use letters, digits, '.', '_', '-' (not {POINTERS})")
+    return name
+
+
+def _cpu_copy(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A detached, contiguous CPU copy (never sharing storage with the caller's tensor)."""
+    return tensor.detach().to(device="cpu", dtype=dtype, copy=True).contiguous()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON; tuples are tagged so `_read_json` gives them back as tuples."""
+    path.write_text(json.dumps(_encode(data, path.name), indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    """Read JSON written by `_write_json`."""
+    return json.loads(path.read_text(encoding="utf-8"), object_hook=_decode_tuple)
+
+
+def _encode(value: Any, where: str) -> Any:
+    """JSON-ready copy of `value`; raises CheckpointError naming where a non-JSON value sits."""
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, where) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v, f"{where}.{k}") for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise CheckpointError(f"{where}: values of type {type(value).__name__} cannot be saved as JSON")
+
+
+def _decode_tuple(obj: dict[str, Any]) -> Any:
+    return tuple(obj["__tuple__"]) if set(obj) == {"__tuple__"} else obj
+
+
+def _write_complete(folder: Path) -> None:
+    """Write COMPLETE (last) with the sha256 of every other file under `folder`."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE)
+    _write_json(folder / COMPLETE, {"files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}})
+
+
+def _verify(folder: Path, required: tuple[str, ...]) -> None:
+    """Raise CheckpointError naming the file unless COMPLETE exists and every checksum matches."""
+    marker = folder / COMPLETE
+    if not marker.is_file():
+        raise CheckpointError(f"{marker} is missing: {folder} is incomplete")
+    try:
+        files = dict(_read_json(marker)["files"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{marker} is unreadable: {error}") from error
+    for name in dict.fromkeys([*required, *files]):
+        path = folder / name
+        if name not in files or not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        if sha256_file(path) != files[name]:
+            raise CheckpointError(f"{path} is corrupted: its sha256 does not match {marker}")
+
+
+def _write_common(folder: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
+                  extra_tensors: dict[str, torch.Tensor] | None) -> None:
+    """Write the files shared by checkpoints and saved models (everything except COMPLETE)."""
+    save_file({k: _cpu_copy(v, torch.float32) for k, v in tables.items()}, str(folder / TABLES))
+    if extra_tensors:
+        save_file({k: _cpu_copy(v) for k, v in extra_tensors.items()}, str(folder / EXTRA))
+    (folder / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    _write_json(folder / IDENTITY, identity)
+
+
+def _save_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
+    """Split `optimizer.state_dict()` into safetensors (state tensors) and JSON (everything else)."""
+    full = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in full["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = _cpu_copy(value)
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    shapes = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
+    meta = {"param_groups": full["param_groups"], "param_shapes": shapes, "state": scalars}
+    save_file(tensors, str(folder / f"optimizer-{name}.safetensors"))
+    _write_json(folder / f"optimizer-{name}.json", meta)
+
+
+@dataclass
+class SavedModel:
+    """A verified exported model: ID tables, resolved config, identity (backbone and tokenizer) and extras."""
+
+    path: Path
+    tables: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    identity: dict[str, Any]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Checkpoint(SavedModel):
+    """A verified checkpoint plus its training state; optimizer state is read on demand by `restore_optimizer`."""
+
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def restore_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> None:
+        """Load the saved state of optimizer `name` into `optimizer`, freshly built over the same parameters."""
+        meta_path = self.path / f"optimizer-{_check_name(name, 'optimizer name')}.json"
+        if not meta_path.is_file():
+            saved = sorted(p.stem.removeprefix("optimizer-") for p in self.path.glob("optimizer-*.json"))
+            raise CheckpointError(f"{self.path} has no optimizer {name!r} (saved: {saved})")
+        meta = _read_json(meta_path)
+        current = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
+        if meta["param_shapes"] != current:
+            raise CheckpointError(f"optimizer {name!r} does not match {meta_path}: saved parameter groups "
+                                  f"with shapes {meta['param_shapes']}, current ones {current}")
+        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
+        for key, tensor in load_file(str(self.path / f"optimizer-{name}.safetensors")).items():
+            _, index, attr = key.split(".", 2)
+            state.setdefault(int(index), {})[attr] = tensor
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _load_common(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """Verify every checksum under `path`, then read the fields shared by checkpoints and saved models."""
+    _verify(path, required)
+    return {"path": path, "tables": load_file(str(path / TABLES)),
+            "config": yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")),
+            "identity": _read_json(path / IDENTITY),
+            "extra": load_file(str(path / EXTRA)) if (path / EXTRA).is_file() else {}}
+
+
+def save_checkpoint(root: Path, tag: str, *, tables: dict[str, torch.Tensor],
+                    optimizers: dict[str, torch.optim.Optimizer], state: dict, config: dict,
+                    identity: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `root/<tag>/` whole or not at all, then point `root/latest` at it."""
+    root, dest = Path(root), Path(root) / _check_name(tag, "checkpoint tag")
+    with atomic_folder(dest) as tmp:
+        _write_common(tmp, tables, config, identity, extra_tensors)
+        for name, optimizer in optimizers.items():
+            _save_optimizer(tmp, _check_name(name, "optimizer name"), optimizer)
+        _write_json(tmp / STATE, state)
+        _write_complete(tmp)
+    atomic_write_text(root / "latest", tag + "\n")
+    return dest
+
+
+def mark_best(root: Path, tag: str) -> None:
+    """Point `root/best` at checkpoint `tag`, which `prune_checkpoints` then always keeps."""
+    atomic_write_text(Path(root) / "best", _check_name(tag, "checkpoint tag") + "\n")
+
+
+def _pointer(root: Path, name: str) -> str | None:
+    """The tag a pointer file names, or None if it is absent or not a valid tag."""
+    path = root / name
+    tag = path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    if tag is not None and (not _NAME.fullmatch(tag) or tag in POINTERS):
+        log.warning("ignoring %s: %r is not a checkpoint tag", path, tag)
+        return None
+    return tag
+
+
+def _is_valid(folder: Path) -> bool:
+    """True if `folder` is a complete checkpoint with matching checksums; warns naming it otherwise."""
+    try:
+        _verify(folder, CHECKPOINT_FILES)
+    except CheckpointError as error:
+        log.warning("ignoring checkpoint %s: %s", folder, error)
+        return False
+    return True
+
+
+def _newest_first(root: Path) -> list[Path]:
+    """Checkpoint folders under `root` (temp and aside folders excluded), newest COMPLETE first."""
+    def age(folder: Path) -> tuple[int, str]:
+        marker = folder / COMPLETE
+        return ((marker if marker.is_file() else folder).stat().st_mtime_ns, folder.name)
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    return sorted(folders, key=age, reverse=True)
+
+
+def find_latest(root: Path) -> Path | None:
+    """The checkpoint named in `root/latest` if valid, else the newest valid one, else None."""
+    root = Path(root)
+    tag = _pointer(root, "latest")
+    if tag is not None:
+        if not (root / tag).is_dir():
+            log.warning("%s names %r, which does not exist", root / "latest", tag)
+        elif _is_valid(root / tag):
+            return root / tag
+    return next((folder for folder in _newest_first(root)
+                 if folder.name != tag and _is_valid(folder)), None)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Verify every checksum of checkpoint `path`, then load it (optimizer state stays on disk until restored)."""
+    path = Path(path)
+    return Checkpoint(**_load_common(path, CHECKPOINT_FILES), state=_read_json(path / STATE))
+
+
+def check_identity(saved: dict, current: dict) -> None:
+    """Raise CheckpointError listing every key whose value differs between the checkpoint and this run."""
+    missing = "<missing>"
+    problems = [f"{key}: checkpoint has {saved.get(key, missing)}, current run has {current.get(key, missing)}"
+                for key in sorted(set(saved) | set(current)) if saved.get(key, missing) != current.get(key, missing)]
+    if problems:
+        raise CheckpointError("the checkpoint does not match this run: " + "; ".join(problems))
+
+
+def config_hash(config: dict, ignore: tuple[str, ...] = ()) -> str:
+    """sha256 of the config as canonical JSON, without the dotted keys in `ignore` (e.g. 'pretrain.rounds')."""
+    pruned = copy.deepcopy(config)
+    for dotted in ignore:
+        *parents, last = dotted.split(".")
+        node: Any = pruned
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    canonical = json.dumps(pruned, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` valid checkpoints, always keeping those named by `latest` and `best`.
+
+    Invalid folders are left in place (with a warning) so a damaged run can still be inspected.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    root = Path(root)
+    protected = {_pointer(root, name) for name in POINTERS}
+    valid = [folder for folder in _newest_first(root) if _is_valid(folder)]
+    for folder in valid[keep:]:
+        if folder.name not in protected:
+            (folder / COMPLETE).unlink()  # first, so a crash mid-delete leaves an ignored, incomplete folder
+            shutil.rmtree(folder)
+            log.debug("pruned checkpoint %s", folder)
+
+
+def save_model(dir: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
+               extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the exported model folder whole: tables, config.yaml, identity.json (backbone, tokenizer), COMPLETE."""
+    absent = [key for key in ("backbone", "tokenizer") if key not in identity]
+    if absent:
+        raise CheckpointError(f"a saved model's identity needs {absent} (the backbone and tokenizer references)")
+    with atomic_folder(Path(dir)) as tmp:
+        _write_common(tmp, tables, config, identity, extra_tensors)
+        _write_complete(tmp)
+    return Path(dir)
+
+
+def load_model(dir: Path) -> SavedModel:
+    """Verify every checksum of a saved model folder, then load it (safetensors, YAML and JSON only)."""
+    return SavedModel(**_load_common(Path(dir), MODEL_FILES))
