@@ -40,7 +40,14 @@ def decoder_of(backbone: nn.Module) -> nn.Module:
 
 
 class CLLM4Rec(nn.Module):
-    """Backbone + collaborative and content ID tables [N, K] / [J, K] (fp32) + tied heads."""
+    """Backbone + collaborative and content ID tables [N, K] / [J, K] (fp32) + tied heads.
+
+    Tables are drawn from N(0, σ²), σ = `init_std` or the std of the backbone's word embeddings.
+    content_init "collab" (default) starts the content tables AT the collaborative ones — the mean of
+    their conditional prior N(z^l, λ_c⁻¹I), so the MR term starts at 0 instead of at ~2Kσ² per ID,
+    which would otherwise dominate the LM losses for hundreds of epochs; "random" draws them
+    independently.
+    """
 
     def __init__(
         self,
@@ -54,6 +61,7 @@ class CLLM4Rec(nn.Module):
         lambda_l: float = 0.0,
         backbone_trainable: bool = False,
         backbone_dropout: bool = False,
+        content_init: str = "collab",
     ):
         super().__init__()
         self.backbone = backbone
@@ -67,8 +75,13 @@ class CLLM4Rec(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         for name in TABLE_NAMES:
             rows = self.n_users if name.endswith("user") else self.n_items
-            table = torch.randn(rows, self.dim, generator=generator, dtype=torch.float32) * std
-            setattr(self, name, nn.Parameter(table.to(words.device)))
+            if name.startswith("content") and content_init == "collab":
+                table = getattr(self, name.replace("content", "collab")).detach().clone()
+            elif content_init in ("collab", "random"):
+                table = torch.randn(rows, self.dim, generator=generator, dtype=torch.float32).to(words.device) * std
+            else:
+                raise ValueError(f"content_init must be 'collab' or 'random', got {content_init!r}")
+            setattr(self, name, nn.Parameter(table))
         if not backbone_trainable:
             for p in backbone.parameters():
                 p.requires_grad_(False)

@@ -102,6 +102,7 @@ def build_run(config: TrainConfig, device: torch.device | None = None) -> RunPar
         lambda_l=config.pretrain.lambda_l,
         backbone_trainable=config.model.train_backbone != "none",
         backbone_dropout=config.model.dropout,
+        content_init=config.model.content_init,
     )
     tokenizer = IdTokenizer(hf_tokenizer, model.vocab_rows, dataset.n_users, dataset.n_items)
     corpora = Corpora.build(

@@ -45,7 +45,8 @@ class ModelConfig:
     lora_target_modules: list[str] = field(default_factory=list)  # empty: the attention projections
     dropout: bool = False  # backbone dropout during training (off: deterministic, eval-mode backbone)
     init_std: float | None = None  # ID table init std; None: std of the backbone's word embeddings
-    content_init_from_text: bool = False  # content tables start at the mean word embedding of the entity's text
+    content_init: str = "collab"  # collab: content tables start equal to the collaborative ones; random: independent
+    content_init_from_text: bool = False  # then overwrite content rows with the mean word embedding of the entity's text
 
 
 @dataclass
@@ -129,6 +130,7 @@ CHOICES = {
     "ablation": tuple(ABLATIONS),
     "model.dtype": ("auto", "bfloat16", "float32"),
     "model.train_backbone": ("none", "full", "lora"),
+    "model.content_init": ("collab", "random"),
     "finetune.mask_mode": ("fixed", "bernoulli"),
     "finetune.target": ("all", "dropped"),
 }
