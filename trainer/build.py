@@ -86,8 +86,14 @@ class RunParts:
     backbone_ref: str
 
 
-def build_run(config: TrainConfig, device: torch.device | None = None) -> RunParts:
-    device = device or torch.device("cpu")
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_run(config: TrainConfig) -> RunParts:
+    device = pick_device(config.device)
     path = resolve_dataset(config.data.dataset, config.data.split_seed)
     dataset = load_processed(path)
     dtype = pick_dtype(config.model.dtype, device)

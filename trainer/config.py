@@ -103,6 +103,7 @@ class TrackingConfig:
 class TrainConfig:
     name: str = "cllm4rec"
     seed: int = 0
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
     output_dir: str = "runs/{name}"
     ablation: str = "none"  # none | scratch | cf | ftall | ftall-lora | fixord | prerec
     data: DataConfig = field(default_factory=DataConfig)

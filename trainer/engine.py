@@ -19,6 +19,7 @@ class PlainEngine:
 
     def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float):
         self.model = model
+        self.device = model.collab_item.device
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "collab": torch.optim.Adam(model.table_parameters("collab"), lr=pretrain_lr),
             "content": torch.optim.Adam(model.table_parameters("content"), lr=pretrain_lr),
@@ -34,7 +35,7 @@ class PlainEngine:
         self.model.train()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        out = self.model(task, **batch)
+        out = self.model(task, **self.to_device(batch))
         out["loss"].backward()
         self.optimizers[optimizer].step()
         if "backbone" in self.optimizers:
@@ -45,4 +46,7 @@ class PlainEngine:
     def item_logits(self, batch: Batch) -> torch.Tensor:
         """Whole-catalogue item logits [B, J] at each prompt's last position."""
         self.model.eval()
-        return self.model("score", **batch)["logits"]
+        return self.model("score", **self.to_device(batch))["logits"]
+
+    def to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

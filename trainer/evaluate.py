@@ -50,7 +50,7 @@ def recommend(
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
         rows = np.asarray(users[start : start + batch_size])
-        logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float()
+        logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float().cpu()
         exclude = corpora.train.subset(rows)
         batch_rows = np.repeat(np.arange(len(rows)), exclude.lengths())
         logits[torch.as_tensor(batch_rows), torch.as_tensor(exclude.indices)] = float("-inf")

@@ -35,7 +35,7 @@ ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", 
                   "ftall-lora": "LLM-FtAll (LoRA)", "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
 # Epoch budgets may change on resume (to extend a run); everything else must match the checkpoint.
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
-                  "tracking", "baselines", "eval.max_users", "output_dir")
+                  "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device")
 
 
 @dataclass(frozen=True)
