@@ -15,7 +15,6 @@ import logging
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
 from trainer.baselines import run_baselines
 from trainer.build import resolve_dataset

@@ -157,11 +157,14 @@ class CLLM4Rec(nn.Module):
         return (pos >= (n_prompt[:, None] - 1)) & (pos < (lengths[:, None] - 1))
 
     def regulariser_sums(self, ids: torch.Tensor, which: TableSet) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MR sum, prior sum) over every ID occurrence in ids: Σ||z − ẑ_other||², Σ||z||²."""
+        """(MR sum, prior sum) over every ID occurrence in ids: Σ||z − ẑ_other||², Σ||z||² (the
+        prior only for the collaborative set)."""
         _, users, _, items = self._id_positions(ids)
         user_table, item_table = self.tables(which)
         other_user, other_item = self.tables("content" if which == "collab" else "collab")
         mr = squared_distance_sum(user_table, other_user, users) + squared_distance_sum(item_table, other_item, items)
+        if which == "content":  # content tables have only the conditional prior N(z^l, λ_c⁻¹I)
+            return mr, mr.new_zeros(())
         prior = squared_norm_sum(user_table, users) + squared_norm_sum(item_table, items)
         return mr, prior
 

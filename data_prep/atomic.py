@@ -44,13 +44,13 @@ def recover(dest: Path) -> None:
 
 @contextmanager
 def _folder_lock(dest: Path) -> Iterator[None]:
-    lock_path = dest.parent / f".{dest.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """Exclusive lock on dest's parent folder (flock on the folder itself: no lock files left)."""
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -61,6 +61,7 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     with _folder_lock(dest):
         recover(dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         try:
             yield tmp
         except BaseException:

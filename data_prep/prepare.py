@@ -14,6 +14,13 @@ log = logging.getLogger(__name__)
 DEFAULT_KCORE = {"movielens": 0, "amazon": 5, "yelp": 5, "generic": 0}
 
 
+def default_output(name: str, seed: int = 0) -> Path:
+    """Where `cllm4rec prepare` puts a dataset by default: <cache>/datasets/<name>[-split<seed>]."""
+    from data_prep.assets import cache_dir
+
+    return cache_dir() / "datasets" / (name if seed == 0 else f"{name}-split{seed}")
+
+
 def prompt_templates() -> dict[str, str]:
     """The document templates of SPEC sections 3 and 6, recorded in meta.json."""
     from cllm4rec.templates import TEMPLATES

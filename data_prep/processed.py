@@ -201,7 +201,7 @@ def write_processed(ds: ProcessedDataset, out_dir: Path, prompt_templates: dict[
             "source": ds.source,
             "split": {
                 "seed": ds.seed,
-                "rule": "per user at random: n_val = n_test = max(1, round(0.1*n)), rest train",
+                "rule": "per user at random: n_val = n_test = max(1, floor(0.1*n + 0.5)), rest train",
                 "min_user_interactions": MIN_INTERACTIONS,
             },
             "kcore": ds.kcore,

@@ -61,7 +61,7 @@ def test_extract_members_only_prefix(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths) == sorted(assets.ML100K_FILES)
     assert sorted(p.name for p in dest.iterdir()) == sorted(assets.ML100K_FILES)
     assert (dest / "ml-100k.item").read_bytes() == b"ml-100k.item data\n"
-    assert [p.name for p in dest.parent.iterdir()] == ["ml-100k"]  # no temp or old folders left
+    assert [p.name for p in dest.parent.iterdir()]== ["ml-100k"]  # no temp/old left
 
 
 def test_extract_members_rejects_traversal(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from cllm4rec.model import CLLM4Rec
 from cllm4rec.tokenization import IdTokenizer
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer.config import ModelConfig, TrainConfig
-from trainer.data import Corpora
+from trainer.data import Corpora, epoch_rng
 
 log = logging.getLogger(__name__)
 EMBEDDED_DATASETS = ("ml-100k",)
@@ -20,15 +20,16 @@ EMBEDDED_DATASETS = ("ml-100k",)
 
 def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
     """A processed dataset folder, or an embedded name prepared on demand into the cache."""
-    path = Path(ref)
+    path = Path(ref).expanduser()
     if path.is_dir() or ref not in EMBEDDED_DATASETS:
         return path
-    from data_prep.assets import cache_dir, fetch_ml100k_raw
-    from data_prep.prepare import prepare
+    from data_prep.assets import fetch_ml100k_raw
+    from data_prep.prepare import default_output, prepare
+    from data_prep.processed import read_meta
     from data_prep.readers import read_movielens
 
-    out = cache_dir() / "datasets" / (ref if split_seed == 0 else f"{ref}-split{split_seed}")
-    if not (out / "meta.json").is_file():
+    out = default_output(ref, split_seed)
+    if not (out / "meta.json").is_file() or read_meta(out)["split"]["seed"] != split_seed:
         prepare(read_movielens(fetch_ml100k_raw(), ref), out, seed=split_seed)
     return out
 
@@ -97,7 +98,10 @@ def build_run(config: TrainConfig) -> RunParts:
     path = resolve_dataset(config.data.dataset, config.data.split_seed)
     dataset = load_processed(path)
     dtype = pick_dtype(config.model.dtype, device)
-    backbone, hf_tokenizer, ref = build_backbone(config.model, dtype)
+    with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
+        # random backbones (LLM-Scratch) and LoRA adapters start from a stream derived from the run seed
+        torch.manual_seed(int(epoch_rng(config.seed, "backbone-init").integers(2**62)))
+        backbone, hf_tokenizer, ref = build_backbone(config.model, dtype)
     model = CLLM4Rec(
         backbone.to(device),
         dataset.n_users,

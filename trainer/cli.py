@@ -98,12 +98,11 @@ def _read_raw(args: argparse.Namespace):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from data_prep.assets import cache_dir
-    from data_prep.prepare import prepare, summary
+    from data_prep.prepare import default_output, prepare, summary
 
     start = time.perf_counter()
     raw = _read_raw(args)
-    out = args.out or cache_dir() / "datasets" / raw.name
+    out = args.out or default_output(raw.name, args.seed)
     dataset = prepare(raw, out, kcore=args.kcore, seed=args.seed)
     print(summary(dataset.meta, out))
     print(f"prepared in {time.perf_counter() - start:.1f} s")
@@ -146,7 +145,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainer.serving import evaluate_saved
 
     metrics = evaluate_saved(args.model, args.split)
-    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) and not k.startswith("n_") else f"{k}={int(v)}"
+                   for k, v in metrics.items()))
     return 0
 
 

@@ -139,7 +139,6 @@ CHOICES = {
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return `value` coerced to `annotation` (int → float allowed), or raise naming `key`."""
-    hint = typing.get_type_hints  # noqa: F841 (annotations are resolved by _hints below)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -154,6 +153,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
     if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool) and annotation is not bool):

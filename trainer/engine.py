@@ -2,7 +2,7 @@
 
 Optimizer groups never share state: "collab" (Z^{l,u}, Z^{l,v}) and "content" (Z^{c,u}, Z^{c,v}) for
 pretraining, "rec" and "rec_content" for finetuning (fresh state, finetuning learning rate), and
-"backbone" when the backbone or a LoRA adapter is trained. A step changes only the groups it names.
+"backbone" / "rec_backbone" when the backbone or a LoRA adapter is trained. A step changes only the groups it names.
 """
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ import torch
 
 from cllm4rec.model import CLLM4Rec
 from trainer.data import Batch
-
-TASK_TABLES = {"collab": "collab", "content": "content", "rec": "collab"}
-
 
 class PlainEngine:
     """Runs forward/backward/step in one process (no launcher)."""
@@ -29,6 +26,7 @@ class PlainEngine:
         backbone = model.backbone_parameters()
         if backbone:
             self.optimizers["backbone"] = torch.optim.Adam(backbone, lr=pretrain_lr)
+            self.optimizers["rec_backbone"] = torch.optim.Adam(backbone, lr=finetune_lr)
 
     def train_step(self, task: str, batch: Batch, optimizer: str) -> dict[str, float]:
         """One update of `optimizer`'s parameters (and the trainable backbone, if any) on `batch`."""
@@ -38,8 +36,9 @@ class PlainEngine:
         out = self.model(task, **self.to_device(batch))
         out["loss"].backward()
         self.optimizers[optimizer].step()
-        if "backbone" in self.optimizers:
-            self.optimizers["backbone"].step()
+        backbone = "rec_backbone" if optimizer.startswith("rec") else "backbone"
+        if backbone in self.optimizers:
+            self.optimizers[backbone].step()
         return {k: float(v.detach()) for k, v in out.items()}
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
 from trainer.build import RunParts, build_run
-from trainer.config import TrainConfig, config_to_dict
+from trainer.config import TrainConfig, config_to_dict, flatten
 from trainer.data import epoch_rng, user_item_lists
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate
@@ -35,7 +35,8 @@ ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", 
                   "ftall-lora": "LLM-FtAll (LoRA)", "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
 # Epoch budgets may change on resume (to extend a run); everything else must match the checkpoint.
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
-                  "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device")
+                  "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
+                  "data.dataset")  # the dataset itself is pinned by dataset_hash
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,32 @@ class Recipe:
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
 
+    def trained_backbone(self) -> dict[str, torch.Tensor] | None:
+        """The backbone weights that training changes (FtAll, Scratch, LoRA adapters), else None."""
+        extra = {n: p.detach() for n, p in self.parts.model.backbone.named_parameters() if p.requires_grad}
+        return extra or None
+
+    def save_model(self, folder: Path) -> None:
+        ckpt.save_model(folder, self.parts.model.id_tables(), config_to_dict(self.config), self.identity,
+                        extra_tensors=self.trained_backbone())
+
     def save(self, tag: str) -> None:
-        model = self.parts.model
-        extra = {n: p.detach() for n, p in model.backbone.named_parameters() if p.requires_grad}
         ckpt.save_checkpoint(
-            self.checkpoints, tag, tables=model.id_tables(), optimizers=self.engine.optimizers,
-            state=self.state, config=config_to_dict(self.config), identity=self.identity, extra_tensors=extra or None,
+            self.checkpoints, tag, tables=self.parts.model.id_tables(), optimizers=self.engine.optimizers,
+            state=self.state, config=config_to_dict(self.config), identity=self.identity,
+            extra_tensors=self.trained_backbone(),
         )
         ckpt.prune_checkpoints(self.checkpoints, keep=2)
 
     def restore(self, path: Path, optimizers: bool = True) -> None:
         saved = ckpt.load_checkpoint(path)
+        if saved.identity.get("config_hash") != self.identity["config_hash"]:
+            current, before = flatten(config_to_dict(self.config)), flatten(saved.config)
+            differ = [f"{k}: checkpoint has {before.get(k)!r}, current run has {current.get(k)!r}"
+                      for k in sorted(set(current) | set(before))
+                      if before.get(k) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
+            raise ckpt.CheckpointError(f"{path} was written with another config ({'; '.join(differ)}); "
+                                       f"use another name= (output folder) for a different config")
         ckpt.check_identity(saved.identity, self.identity)
         model = self.parts.model
         with torch.no_grad():
@@ -177,11 +193,11 @@ class Recipe:
             metrics.update({f"content_{k}": v for k, v in self.epoch("content", "rec_content", unit, fine.max_steps_per_epoch).items()})
         val = self.validate("val", "rec")
         metrics.update({f"val_{k}": v for k, v in val.items()})
-        score = selection_score(val)
+        score = selection_score(val, metric_columns(self.config.eval.recall_ks, self.config.eval.ndcg_ks))
         metrics["val_selection"] = score
         if self.state["best_score"] is None or score > self.state["best_score"]:
             self.state.update(best_score=score, best_tag=unit.tag, bad_epochs=0)
-            ckpt.save_model(self.out / "best", self.parts.model.id_tables(), config_to_dict(self.config), self.identity)
+            self.save_model(self.out / "best")
         else:
             self.state["bad_epochs"] += 1
             if self.state["bad_epochs"] >= fine.patience:
@@ -192,10 +208,11 @@ class Recipe:
 
     def train(self, tracker: Tracker) -> None:
         units = schedule(self.config)
+        finished = {entry["unit"] for entry in self.state["history"]}
         with contextlib.ExitStack() as stack:
             group = None
             for index, unit in enumerate(units):
-                if index < self.state["done"]:
+                if unit.tag in finished:
                     continue
                 if unit.phase == "finetune" and self.state["stopped"]:
                     break
@@ -208,7 +225,7 @@ class Recipe:
                 metrics["epoch_seconds"] = time.perf_counter() - start
                 tracker.log_metrics(metrics, step=unit.epoch)
                 self.state["history"].append({"unit": unit.tag, **{k: round(v, 6) for k, v in metrics.items()}})
-                self.state["done"] = index + 1
+                self.state["done"] = len(self.state["history"])
                 self.save(f"{index:05d}-{unit.tag}")
                 log.info("%s: %s", unit.tag, _brief(metrics))
 
@@ -219,13 +236,16 @@ class Recipe:
             with torch.no_grad():
                 for name, table in saved.tables.items():
                     getattr(self.parts.model, name).copy_(table)
+                params = dict(self.parts.model.backbone.named_parameters())
+                for name, tensor in saved.extra.items():
+                    params[name].copy_(tensor)
 
     def run(self, resume: bool = False) -> dict[str, dict[str, float]]:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         if resume:
             self.try_resume()
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         tracking = cfg.tracking
         with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment, self.out.parent / "mlflow.db") as tracker:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
@@ -248,7 +268,7 @@ class Recipe:
                     for name, metrics in base.items():
                         tracker.log_metrics({f"{name}_{k}": v for k, v in metrics.items()})
                 rows.update(base)
-            ckpt.save_model(self.out / "model", self.parts.model.id_tables(), config_to_dict(cfg), self.identity)
+            self.save_model(self.out / "model")
             table = write_results(self.out, rows, metric_columns(cfg.eval.recall_ks, cfg.eval.ndcg_ks),
                                   {"dataset": self.parts.dataset.name, "dataset_hash": self.parts.dataset_hash,
                                    "backbone": self.parts.backbone_ref, "history": self.state["history"],
