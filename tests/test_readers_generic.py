@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.errors import DataPrepError
-from data_prep.readers.generic import GenericSpec, read_generic, to_unix_seconds
+from data_prep.readers.generic import read_generic, to_unix_seconds
+from data_prep.readers.generic_spec import GenericSpec
 
 
 def write(path: Path, text: str) -> Path:
