@@ -62,6 +62,8 @@ def main() -> None:
     for seed in args.seeds:
         rows, phases = run_seed(args, seed)
         for model, metrics in rows.items():
+            print(f"seed {seed}: {model}: " + ", ".join(f"{c}={metrics[c]:.4f}" for c in COLUMNS), flush=True)
+        for model, metrics in rows.items():
             for column in COLUMNS:
                 results[model][column].append(metrics[column])
         for phase, seconds in phases.items():

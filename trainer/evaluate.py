@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_scores
@@ -29,17 +30,21 @@ def evaluate(
     recall_ks: list[int],
     ndcg_ks: list[int],
     max_users: int | None = None,
+    desc: str = "evaluate",
+    progress: bool = True,
 ) -> dict[str, float]:
     """Recall@K / NDCG@K of ranking every item for each user with held-out items.
 
     prompt "rec" (finetuned model) or "interaction" (LLM-PreRec); training items are excluded.
     """
-    def score(rows: np.ndarray) -> torch.Tensor:
-        return engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float()
+    heldout = limit_users(heldout, max_users)
+    with tqdm(total=int((heldout.lengths() > 0).sum()), desc=desc, disable=not progress, leave=False) as bar:
+        def score(rows: np.ndarray) -> torch.Tensor:
+            logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float()
+            bar.update(len(rows))
+            return logits
 
-    return evaluate_scores(
-        score, corpora.train, limit_users(heldout, max_users), tuple(recall_ks), tuple(ndcg_ks), batch_size
-    )
+        return evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size)
 
 
 @torch.no_grad()

@@ -180,7 +180,8 @@ class Recipe:
     def validate(self, split: str, prompt: str) -> dict[str, float]:
         cfg = self.config.eval
         return evaluate(self.engine, self.parts.corpora, self.splits[split], prompt=prompt, seed=self.config.seed,
-                        batch_size=cfg.batch_size, recall_ks=cfg.recall_ks, ndcg_ks=cfg.ndcg_ks, max_users=cfg.max_users)
+                        batch_size=cfg.batch_size, recall_ks=cfg.recall_ks, ndcg_ks=cfg.ndcg_ks, max_users=cfg.max_users,
+                        desc=f"evaluate {split}", progress=self.progress)
 
     def run_unit(self, unit: Unit) -> dict[str, float]:
         pre, fine = self.config.pretrain, self.config.finetune
@@ -277,7 +278,12 @@ class Recipe:
             for name in ("results.md", "results.json", "config.yaml"):
                 tracker.log_artifact(self.out / name)
             tracker.log_artifact(self.out / "model" / "tables.safetensors", "model")
-        print(table)
+        print(f"\n{table}")
+        print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "
+              f"best finetuning epoch {self.state['best_tag'] or 'n/a'})")
+        print(f"results: {self.out / 'results.md'}  model: {self.out / 'model'}")
+        if tracker.run_id:
+            print(f"MLflow: {tracker.tracking_uri} (run {tracker.run_id})")
         return rows
 
 
