@@ -157,6 +157,7 @@ def evaluate_scores(
     ks_recall: Sequence[int] = (20, 40),
     ks_ndcg: Sequence[int] = (100,),
     batch_size: int = 256,
+    sort_key: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Average Recall@K and NDCG@K over the users that have held-out items.
 
@@ -165,7 +166,9 @@ def evaluate_scores(
         train: items excluded from each user's ranking.
         heldout: items to find (validation or test).
         ks_recall, ks_ndcg: cut-offs.
-        batch_size: users per `score_fn` call; users are visited in ascending order.
+        batch_size: users per `score_fn` call; users are visited in ascending order, or in
+            ascending (sort_key[user], user) order when `sort_key` [U] is given (e.g. prompt
+            lengths, so that batches pad little). The averages do not depend on the order.
 
     Returns:
         ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "n_users_evaluated": n}``.
@@ -181,6 +184,8 @@ def evaluate_scores(
     if not ks:
         raise ValueError("no cut-off given")
     users = np.flatnonzero(heldout.lengths() > 0)
+    if sort_key is not None:
+        users = users[np.argsort(np.asarray(sort_key)[users], kind="stable")]
     acc = MetricAccumulator()
     for start in range(0, users.size, batch_size):
         rows = users[start : start + batch_size]

@@ -239,3 +239,21 @@ def test_selection_score() -> None:
     )
     with pytest.raises(KeyError):
         selection_score({"recall@20": 0.1})
+
+
+def test_sort_key_changes_batching_not_results():
+    rng = np.random.default_rng(5)
+    train = UserItems.from_lists([rng.choice(30, size=int(rng.integers(1, 8)), replace=False) for _ in range(40)], 30)
+    heldout = UserItems.from_lists([rng.choice(30, size=int(rng.integers(0, 4)), replace=False) for _ in range(40)], 30)
+    scores = torch.from_numpy(rng.standard_normal((40, 30)))
+    seen: list[list[int]] = []
+
+    def score_fn(rows):
+        seen.append(rows.tolist())
+        return scores[torch.as_tensor(rows)]
+
+    plain = evaluate_scores(score_fn, train, heldout, (5,), (10,), batch_size=7)
+    sorted_run = evaluate_scores(score_fn, train, heldout, (5,), (10,), batch_size=7, sort_key=train.lengths())
+    assert plain == pytest.approx(sorted_run)
+    order = [u for batch in seen[len(seen) // 2 :] for u in batch]
+    assert [train.lengths()[u] for u in order] == sorted(train.lengths()[u] for u in order)

@@ -44,7 +44,8 @@ def evaluate(
             bar.update(len(rows))
             return logits
 
-        return evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size)
+        return evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
+                               sort_key=corpora.train.lengths())
 
 
 @torch.no_grad()
