@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := $(CURDIR)/constraints.txt
 STAMP := $(VENV)/.installed
-DEEPSPEED := deepspeed>=0.19,<0.20
+DEEPSPEED := deepspeed>=0.19.8,<0.20
 
 .PHONY: install demo test clean
 

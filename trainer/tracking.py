@@ -83,11 +83,11 @@ class Tracker:
         self._ended = False
         if not enabled:
             return
-        from mlflow import MlflowClient
+        import mlflow
 
         if not (tracking_uri or env_uri):
             Path(default_store).resolve().parent.mkdir(parents=True, exist_ok=True)
-        self._client = MlflowClient(tracking_uri=self._uri)
+        self._client = mlflow.MlflowClient(tracking_uri=self._uri)
         self._experiment_id = self._get_or_create_experiment(experiment)
 
     def _get_or_create_experiment(self, name: str) -> str:
