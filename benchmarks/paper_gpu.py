@@ -24,14 +24,9 @@ from trainer.pipeline import Recipe, train
 
 def measure(recipe: Recipe, task: str, steps: int) -> tuple[float, float]:
     """(training tokens per second on `steps` batches after one warm-up batch, tokens per epoch)."""
-    corpora, cfg = recipe.parts.corpora, recipe.config
     def stream():
-        rng = epoch_rng(0, "probe", task)
-        if task == "collab":
-            return corpora.collab_batches(rng, cfg.pretrain.batch_size, True)
-        if task == "content":
-            return corpora.content_batches(rng, cfg.pretrain.batch_size)
-        return corpora.finetune_batches(rng, cfg.finetune.batch_size, mode="fixed", ratio=0.2, target="all")
+        return recipe.batches(task, epoch_rng(0, "probe", task), finetuning=task == "rec")[0]
+
     epoch_tokens = float(sum(int(b["lengths"].sum()) for b in stream()))
     engine: PlainEngine = recipe.engine
     optimizer = {"collab": "collab", "content": "content", "rec": "rec"}[task]

@@ -76,15 +76,22 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
             shutil.rmtree(aside, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder and an atomic rename."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temp path in `path`'s folder to write; on normal exit it replaces `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and an atomic rename."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

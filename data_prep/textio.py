@@ -110,3 +110,11 @@ def require_field(record: dict, name: str, path: Path, line: int, reader: LineRe
         reader.bad_line(path, line, f"missing field '{name}'")
         return None
     return value
+
+
+def require_pair(record: dict, user_key: str, item_key: str, path: Path, line: int,
+                 reader: LineReader) -> tuple[str, str] | None:
+    """(user id, item id) of an interaction record as strings, or None after reporting a missing one."""
+    user = require_field(record, user_key, path, line, reader)
+    item = require_field(record, item_key, path, line, reader) if user is not None else None
+    return None if item is None else (str(user), str(item))

@@ -76,6 +76,16 @@ def build_backbone(cfg: ModelConfig, dtype: torch.dtype):
     return backbone, hf_tokenizer, ref
 
 
+@torch.no_grad()
+def load_weights(model: CLLM4Rec, tables: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor] | None) -> None:
+    """Copy saved ID tables (and trained backbone / LoRA weights, if any) into `model` in place."""
+    for name, table in tables.items():
+        getattr(model, name).copy_(table)
+    params = dict(model.backbone.named_parameters())
+    for name, tensor in (backbone or {}).items():
+        params[name].copy_(tensor)
+
+
 @dataclass
 class RunParts:
     dataset: ProcessedDataset

@@ -194,14 +194,14 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value (e.g. pretrain.lambda_c=0.5)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    nested: dict[str, Any] = {}
-    cursor = nested
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return nested
+    return _nested(key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """'a.b.c', v → {'a': {'b': {'c': v}}}."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def recipe_path(recipe: str) -> Path:
@@ -234,7 +234,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> TrainCo
     for text in overrides:
         _apply(config, parse_override(text))
     for key, value in ABLATIONS[config.ablation].items():
-        _apply(config, parse_override(f"{key}={yaml.safe_dump(value).strip().removesuffix('...').strip()}"))
+        _apply(config, _nested(key, value))
     return config
 
 

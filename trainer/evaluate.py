@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cllm4rec.interactions import UserItems
-from cllm4rec.metrics import evaluate_scores
+from cllm4rec.metrics import PAD, evaluate_scores, topk_excluding
 from trainer.data import Corpora
 from trainer.engine import PlainEngine
 
@@ -52,15 +52,14 @@ def evaluate(
 def recommend(
     engine: PlainEngine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first."""
+    """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first;
+    users with fewer unseen items have trailing items PAD (-1) with score -inf."""
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
         rows = np.asarray(users[start : start + batch_size])
         logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float().cpu()
-        exclude = corpora.train.subset(rows)
-        batch_rows = np.repeat(np.arange(len(rows)), exclude.lengths())
-        logits[torch.as_tensor(batch_rows), torch.as_tensor(exclude.indices)] = float("-inf")
-        scores, items = torch.topk(logits, k=min(top_m, logits.shape[1]), dim=1)
+        items = topk_excluding(logits, corpora.train, rows, top_m)
+        scores = logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
         out_items.append(items.numpy())
         out_scores.append(scores.numpy())
     return np.concatenate(out_items), np.concatenate(out_scores)

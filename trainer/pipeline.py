@@ -12,7 +12,9 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 import torch
 import yaml
@@ -21,9 +23,9 @@ from cllm4rec.metrics import selection_score
 from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
-from trainer.build import RunParts, build_run
+from trainer.build import RunParts, build_run, load_weights
 from trainer.config import TrainConfig, config_to_dict, flatten
-from trainer.data import epoch_rng, user_item_lists
+from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate
 from trainer.loop import run_epoch
@@ -95,7 +97,7 @@ class Recipe:
         self.engine = PlainEngine(self.parts.model, pre.lr, config.finetune.lr)
         self.identity = identity_of(config, self.parts)
         self.splits = {s: user_item_lists(self.parts.dataset, s) for s in ("train", "val", "test")}
-        self.state: dict[str, Any] = {"done": 0, "best_score": None, "best_tag": None, "bad_epochs": 0,
+        self.state: dict[str, Any] = {"best_score": None, "best_tag": None, "bad_epochs": 0,
                                       "stopped": False, "history": []}
         self.model_name = ABLATION_NAMES[config.ablation]
 
@@ -132,13 +134,7 @@ class Recipe:
             raise ckpt.CheckpointError(f"{path} was written with another config ({'; '.join(differ)}); "
                                        f"use another name= (output folder) for a different config")
         ckpt.check_identity(saved.identity, self.identity)
-        model = self.parts.model
-        with torch.no_grad():
-            for name, table in saved.tables.items():
-                getattr(model, name).copy_(table)
-            params = dict(model.backbone.named_parameters())
-            for name, tensor in (saved.extra or {}).items():
-                params[name].copy_(tensor)
+        load_weights(self.parts.model, saved.tables, saved.extra)
         if optimizers:
             for name, opt in self.engine.optimizers.items():
                 saved.restore_optimizer(name, opt)
@@ -150,20 +146,20 @@ class Recipe:
             log.info("no complete checkpoint under %s: starting fresh", self.checkpoints)
             return False
         self.restore(latest)
-        log.info("resumed from %s after %d completed epochs", latest, self.state["done"])
+        log.info("resumed from %s after %d completed epochs", latest, len(self.state["history"]))
         return True
 
     # ---- phases ----------------------------------------------------------------------------------
 
-    def epoch(self, task: str, optimizer: str, unit: Unit, max_steps: int | None) -> dict[str, float]:
+    def batches(self, task: str, rng: np.random.Generator, finetuning: bool = False) -> tuple[Iterator[Batch], int]:
+        """(one epoch's batch stream for `task`, its number of batches)."""
         cfg, corpora = self.config, self.parts.corpora
-        rng = epoch_rng(cfg.seed, unit.phase, unit.round, unit.epoch, task)
         if task == "collab":
             batch_size = cfg.pretrain.batch_size
             batches = corpora.collab_batches(rng, batch_size, cfg.pretrain.reorder)
             n_docs = len(corpora.collab_users())
         elif task == "content":
-            batch_size = cfg.pretrain.batch_size if unit.phase != "finetune" else cfg.finetune.batch_size
+            batch_size = cfg.finetune.batch_size if finetuning else cfg.pretrain.batch_size
             batches = corpora.content_batches(rng, batch_size)
             n_docs = len(corpora.content)
         else:
@@ -171,8 +167,13 @@ class Recipe:
             batch_size = fine.batch_size
             batches = corpora.finetune_batches(rng, batch_size, mode=fine.mask_mode, ratio=fine.mask_ratio, target=fine.target)
             n_docs = len(corpora.collab_users())
+        return batches, -(-n_docs // batch_size)
+
+    def epoch(self, task: str, optimizer: str, unit: Unit, max_steps: int | None) -> dict[str, float]:
+        rng = epoch_rng(self.config.seed, unit.phase, unit.round, unit.epoch, task)
+        batches, total = self.batches(task, rng, finetuning=unit.phase == "finetune")
         return run_epoch(
-            self.engine, task, optimizer, batches, total=-(-n_docs // batch_size), max_steps=max_steps,
+            self.engine, task, optimizer, batches, total=total, max_steps=max_steps,
             lambda_c=self.parts.model.lambda_c, lambda_l=self.parts.model.lambda_l,
             desc=f"{unit.group} e{unit.epoch + 1} {task}", progress=self.progress,
         )
@@ -226,7 +227,6 @@ class Recipe:
                 metrics["epoch_seconds"] = time.perf_counter() - start
                 tracker.log_metrics(metrics, step=unit.epoch)
                 self.state["history"].append({"unit": unit.tag, **{k: round(v, 6) for k, v in metrics.items()}})
-                self.state["done"] = len(self.state["history"])
                 self.save(f"{index:05d}-{unit.tag}")
                 log.info("%s: %s", unit.tag, _brief(metrics))
 
@@ -234,12 +234,7 @@ class Recipe:
         """Load the validation-selected tables (finetuning) — PreRec keeps the last pretrained ones."""
         if self.config.finetune.enabled and (self.out / "best").is_dir():
             saved = ckpt.load_model(self.out / "best")
-            with torch.no_grad():
-                for name, table in saved.tables.items():
-                    getattr(self.parts.model, name).copy_(table)
-                params = dict(self.parts.model.backbone.named_parameters())
-                for name, tensor in saved.extra.items():
-                    params[name].copy_(tensor)
+            load_weights(self.parts.model, saved.tables, saved.extra)
 
     def run(self, resume: bool = False) -> dict[str, dict[str, float]]:
         cfg = self.config

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
+from data_prep.atomic import atomic_file
 from data_prep.errors import DataPrepError
 from trainer import checkpoint as ckpt
-from trainer.build import RunParts, build_run
+from trainer.build import RunParts, build_run, load_weights
 from trainer.config import TrainConfig, config_from_dict
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate, recommend
@@ -24,12 +24,7 @@ def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
     config = config_from_dict(saved.config)
     parts = build_run(config)
     ckpt.check_identity(saved.identity, identity_of(config, parts))
-    with torch.no_grad():
-        for name, table in saved.tables.items():
-            getattr(parts.model, name).copy_(table)
-        params = dict(parts.model.backbone.named_parameters())
-        for name, tensor in saved.extra.items():
-            params[name].copy_(tensor)
+    load_weights(parts.model, saved.tables, saved.extra)
     engine = PlainEngine(parts.model, config.pretrain.lr, config.finetune.lr)
     return config, parts, engine
 
@@ -74,9 +69,6 @@ def recommend_saved(model_dir: Path, raw_users: list[str] | None, top_m: int, ou
         "item_text": pa.array([dataset.item_text[j] for j in picked], pa.string()),
     })
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(out)
+        with atomic_file(out) as tmp:
+            pq.write_table(table, tmp)
     return table

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.raw import RawBuilder, RawDataset, join_text
-from data_prep.textio import LineReader, require_field
+from data_prep.textio import LineReader, require_field, require_pair
 
 _HTML_TAG = re.compile(r"<[^>]+>")
 _SENTENCE_END = (".", "!", "?", ":", ";", "…")
@@ -43,15 +43,12 @@ def _read_reviews(path: Path, reader: LineReader, builder: RawBuilder) -> set[st
     """Add one interaction per review line; return the set of reviewed item ids."""
     items: set[str] = set()
     for line, record in reader.records(path):
-        user = require_field(record, "reviewerID", path, line, reader)
-        if user is None:
-            continue
-        item = require_field(record, "asin", path, line, reader)
-        if item is None:
+        pair = require_pair(record, "reviewerID", "asin", path, line, reader)
+        if pair is None:
             continue
         review = review_text(record.get("summary"), record.get("reviewText"))
-        builder.add_interaction(str(user), str(item), review_time(record), review)
-        items.add(str(item))
+        builder.add_interaction(*pair, review_time(record), review)
+        items.add(pair[1])
     return items
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.raw import RawBuilder, RawDataset, join_text
-from data_prep.textio import LineReader, require_field
+from data_prep.textio import LineReader, require_field, require_pair
 
 
 def read_yelp(
@@ -38,21 +38,19 @@ def _read_reviews(path: Path, reader: LineReader, builder: RawBuilder) -> tuple[
     users: set[str] = set()
     items: set[str] = set()
     for line, record in reader.records(path):
-        user = require_field(record, "user_id", path, line, reader)
-        if user is None:
+        pair = require_pair(record, "user_id", "business_id", path, line, reader)
+        if pair is None:
             continue
-        item = require_field(record, "business_id", path, line, reader)
-        if item is None:
-            continue
+        user, item = pair
         date = record.get("date")
         time = date_to_unix(date) if date else None
         if date and time is None:
             reader.bad_line(path, line, f"field 'date': cannot parse {date!r} as 'YYYY-MM-DD HH:MM:SS'")
             continue
         text = record.get("text")
-        builder.add_interaction(str(user), str(item), time, join_text([text]) if isinstance(text, str) else "")
-        users.add(str(user))
-        items.add(str(item))
+        builder.add_interaction(user, item, time, join_text([text]) if isinstance(text, str) else "")
+        users.add(user)
+        items.add(item)
     return users, items
 
 
