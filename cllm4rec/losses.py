@@ -14,10 +14,10 @@ import torch.nn.functional as F
 def item_cross_entropy_sum(hidden: torch.Tensor, item_table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Σ over rows of −log softmax(hidden @ item_tableᵀ)[target]: the item-space next-token loss.
 
-    hidden [M, K] (any float dtype; computed in the table's dtype), item_table [J, K], targets [M]
-    item indices. Returns a scalar sum (divide by the token count for the mean).
+    hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32), targets [M] item
+    indices. Returns a scalar sum (divide by the token count for the mean).
     """
-    logits = hidden.to(item_table.dtype) @ item_table.t()
+    logits = hidden.float() @ item_table.float().t()
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
@@ -40,11 +40,11 @@ def squared_distance_sum(table: torch.Tensor, anchor: torch.Tensor, rows: torch.
     """Σ over the occurrences `rows` [R] of ||table[r] − anchor[r]||² (anchor is not differentiated)."""
     if rows.numel() == 0:
         return table.sum() * 0.0
-    return (table[rows] - anchor[rows].detach()).pow(2).sum()
+    return (table[rows].float() - anchor[rows].detach().float()).pow(2).sum()
 
 
 def squared_norm_sum(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Σ over the occurrences `rows` [R] of ||table[r]||² (the Gaussian prior with λ_l)."""
     if rows.numel() == 0:
         return table.sum() * 0.0
-    return table[rows].pow(2).sum()
+    return table[rows].float().pow(2).sum()

@@ -158,6 +158,8 @@ def evaluate_scores(
     ks_ndcg: Sequence[int] = (100,),
     batch_size: int = 256,
     sort_key: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Average Recall@K and NDCG@K over the users that have held-out items.
 
@@ -169,6 +171,10 @@ def evaluate_scores(
         batch_size: users per `score_fn` call; users are visited in ascending order, or in
             ascending (sort_key[user], user) order when `sort_key` [U] is given (e.g. prompt
             lengths, so that batches pad little). The averages do not depend on the order.
+        shard: (rank, world size): this process scores batches rank, rank+R, ... and makes
+            padding calls (scores discarded) so every rank calls `score_fn` equally often, as
+            collective forwards (ZeRO-3) need; `all_reduce` then sums the metric sums and counts
+            of all ranks, so every rank returns the figures of the whole user set.
 
     Returns:
         ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "n_users_evaluated": n}``.
@@ -186,16 +192,25 @@ def evaluate_scores(
     users = np.flatnonzero(heldout.lengths() > 0)
     if sort_key is not None:
         users = users[np.argsort(np.asarray(sort_key)[users], kind="stable")]
-    acc = MetricAccumulator()
-    for start in range(0, users.size, batch_size):
-        rows = users[start : start + batch_size]
+    names = [f"recall@{k}" for k in ks_recall] + [f"ndcg@{k}" for k in ks_ndcg]
+    acc = MetricAccumulator(dict.fromkeys(names, 0.0), dict.fromkeys(names, 0))
+    batches = [users[start : start + batch_size] for start in range(0, users.size, batch_size)]
+    rank, world = shard
+    mine = batches[rank::world]
+    for index in range(-(-len(batches) // world)):
+        if index >= len(mine):
+            score_fn(batches[0])  # padding call: this rank has no batch left, the others do
+            continue
+        rows = mine[index]
         scores = score_fn(rows)
         topk = topk_excluding(scores, train, rows, max(ks))
         target = heldout.to_dense(rows, dtype=torch.bool, device=scores.device)
         per_user = {f"recall@{k}": recall_at_k(topk, target, k) for k in ks_recall}
         per_user |= {f"ndcg@{k}": ndcg_at_k(topk, target, k) for k in ks_ndcg}
         acc.update(per_user)
-    names = [f"recall@{k}" for k in ks_recall] + [f"ndcg@{k}" for k in ks_ndcg]
+    if all_reduce is not None:
+        ordered, table = acc.as_tensor()
+        acc = MetricAccumulator.from_tensor(ordered, all_reduce(table))
     means = acc.result()
     out: dict[str, float] = {n: means.get(n, 0.0) for n in names}
     out["n_users_evaluated"] = int(users.size)

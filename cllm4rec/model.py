@@ -137,12 +137,12 @@ class CLLM4Rec(nn.Module):
 
     def embed(self, ids: torch.Tensor, which: TableSet) -> torch.Tensor:
         """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
-        IDs from table set `which` (fp32, cast after composition so gradients reach fp32 masters)."""
+        IDs from table set `which` (composed in fp32, then cast; tables may be bf16 under DeepSpeed)."""
         words = self.backbone.get_input_embeddings()(torch.where(ids < self.vocab_rows, ids, 0))
         flat = words.reshape(-1, self.dim).float()
         upos, users, ipos, items = self._id_positions(ids)
         user_table, item_table = self.tables(which)
-        flat = flat.index_put((upos,), user_table[users]).index_put((ipos,), item_table[items])
+        flat = flat.index_put((upos,), user_table[users].float()).index_put((ipos,), item_table[items].float())
         return flat.view(*ids.shape, self.dim).to(self.compute_dtype)
 
     def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor, which: TableSet) -> torch.Tensor:
@@ -171,7 +171,7 @@ class CLLM4Rec(nn.Module):
     def last_position_item_logits(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Item logits [B, J] from the hidden state at each row's last real position."""
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-        return last.float() @ self.collab_item.t()
+        return last.float() @ self.collab_item.float().t()
 
     # ---- the one forward -------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ import torch
 
 import trainer.checkpoint as ckpt
 from trainer.checkpoint import (CheckpointError, check_identity, config_hash, find_latest, load_checkpoint,
-                                load_model, mark_best, prune_checkpoints, save_checkpoint, save_model)
+                                load_model, mark_best, prune_checkpoints, restore_optimizer, save_checkpoint,
+                                save_model, save_optimizer)
 
 CONFIG = {"pretrain": {"rounds": 3, "lr": 0.001}, "finetune": {"epochs": 2}, "model": {"backbone": "tiny"}}
 IDENTITY = {"config_hash": "c0", "dataset_hash": "d0", "backbone": "tiny", "n_users": 4, "n_items": 5}
@@ -41,10 +42,17 @@ def _train_step(params: dict[str, torch.nn.Parameter], optimizers: dict[str, tor
         optimizer.step()
 
 
+def _writer(optimizers: dict[str, torch.optim.Optimizer]):
+    def write(folder: Path) -> None:
+        for name, optimizer in optimizers.items():
+            save_optimizer(folder, name, optimizer)
+    return write
+
+
 def _save(root: Path, tag: str, state: dict | None = None) -> Path:
     params, optimizers = _build()
-    return save_checkpoint(root, tag, tables=dict(params), optimizers=optimizers, state=state or {"epoch": tag},
-                           config=CONFIG, identity=IDENTITY)
+    return save_checkpoint(root, tag, tables=dict(params), write_optimizer=_writer(optimizers),
+                           state=state or {"epoch": tag}, config=CONFIG, identity=IDENTITY)
 
 
 def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
@@ -52,7 +60,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
     for k in range(3):
         _train_step(params, optimizers, k)
     extra = {"lora.A": torch.randn(2, 3, dtype=torch.bfloat16)}
-    path = save_checkpoint(tmp_path, "epoch-3", tables=dict(params), optimizers=optimizers,
+    path = save_checkpoint(tmp_path, "epoch-3", tables=dict(params), write_optimizer=_writer(optimizers),
                            state={"phase": "pretrain", "epoch": 3}, config=CONFIG, identity=IDENTITY,
                            extra_tensors=extra)
 
@@ -66,7 +74,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
             assert loaded.tables[name].dtype == torch.float32
             param.copy_(loaded.tables[name])
     for name, optimizer in fresh_optimizers.items():
-        loaded.restore_optimizer(name, optimizer)
+        restore_optimizer(loaded.path, name, optimizer)
     assert fresh_optimizers["collab"].param_groups[0]["betas"] == (0.8, 0.95)
     assert fresh_optimizers["content"].param_groups[1]["lr"] == 3e-3
 
@@ -80,9 +88,9 @@ def test_restore_rejects_mismatched_optimizer(tmp_path: Path) -> None:
     loaded = load_checkpoint(_save(tmp_path, "e1"))
     wrong = torch.optim.Adam([torch.nn.Parameter(torch.zeros(7, 3))])
     with pytest.raises(CheckpointError, match="optimizer 'collab'"):
-        loaded.restore_optimizer("collab", wrong)
+        restore_optimizer(loaded.path, "collab", wrong)
     with pytest.raises(CheckpointError, match="no optimizer 'other'"):
-        loaded.restore_optimizer("other", wrong)
+        restore_optimizer(loaded.path, "other", wrong)
 
 
 @pytest.mark.parametrize("damage", ["drop_complete", "flip_byte"])

@@ -293,15 +293,15 @@ def test_resume_after_interruption_matches_uninterrupted(small_run, planted_data
     class Killed(Exception):
         pass
 
-    def interrupted(self, unit):
+    def interrupted(self, unit, index):
         calls.append(unit.tag)
         if len(calls) == 4:  # killed during the first finetuning epoch
             raise Killed
-        return original(self, unit)
+        return original(self, unit, index)
 
-    def counted(self, unit):
+    def counted(self, unit, index):
         calls.append(unit.tag)
-        return original(self, unit)
+        return original(self, unit, index)
 
     monkeypatch.setattr(Recipe, "run_unit", interrupted)
     with pytest.raises(Killed):

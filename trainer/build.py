@@ -103,11 +103,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_run(config: TrainConfig) -> RunParts:
-    device = pick_device(config.device)
+def build_run(config: TrainConfig, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RunParts:
+    """Everything a run needs; `device` / `dtype` default to what the config resolves to."""
+    device = device or pick_device(config.device)
     path = resolve_dataset(config.data.dataset, config.data.split_seed)
     dataset = load_processed(path)
-    dtype = pick_dtype(config.model.dtype, device)
+    dtype = dtype or pick_dtype(config.model.dtype, device)
     with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
         # random backbones (LLM-Scratch) and LoRA adapters start from a stream derived from the run seed
         torch.manual_seed(int(epoch_rng(config.seed, "backbone-init").integers(2**62)))

@@ -1,12 +1,13 @@
 """Epoch checkpoints and the exported model folder: safetensors, JSON and YAML only, never pickle.
 
-A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), optimizer-<name>.safetensors + .json
-per optimizer, optional extra.safetensors (trainable backbone/LoRA weights), state.json (training position),
+A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), the engine's optimizer state
+(optimizer-<name>.safetensors + .json from the plain engine; deepspeed/ with DeepSpeed's per-rank files), optional extra.safetensors (trainable backbone/LoRA weights), state.json (training position),
 config.yaml, identity.json and, written last, COMPLETE (sha256 of every other file). Folders are written
 whole (`atomic_folder`); `root/latest` and `root/best` name a tag. Nothing without a valid COMPLETE loads.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -15,13 +16,14 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 from data_prep.atomic import atomic_folder, atomic_write_text, sha256_file
+from trainer.distributed import LOCAL, Dist
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ def _write_common(folder: Path, tables: dict[str, torch.Tensor], config: dict, i
     _write_json(folder / IDENTITY, identity)
 
 
-def _save_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
+def save_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
     """Split `optimizer.state_dict()` into safetensors (state tensors) and JSON (everything else)."""
     full = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -126,8 +128,27 @@ def _save_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) -
                 scalars.setdefault(str(index), {})[key] = value
     shapes = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
     meta = {"param_groups": full["param_groups"], "param_shapes": shapes, "state": scalars}
-    save_file(tensors, str(folder / f"optimizer-{name}.safetensors"))
-    _write_json(folder / f"optimizer-{name}.json", meta)
+    save_file(tensors, str(Path(folder) / f"optimizer-{_check_name(name, 'optimizer name')}.safetensors"))
+    _write_json(Path(folder) / f"optimizer-{name}.json", meta)
+
+
+def restore_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
+    """Load the state saved by `save_optimizer` into `optimizer`, freshly built over the same parameters."""
+    folder = Path(folder)
+    meta_path = folder / f"optimizer-{_check_name(name, 'optimizer name')}.json"
+    if not meta_path.is_file():
+        saved = sorted(p.stem.removeprefix("optimizer-") for p in folder.glob("optimizer-*.json"))
+        raise CheckpointError(f"{folder} has no optimizer {name!r} (saved: {saved})")
+    meta = _read_json(meta_path)
+    current = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
+    if meta["param_shapes"] != current:
+        raise CheckpointError(f"optimizer {name!r} does not match {meta_path}: saved parameter groups "
+                              f"with shapes {meta['param_shapes']}, current ones {current}")
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
+    for key, tensor in load_file(str(folder / f"optimizer-{name}.safetensors")).items():
+        _, index, attr = key.split(".", 2)
+        state.setdefault(int(index), {})[attr] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 @dataclass
@@ -143,26 +164,9 @@ class SavedModel:
 
 @dataclass
 class Checkpoint(SavedModel):
-    """A verified checkpoint plus its training state; optimizer state is read on demand by `restore_optimizer`."""
+    """A verified checkpoint plus its training state; the engine reads its optimizer state from `path`."""
 
     state: dict[str, Any] = field(default_factory=dict)
-
-    def restore_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> None:
-        """Load the saved state of optimizer `name` into `optimizer`, freshly built over the same parameters."""
-        meta_path = self.path / f"optimizer-{_check_name(name, 'optimizer name')}.json"
-        if not meta_path.is_file():
-            saved = sorted(p.stem.removeprefix("optimizer-") for p in self.path.glob("optimizer-*.json"))
-            raise CheckpointError(f"{self.path} has no optimizer {name!r} (saved: {saved})")
-        meta = _read_json(meta_path)
-        current = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
-        if meta["param_shapes"] != current:
-            raise CheckpointError(f"optimizer {name!r} does not match {meta_path}: saved parameter groups "
-                                  f"with shapes {meta['param_shapes']}, current ones {current}")
-        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
-        for key, tensor in load_file(str(self.path / f"optimizer-{name}.safetensors")).items():
-            _, index, attr = key.split(".", 2)
-            state.setdefault(int(index), {})[attr] = tensor
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def _load_common(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
@@ -174,18 +178,27 @@ def _load_common(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
             "extra": load_file(str(path / EXTRA)) if (path / EXTRA).is_file() else {}}
 
 
-def save_checkpoint(root: Path, tag: str, *, tables: dict[str, torch.Tensor],
-                    optimizers: dict[str, torch.optim.Optimizer], state: dict, config: dict,
-                    identity: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoint `root/<tag>/` whole or not at all, then point `root/latest` at it."""
+def save_checkpoint(root: Path, tag: str, *, tables: dict[str, torch.Tensor], write_optimizer: Callable[[Path], None],
+                    state: dict, config: dict, identity: dict, extra_tensors: dict[str, torch.Tensor] | None = None,
+                    dist: Dist = LOCAL) -> Path:
+    """Write checkpoint `root/<tag>/` whole or not at all, then point `root/latest` at it.
+
+    Collective under several ranks: rank 0 owns the temp folder and writes tables, state and
+    COMPLETE; every rank calls `write_optimizer(folder)` for its own optimizer partition first.
+    """
     root, dest = Path(root), Path(root) / _check_name(tag, "checkpoint tag")
-    with atomic_folder(dest) as tmp:
-        _write_common(tmp, tables, config, identity, extra_tensors)
-        for name, optimizer in optimizers.items():
-            _save_optimizer(tmp, _check_name(name, "optimizer name"), optimizer)
-        _write_json(tmp / STATE, state)
-        _write_complete(tmp)
-    atomic_write_text(root / "latest", tag + "\n")
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_folder(dest)) if dist.is_main else None
+        tmp = Path(dist.broadcast(str(tmp) if tmp else None))
+        write_optimizer(tmp)
+        dist.barrier()  # every rank's partition is on disk before COMPLETE lists it
+        if dist.is_main:
+            _write_common(tmp, tables, config, identity, extra_tensors)
+            _write_json(tmp / STATE, state)
+            _write_complete(tmp)
+    if dist.is_main:
+        atomic_write_text(root / "latest", tag + "\n")
+    dist.barrier()
     return dest
 
 
@@ -297,3 +310,23 @@ def save_model(dir: Path, tables: dict[str, torch.Tensor], config: dict, identit
 def load_model(dir: Path) -> SavedModel:
     """Verify every checksum of a saved model folder, then load it (safetensors, YAML and JSON only)."""
     return SavedModel(**_load_common(Path(dir), MODEL_FILES))
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, given itself, a checkpoints root (its latest complete one) or a run folder."""
+    path = Path(path)
+    if (path / COMPLETE).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    latest = find_latest(root)
+    if latest is None:
+        raise CheckpointError(f"{path}: no complete checkpoint found (looked in {root})")
+    return latest
+
+
+def export_model(checkpoint: Path, out: Path) -> Path:
+    """Write a saved-model folder from a checkpoint's consolidated fp32 tables — no launcher, no
+    DeepSpeed, no unpickling: a ZeRO-3 checkpoint already holds the tables gathered from all ranks."""
+    saved = load_checkpoint(resolve_checkpoint(checkpoint))
+    identity = {k: v for k, v in saved.identity.items() if k != "engine"}
+    return save_model(out, saved.tables, saved.config, identity, extra_tensors=saved.extra or None)

@@ -159,6 +159,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import export_model, resolve_checkpoint
+
+    source = resolve_checkpoint(args.checkpoint)
+    out = export_model(source, args.out)
+    print(f"exported {source} -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cllm4rec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,11 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", nargs="*", help="raw user ids (default: all users)")
     p.add_argument("--top", type=int, default=10, help="items per user (default 10)")
     p.add_argument("--out", type=Path, help="write a Parquet file instead of printing")
+    p = sub.add_parser("export", help="write a saved-model folder from a (ZeRO-3 or plain) training checkpoint")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, a run's checkpoints/ folder or a run folder")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced whole)")
     return parser
 
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
-            "train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend}
+            "train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,18 @@ class TrackingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    engine: str = "auto"  # auto (DeepSpeed under a launcher, i.e. WORLD_SIZE set; else plain), plain, deepspeed
+    ds_config: str = "auto"  # zero3_bf16 | zero3_offload | zero3_cpu | a .json path; auto: zero3_bf16 on GPUs, zero3_cpu on CPUs
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # also checkpoint inside an epoch every N steps (0: only at the end of each epoch)
+    keep: int = 2  # complete checkpoints kept (the newest; the one `latest` names is always kept)
+
+
+@dataclass
 class TrainConfig:
     name: str = "cllm4rec"
     seed: int = 0
@@ -113,6 +125,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
@@ -130,6 +144,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 CHOICES = {
     "ablation": tuple(ABLATIONS),
     "model.dtype": ("auto", "bfloat16", "float32"),
+    "distributed.engine": ("auto", "plain", "deepspeed"),
     "model.train_backbone": ("none", "full", "lora"),
     "model.content_init": ("collab", "random"),
     "finetune.mask_mode": ("fixed", "bernoulli"),

@@ -3,6 +3,12 @@
 Documents are rebuilt every epoch from raw indices and text (reordering and masking are random per
 epoch); every epoch's randomness comes from a generator seeded by (run seed, phase, epoch), so a
 resumed run sees exactly the documents an uninterrupted one would.
+
+Under several ranks every rank draws the same global batches and keeps its share of each (rows
+rank, rank+R, ...), so no document is seen twice in an epoch; each document's own randomness
+(reordering, caps, masks) is seeded by (epoch, user), so a document is the same whichever rank
+builds it — R ranks see exactly the documents of one rank. A rank whose share of a global batch is
+empty gets a padding batch with weight 0 (ZeRO-3 steps are collective: every rank must step).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from cllm4rec.templates import (
 )
 from cllm4rec.tokenization import Document, IdTokenizer
 from data_prep.processed import ProcessedDataset
+from trainer.distributed import LOCAL, Dist
 
 Batch = dict[str, torch.Tensor]
 
@@ -41,6 +48,17 @@ def user_item_lists(dataset: ProcessedDataset, split: str) -> UserItems:
     """Each user's items of `split`; rows keep the dataset's (chronological) order."""
     indptr, indices = dataset.split_csr(split)
     return UserItems(indptr, indices, dataset.n_items)
+
+
+def own_share(rows: np.ndarray, dist: Dist) -> tuple[np.ndarray, float]:
+    """(this rank's rows of a global batch, weight): weight 0 and the batch's first row when empty."""
+    mine = rows[dist.rank :: dist.world_size]
+    return (mine, 1.0) if mine.shape[0] else (rows[:1], 0.0)
+
+
+def document_rng(epoch_seed: int, user: int) -> np.random.Generator:
+    """The generator of one user's document in one epoch (independent of batch and rank)."""
+    return np.random.default_rng([epoch_seed, user])
 
 
 def pad_documents(docs: list[Document]) -> Batch:
@@ -122,42 +140,54 @@ class Corpora:
         """Users with at least one training item (the collaborative corpus: one document each)."""
         return np.flatnonzero(self.train.lengths() > 0)
 
-    def collab_batches(self, rng: np.random.Generator, batch_size: int, reorder: bool) -> Iterator[Batch]:
+    def collab_batches(self, rng: np.random.Generator, batch_size: int, reorder: bool,
+                       dist: Dist = LOCAL) -> Iterator[Batch]:
         """`<user_i> has interacted with <item>...` documents; items shuffled anew unless not `reorder`."""
         users = self.collab_users()
         lengths = np.minimum(self.train.lengths()[users], self.max_items)
+        epoch_seed = int(rng.integers(2**62))
         for rows in bucket_batches(lengths, batch_size, rng):
+            mine, weight = own_share(rows, dist)
             docs = []
-            for u in users[rows]:
-                items = cap_items(order_items(self.train.row(u), rng, reorder), self.max_items, rng)
+            for u in users[mine]:
+                doc_rng = document_rng(epoch_seed, int(u))
+                items = cap_items(order_items(self.train.row(u), doc_rng, reorder), self.max_items, doc_rng)
                 docs.append((interaction_prompt(int(u)), [Items(items)]))
-            yield pad_documents(self.tokenizer.encode_documents(docs))
+            yield {**pad_documents(self.tokenizer.encode_documents(docs)), "weight": torch.tensor(weight)}
 
-    def content_batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[Batch]:
+    def content_batches(self, rng: np.random.Generator, batch_size: int, dist: Dist = LOCAL) -> Iterator[Batch]:
         lengths = np.array([len(d.ids) for d in self.content])
         for rows in bucket_batches(lengths, batch_size, rng):
-            yield pad_documents([self.content[i] for i in rows])
+            mine, weight = own_share(rows, dist)
+            yield {**pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)}
 
     def finetune_batches(
-        self, rng: np.random.Generator, batch_size: int, *, mode: str, ratio: float, target: str
+        self, rng: np.random.Generator, batch_size: int, *, mode: str, ratio: float, target: str, dist: Dist = LOCAL
     ) -> Iterator[Batch]:
-        """Masked recommendation prompts with their multi-hot targets as COO (target_rows, target_items)."""
+        """Masked recommendation prompts with their multi-hot targets as COO (target_rows, target_items).
+
+        Users whose mask leaves no target are skipped; a share left empty becomes a weight-0 batch.
+        """
         users = self.collab_users()
         lengths = np.minimum(self.train.lengths()[users], self.max_items)
+        epoch_seed = int(rng.integers(2**62))
         for rows in bucket_batches(lengths, batch_size, rng):
+            mine, weight = own_share(rows, dist)
             examples = [
-                (int(u), masked_prompt(self.train.row(u), rng, mode=mode, ratio=ratio, target=target, max_items=self.max_items))
-                for u in users[rows]
+                (int(u), masked_prompt(self.train.row(u), document_rng(epoch_seed, int(u)), mode=mode, ratio=ratio,
+                                       target=target, max_items=self.max_items))
+                for u in users[mine]
             ]
-            examples = [(u, ex) for u, ex in examples if ex.target_items.shape[0] > 0]
-            if not examples:
-                continue
-            ids = self.tokenizer.encode_segments([recommendation_prompt(u, ex.prompt_items) for u, ex in examples])
+            kept = [(u, ex) for u, ex in examples if ex.target_items.shape[0] > 0]
+            if not kept:
+                kept, weight = examples[:1], 0.0
+            ids = self.tokenizer.encode_segments([recommendation_prompt(u, ex.prompt_items) for u, ex in kept])
             batch = pad_documents([Document(x, len(x)) for x in ids])
             batch["target_rows"] = torch.tensor(
-                np.repeat(np.arange(len(examples)), [ex.target_items.shape[0] for _, ex in examples]), dtype=torch.long
+                np.repeat(np.arange(len(kept)), [ex.target_items.shape[0] for _, ex in kept]), dtype=torch.long
             )
-            batch["target_items"] = torch.tensor(np.concatenate([ex.target_items for _, ex in examples]), dtype=torch.long)
+            batch["target_items"] = torch.tensor(np.concatenate([ex.target_items for _, ex in kept]), dtype=torch.long)
+            batch["weight"] = torch.tensor(weight)
             yield batch
 
     def scoring_batch(self, users: np.ndarray, prompt: str, seed: int) -> Batch:

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import PAD, evaluate_scores, topk_excluding
 from trainer.data import Corpora
-from trainer.engine import PlainEngine
+from trainer.engine import Engine
 
 
 def limit_users(heldout: UserItems, max_users: int | None) -> UserItems:
@@ -20,7 +20,7 @@ def limit_users(heldout: UserItems, max_users: int | None) -> UserItems:
 
 
 def evaluate(
-    engine: PlainEngine,
+    engine: Engine,
     corpora: Corpora,
     heldout: UserItems,
     *,
@@ -36,21 +36,26 @@ def evaluate(
     """Recall@K / NDCG@K of ranking every item for each user with held-out items.
 
     prompt "rec" (finetuned model) or "interaction" (LLM-PreRec); training items are excluded.
+    Under several ranks each rank scores its share of the users and the sums are reduced: every
+    rank returns the figures of the whole set (collective: all ranks call it together).
     """
     heldout = limit_users(heldout, max_users)
-    with tqdm(total=int((heldout.lengths() > 0).sum()), desc=desc, disable=not progress, leave=False) as bar:
+    dist = engine.dist
+    total = int((heldout.lengths() > 0).sum())
+    with tqdm(total=-(-total // dist.world_size), desc=desc, disable=not progress, leave=False) as bar:
         def score(rows: np.ndarray) -> torch.Tensor:
             logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float()
             bar.update(len(rows))
             return logits
 
         return evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
-                               sort_key=corpora.train.lengths())
+                               sort_key=corpora.train.lengths(), shard=(dist.rank, dist.world_size),
+                               all_reduce=dist.all_reduce_tensor if dist.active else None)
 
 
 @torch.no_grad()
 def recommend(
-    engine: PlainEngine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32
+    engine: Engine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first;
     users with fewer unseen items have trailing items PAD (-1) with score -inf."""

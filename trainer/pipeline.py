@@ -1,13 +1,19 @@
 """The CLLM4Rec recipe: content warm-up → alternating L/C rounds → finetuning with validation-based
 selection → test → results table beside Multi-VAE and EASE (SPEC 5-8).
 
-Training is a list of epoch units; after each unit the tables, optimizer states and position are
-checkpointed, so `resume=True` continues with the next unit (documents of every epoch are seeded by
+Training is a list of epoch units; after each unit (and every `checkpoint.every_steps` steps inside
+one) the tables, optimizer state and position are checkpointed, so `resume=True` continues from the
+last complete checkpoint in the same phase, epoch and step (documents of every epoch are seeded by
 (seed, phase, epoch), so a resumed run sees what an uninterrupted one would).
+
+The same recipe runs in one process (plain engine) and under DeepSpeed ZeRO-3 on any number of
+ranks: every rank runs every method here; only rank 0 writes files, logs to MLflow and prints.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,12 +29,13 @@ from cllm4rec.metrics import selection_score
 from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
-from trainer.build import RunParts, build_run, load_weights
-from trainer.config import TrainConfig, config_to_dict, flatten
+from trainer.build import RunParts, build_run, pick_device, pick_dtype, resolve_dataset
+from trainer.config import ConfigError, TrainConfig, config_to_dict, flatten
 from trainer.data import Batch, epoch_rng, user_item_lists
-from trainer.engine import PlainEngine
+from trainer.distributed import Dist, init_distributed
+from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config, resolve_ds_config, want_deepspeed
 from trainer.evaluate import evaluate
-from trainer.loop import run_epoch
+from trainer.loop import EpochProgress, run_epoch
 from trainer.results import metric_columns, write_results
 from trainer.tracking import Tracker
 
@@ -36,9 +43,10 @@ log = logging.getLogger(__name__)
 ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll",
                   "ftall-lora": "LLM-FtAll (LoRA)", "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
 # Epoch budgets may change on resume (to extend a run); everything else must match the checkpoint.
+# The engine and world size are pinned by the identity (optimizer state is engine- and rank-specific).
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
                   "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
-                  "data.dataset")  # the dataset itself is pinned by dataset_hash
+                  "data.dataset", "distributed", "checkpoint")  # the dataset itself is pinned by dataset_hash
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,11 @@ def schedule(config: TrainConfig) -> list[Unit]:
     return units
 
 
+def engine_kind(engine: Engine) -> str:
+    """Names the optimizer-state layout: a checkpoint resumes only under the same engine and world size."""
+    return f"deepspeed-zero3 x{engine.dist.world_size}" if isinstance(engine, DeepSpeedEngine) else "plain"
+
+
 def identity_of(config: TrainConfig, parts: RunParts) -> dict[str, Any]:
     return {
         "config_hash": ckpt.config_hash(config_to_dict(config), ignore=RESUMABLE_KEYS),
@@ -85,20 +98,84 @@ def identity_of(config: TrainConfig, parts: RunParts) -> dict[str, Any]:
     }
 
 
+def unit_parts(unit: Unit, config: TrainConfig) -> list[tuple[str, str]]:
+    """The (task, step) epochs one unit runs: a finetuning unit may add a content epoch."""
+    if unit.phase in ("warmup", "cstep"):
+        return [("content", "content")]
+    if unit.phase == "lstep":
+        return [("collab", "collab")]
+    parts = [("rec", "rec")]
+    if config.finetune.content_epoch and config.pretrain.content:
+        parts.append(("content", "rec_content"))
+    return parts
+
+
+def rng_state() -> dict[str, str]:
+    """torch's RNG state(s) as base64 text (only backbone dropout draws from them)."""
+    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return state
+
+
+def set_rng_state(state: dict[str, str]) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["cpu"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensor(state["cuda"]))
+
+
+def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device) -> Engine:
+    pre = config.pretrain
+    if not want_deepspeed(config.distributed.engine):
+        return PlainEngine(parts.model, pre.lr, config.finetune.lr)
+    path = resolve_ds_config(config.distributed.ds_config, device)
+    ds_config = fill_ds_config(path, pre.batch_size, dist.world_size)
+    log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, path)
+    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds_config, dist=dist, device=device)
+
+
+def model_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """The backbone dtype; under DeepSpeed "auto" follows the DeepSpeed config's precision."""
+    if not want_deepspeed(config.distributed.engine):
+        return pick_dtype(config.model.dtype, device)
+    path = resolve_ds_config(config.distributed.ds_config, device)
+    bf16 = bool(json.loads(path.read_text(encoding="utf-8")).get("bf16", {}).get("enabled"))
+    wanted = torch.bfloat16 if bf16 else torch.float32
+    if config.model.dtype != "auto" and pick_dtype(config.model.dtype, device) != wanted:
+        raise ConfigError(f"model.dtype={config.model.dtype} does not match {path} (bf16 "
+                          f"{'on' if bf16 else 'off'}): set model.dtype=auto or {str(wanted).removeprefix('torch.')}")
+    return wanted
+
+
 class Recipe:
     """Runs the whole pipeline for one config; `run()` returns the results rows."""
 
     def __init__(self, config: TrainConfig, *, progress: bool = True):
         self.config = config
-        self.progress = progress
+        self.dist = init_distributed(config.device, require_group=want_deepspeed(config.distributed.engine))
+        if not self.dist.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # one rank reports
+        self.progress = progress and self.dist.is_main
         self.out = config.resolved_output_dir()
-        self.parts = build_run(config)
-        pre = config.pretrain
-        self.engine = PlainEngine(self.parts.model, pre.lr, config.finetune.lr)
+        device = pick_device(config.device)
+        if device.type == "cuda" and self.dist.active:
+            device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.is_main:  # prepare embedded assets once, before the other ranks read them
+            from data_prep.assets import resolve_backbone
+
+            resolve_dataset(config.data.dataset, config.data.split_seed)
+            resolve_backbone(config.model.backbone)
+        self.dist.barrier()
+        self.parts = build_run(config, device, model_dtype(config, device))
+        self.engine = build_engine(config, self.dist, self.parts, device)
         self.identity = identity_of(config, self.parts)
+        self.checkpoint_identity = {**self.identity, "engine": engine_kind(self.engine)}
         self.splits = {s: user_item_lists(self.parts.dataset, s) for s in ("train", "val", "test")}
         self.state: dict[str, Any] = {"best_score": None, "best_tag": None, "bad_epochs": 0,
-                                      "stopped": False, "history": []}
+                                      "stopped": False, "history": [], "in_progress": None}
         self.model_name = ABLATION_NAMES[config.ablation]
 
     # ---- checkpoints -----------------------------------------------------------------------------
@@ -107,75 +184,82 @@ class Recipe:
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
 
-    def trained_backbone(self) -> dict[str, torch.Tensor] | None:
-        """The backbone weights that training changes (FtAll, Scratch, LoRA adapters), else None."""
-        extra = {n: p.detach() for n, p in self.parts.model.backbone.named_parameters() if p.requires_grad}
-        return extra or None
-
     def save_model(self, folder: Path) -> None:
-        ckpt.save_model(folder, self.parts.model.id_tables(), config_to_dict(self.config), self.identity,
-                        extra_tensors=self.trained_backbone())
+        """Export the ID tables (and trained backbone weights) — collective, rank 0 writes."""
+        tables, extra = self.engine.full_tables(), self.engine.trained_backbone()
+        if self.dist.is_main:
+            ckpt.save_model(folder, tables, config_to_dict(self.config), self.identity, extra_tensors=extra)
+        self.dist.barrier()
 
     def save(self, tag: str) -> None:
+        self.state["rng"] = rng_state()
         ckpt.save_checkpoint(
-            self.checkpoints, tag, tables=self.parts.model.id_tables(), optimizers=self.engine.optimizers,
-            state=self.state, config=config_to_dict(self.config), identity=self.identity,
-            extra_tensors=self.trained_backbone(),
+            self.checkpoints, tag, tables=self.engine.full_tables(), write_optimizer=self.engine.save_optimizer,
+            state=self.state, config=config_to_dict(self.config), identity=self.checkpoint_identity,
+            extra_tensors=self.engine.trained_backbone(), dist=self.dist,
         )
-        ckpt.prune_checkpoints(self.checkpoints, keep=2)
+        if self.dist.is_main:
+            ckpt.prune_checkpoints(self.checkpoints, keep=self.config.checkpoint.keep)
+        self.dist.barrier()
 
-    def restore(self, path: Path, optimizers: bool = True) -> None:
+    def restore(self, path: Path) -> None:
         saved = ckpt.load_checkpoint(path)
-        if saved.identity.get("config_hash") != self.identity["config_hash"]:
+        if saved.identity.get("config_hash") != self.checkpoint_identity["config_hash"]:
             current, before = flatten(config_to_dict(self.config)), flatten(saved.config)
             differ = [f"{k}: checkpoint has {before.get(k)!r}, current run has {current.get(k)!r}"
                       for k in sorted(set(current) | set(before))
                       if before.get(k) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
             raise ckpt.CheckpointError(f"{path} was written with another config ({'; '.join(differ)}); "
                                        f"use another name= (output folder) for a different config")
-        ckpt.check_identity(saved.identity, self.identity)
-        load_weights(self.parts.model, saved.tables, saved.extra)
-        if optimizers:
-            for name, opt in self.engine.optimizers.items():
-                saved.restore_optimizer(name, opt)
-            self.state = saved.state
+        ckpt.check_identity(saved.identity, self.checkpoint_identity)
+        self.engine.load_tables(saved.tables, saved.extra)
+        self.engine.load_optimizer(path)
+        self.state = {"in_progress": None, **saved.state}
+        if "rng" in self.state:
+            set_rng_state(self.state["rng"])
 
     def try_resume(self) -> bool:
-        latest = ckpt.find_latest(self.checkpoints)
+        latest = ckpt.find_latest(self.checkpoints) if self.dist.is_main else None
+        latest = self.dist.broadcast(str(latest) if latest else None)
         if latest is None:
             log.info("no complete checkpoint under %s: starting fresh", self.checkpoints)
             return False
-        self.restore(latest)
-        log.info("resumed from %s after %d completed epochs", latest, len(self.state["history"]))
+        self.restore(Path(latest))
+        where = self.state["in_progress"]
+        log.info("resumed from %s after %d completed epochs%s", latest, len(self.state["history"]),
+                 f" and {where['progress']['step']} steps of {where['unit']}" if where else "")
         return True
 
     # ---- phases ----------------------------------------------------------------------------------
 
     def batches(self, task: str, rng: np.random.Generator, finetuning: bool = False) -> tuple[Iterator[Batch], int]:
-        """(one epoch's batch stream for `task`, its number of batches)."""
-        cfg, corpora = self.config, self.parts.corpora
+        """(one epoch's batch stream for `task` — this rank's share of each global batch —, its number of batches)."""
+        cfg, corpora, dist = self.config, self.parts.corpora, self.dist
         if task == "collab":
             batch_size = cfg.pretrain.batch_size
-            batches = corpora.collab_batches(rng, batch_size, cfg.pretrain.reorder)
+            batches = corpora.collab_batches(rng, batch_size, cfg.pretrain.reorder, dist)
             n_docs = len(corpora.collab_users())
         elif task == "content":
             batch_size = cfg.finetune.batch_size if finetuning else cfg.pretrain.batch_size
-            batches = corpora.content_batches(rng, batch_size)
+            batches = corpora.content_batches(rng, batch_size, dist)
             n_docs = len(corpora.content)
         else:
             fine = cfg.finetune
             batch_size = fine.batch_size
-            batches = corpora.finetune_batches(rng, batch_size, mode=fine.mask_mode, ratio=fine.mask_ratio, target=fine.target)
+            batches = corpora.finetune_batches(rng, batch_size, mode=fine.mask_mode, ratio=fine.mask_ratio,
+                                               target=fine.target, dist=dist)
             n_docs = len(corpora.collab_users())
         return batches, -(-n_docs // batch_size)
 
-    def epoch(self, task: str, optimizer: str, unit: Unit, max_steps: int | None) -> dict[str, float]:
+    def epoch(self, task: str, step_name: str, unit: Unit, max_steps: int | None,
+              resume: EpochProgress | None, on_checkpoint) -> dict[str, float]:
         rng = epoch_rng(self.config.seed, unit.phase, unit.round, unit.epoch, task)
         batches, total = self.batches(task, rng, finetuning=unit.phase == "finetune")
         return run_epoch(
-            self.engine, task, optimizer, batches, total=total, max_steps=max_steps,
+            self.engine, task, step_name, batches, total=total, max_steps=max_steps,
             lambda_c=self.parts.model.lambda_c, lambda_l=self.parts.model.lambda_l,
-            desc=f"{unit.group} e{unit.epoch + 1} {task}", progress=self.progress,
+            desc=f"{unit.group} e{unit.epoch + 1} {task}", progress=self.progress, resume=resume,
+            checkpoint_every=self.config.checkpoint.every_steps, on_checkpoint=on_checkpoint,
         )
 
     def validate(self, split: str, prompt: str) -> dict[str, float]:
@@ -184,15 +268,31 @@ class Recipe:
                         batch_size=cfg.batch_size, recall_ks=cfg.recall_ks, ndcg_ks=cfg.ndcg_ks, max_users=cfg.max_users,
                         desc=f"evaluate {split}", progress=self.progress)
 
-    def run_unit(self, unit: Unit) -> dict[str, float]:
-        pre, fine = self.config.pretrain, self.config.finetune
-        if unit.phase == "warmup" or unit.phase == "cstep":
-            return {f"content_{k}": v for k, v in self.epoch("content", "content", unit, pre.max_steps_per_epoch).items()}
-        if unit.phase == "lstep":
-            return {f"collab_{k}": v for k, v in self.epoch("collab", "collab", unit, pre.max_steps_per_epoch).items()}
-        metrics = {f"rec_{k}": v for k, v in self.epoch("rec", "rec", unit, fine.max_steps_per_epoch).items()}
-        if fine.content_epoch and pre.content:
-            metrics.update({f"content_{k}": v for k, v in self.epoch("content", "rec_content", unit, fine.max_steps_per_epoch).items()})
+    def run_unit(self, unit: Unit, index: int) -> dict[str, float]:
+        """Train one unit (resuming inside it if a mid-epoch checkpoint says so); finetuning units
+        then validate and keep the best tables."""
+        fine = self.config.finetune
+        max_steps = fine.max_steps_per_epoch if unit.phase == "finetune" else self.config.pretrain.max_steps_per_epoch
+        where = self.state.get("in_progress")
+        if where is not None and where["unit"] != unit.tag:
+            where = None
+        metrics: dict[str, float] = dict(where["metrics"]) if where else {}
+        for part, (task, step_name) in enumerate(unit_parts(unit, self.config)):
+            if where and part < where["part"]:
+                continue
+            resume = EpochProgress.from_json(where["progress"]) if where and part == where["part"] else None
+
+            def on_checkpoint(progress: EpochProgress, part: int = part) -> None:
+                self.state["in_progress"] = {"unit": unit.tag, "part": part, "metrics": metrics,
+                                             "progress": progress.to_json()}
+                self.save(f"{index:05d}-{unit.tag}-p{part}-s{progress.step:06d}")
+
+            prefix = {"rec": "rec", "collab": "collab", "content": "content"}[task]
+            result = self.epoch(task, step_name, unit, max_steps, resume, on_checkpoint)
+            metrics.update({f"{prefix}_{k}": v for k, v in result.items()})
+        self.state["in_progress"] = None
+        if unit.phase != "finetune":
+            return metrics
         val = self.validate("val", "rec")
         metrics.update({f"val_{k}": v for k, v in val.items()})
         score = selection_score(val, metric_columns(self.config.eval.recall_ks, self.config.eval.ndcg_ks))
@@ -223,30 +323,40 @@ class Recipe:
                     stack.enter_context(tracker.phase(unit.group))
                     group = unit.group
                 start = time.perf_counter()
-                metrics = self.run_unit(unit)
+                metrics = self.run_unit(unit, index)
                 metrics["epoch_seconds"] = time.perf_counter() - start
                 tracker.log_metrics(metrics, step=unit.epoch)
                 self.state["history"].append({"unit": unit.tag, **{k: round(v, 6) for k, v in metrics.items()}})
                 self.save(f"{index:05d}-{unit.tag}")
-                log.info("%s: %s", unit.tag, _brief(metrics))
+                if self.dist.is_main:
+                    log.info("%s: %s", unit.tag, _brief(metrics))
 
     def final_model(self) -> None:
         """Load the validation-selected tables (finetuning) — PreRec keeps the last pretrained ones."""
         if self.config.finetune.enabled and (self.out / "best").is_dir():
             saved = ckpt.load_model(self.out / "best")
-            load_weights(self.parts.model, saved.tables, saved.extra)
+            self.engine.load_tables(saved.tables, saved.extra)
 
     def run(self, resume: bool = False) -> dict[str, dict[str, float]]:
-        cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Train (or resume), evaluate on test, run the baselines and write the results. Collective:
+        every rank calls it; rank 0 alone writes files, logs to MLflow, prints and runs the baselines."""
+        cfg, main = self.config, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
         if resume:
             self.try_resume()
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if main:
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         tracking = cfg.tracking
-        with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment, self.out.parent / "mlflow.db") as tracker:
+        with Tracker(tracking.mlflow and main, tracking.tracking_uri, tracking.experiment,
+                     self.out.parent / "mlflow.db") as tracker:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
-                          tags={"model": self.model_name, "ablation": cfg.ablation, "dataset": self.parts.dataset.name})
+                          tags={"model": self.model_name, "ablation": cfg.ablation, "dataset": self.parts.dataset.name,
+                                "engine": self.checkpoint_identity["engine"]})
             tracker.log_dict(config_to_dict(cfg), "config.yaml")
+            if isinstance(self.engine, DeepSpeedEngine):
+                tracker.log_dict(self.engine.ds_config, "deepspeed.json")
             started = time.perf_counter()
             self.train(tracker)
             train_seconds = time.perf_counter() - started
@@ -257,7 +367,7 @@ class Recipe:
                 val = self.validate("val", prompt)
                 tracker.log_metrics({**{f"test_{k}": v for k, v in test.items()}, **{f"val_{k}": v for k, v in val.items()}})
             rows = {self.model_name: {**test, "seconds": train_seconds}}
-            if cfg.baselines.multivae or cfg.baselines.ease:
+            if main and (cfg.baselines.multivae or cfg.baselines.ease):
                 with tracker.phase("baselines"):
                     base = run_baselines(self.splits["train"], self.splits["val"], self.splits["test"], cfg.baselines,
                                          cfg.eval, cfg.seed, self.progress)
@@ -265,9 +375,13 @@ class Recipe:
                         tracker.log_metrics({f"{name}_{k}": v for k, v in metrics.items()})
                 rows.update(base)
             self.save_model(self.out / "model")
+            ranks = self.dist.all_gather(self.engine.stats())
+            if not main:
+                return rows
             table = write_results(self.out, rows, metric_columns(cfg.eval.recall_ks, cfg.eval.ndcg_ks),
                                   {"dataset": self.parts.dataset.name, "dataset_hash": self.parts.dataset_hash,
-                                   "backbone": self.parts.backbone_ref, "history": self.state["history"],
+                                   "backbone": self.parts.backbone_ref, "engine": self.checkpoint_identity["engine"],
+                                   "ranks": ranks, "history": self.state["history"],
                                    "best_epoch": self.state["best_tag"]})
             tracker.log_metrics({f"test_{k}": v for k, v in test.items()}, parent=True)
             for name in ("results.md", "results.json", "config.yaml"):
@@ -275,7 +389,7 @@ class Recipe:
             tracker.log_artifact(self.out / "model" / "tables.safetensors", "model")
         print(f"\n{table}")
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "
-              f"best finetuning epoch {self.state['best_tag'] or 'n/a'})")
+              f"best finetuning epoch {self.state['best_tag'] or 'n/a'}; engine {self.checkpoint_identity['engine']})")
         print(f"results: {self.out / 'results.md'}  model: {self.out / 'model'}")
         if tracker.run_id:
             print(f"MLflow: {tracker.tracking_uri} (run {tracker.run_id})")

@@ -1,0 +1,292 @@
+"""DeepSpeed ZeRO-3 on CPU (gloo): 2 ranks = 1 rank = plain engine, partitioning, step isolation,
+SIGKILL + exact resume, damaged checkpoints, export without the launcher.
+
+The 1-rank and 2-rank runs start once (module fixture) and every assertion shares them. Subprocesses
+run with one OpenMP thread each (deterministic reductions, no oversubscription on 2 cores).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+from trainer.checkpoint import CheckpointError, load_checkpoint
+from trainer.config import ConfigError, load_config
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
+            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
+            "checkpoint.every_steps": 3, "checkpoint.keep": 3}
+LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+LOSS_KEYS = ("lm_loss", "mr_loss", "val_selection")
+METRICS = ("recall@20", "recall@40", "ndcg@100")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000))
+    return env
+
+
+def _overrides(dataset: Path, backbone: Path, out: Path, engine: str = "deepspeed") -> list[str]:
+    return tiny_overrides(dataset, backbone, out, **SETTINGS, **{"distributed.engine": engine})
+
+
+def _command(args: list[str], ranks: int) -> list[str]:
+    if ranks == 1:  # a plain process, no launcher
+        return [sys.executable, "-m", "trainer", "--no-progress", *args]
+    return ["bash", str(REPO / "scripts" / "deepspeed_single_node.sh"), str(ranks), "--no-progress", *args]
+
+
+def _run(args: list[str], ranks: int, log: Path, timeout: float = 300) -> None:
+    with log.open("w") as sink:
+        proc = subprocess.run(_command(args, ranks), cwd=REPO, env=_env(), stdout=sink, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _tables(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "tables.safetensors"))
+
+
+@dataclass
+class Runs:
+    one: Path  # DeepSpeed, 1 rank, plain process
+    two: Path  # DeepSpeed, 2 ranks, DeepSpeed launcher (scripts/deepspeed_single_node.sh)
+    plain: Path  # plain engine, in this process
+    args_one: list[str]
+
+
+@pytest.fixture(scope="module")
+def runs(planted_dataset, tiny_llama, tmp_path_factory) -> Runs:
+    from trainer.pipeline import train
+
+    root = tmp_path_factory.mktemp("zero3")
+    args_one = _overrides(planted_dataset, tiny_llama, root / "one")
+    _run(args_one, 1, root / "one.log")
+    _run(_overrides(planted_dataset, tiny_llama, root / "two"), 2, root / "two.log")
+    train(load_config("quick", _overrides(planted_dataset, tiny_llama, root / "plain", engine="plain")), progress=False)
+    return Runs(root / "one", root / "two", root / "plain", args_one)
+
+
+def _assert_same_history(a: dict, b: dict, rel: float) -> None:
+    assert [h["unit"] for h in a["history"]] == [h["unit"] for h in b["history"]]
+    for ha, hb in zip(a["history"], b["history"]):
+        for key in ha:
+            if key.endswith(LOSS_KEYS) or key.endswith("_tokens"):
+                assert hb[key] == pytest.approx(ha[key], rel=rel, abs=1e-7), (ha["unit"], key)
+
+
+def test_two_ranks_equal_one_rank(runs: Runs) -> None:
+    """Same per-epoch losses (float tolerance 1e-5 relative: sums are reduced in another order) and
+    the same final metrics and tables."""
+    one, two = _results(runs.one), _results(runs.two)
+    assert one["engine"] == "deepspeed-zero3 x1" and two["engine"] == "deepspeed-zero3 x2"
+    _assert_same_history(one, two, rel=1e-5)
+    for key in METRICS:
+        assert two["models"]["CLLM4Rec"][key] == pytest.approx(one["models"]["CLLM4Rec"][key], abs=1e-6)
+    t1, t2 = _tables(runs.one), _tables(runs.two)
+    for name in t1:
+        torch.testing.assert_close(t2[name], t1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_zero3_one_rank_equals_the_plain_engine(runs: Runs) -> None:
+    _assert_same_history(_results(runs.plain), _results(runs.one), rel=1e-5)
+
+
+def test_trainable_partition_halves_with_two_ranks(runs: Runs) -> None:
+    (one,) = _results(runs.one)["ranks"]
+    two = _results(runs.two)["ranks"]
+    assert [r["rank"] for r in two] == [0, 1]
+    assert one["trainable_elements_on_rank"] == (2 * 80 + 2 * 40) * 32  # all four tables (K = 32) on 1 rank
+    for rank in two:
+        assert rank["trainable_elements_on_rank"] == pytest.approx(one["trainable_elements_on_rank"] / 2, rel=0.01)
+
+
+def test_export_from_a_zero3_checkpoint_without_launcher(runs: Runs, tmp_path: Path) -> None:
+    """`cllm4rec export` needs no launcher; its tables equal DeepSpeed's own fp32 partitions, merged."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from trainer.cli import main
+
+    assert main(["export", str(runs.two), "--out", str(tmp_path / "exported")]) == 0
+    exported = load_file(str(tmp_path / "exported" / "tables.safetensors"))
+    latest = runs.two / "checkpoints" / (runs.two / "checkpoints" / "latest").read_text().strip()
+    # DeepSpeed's files are pickles: read here only because this run wrote them and COMPLETE vouches for them
+    load_checkpoint(latest)
+    merged = get_fp32_state_dict_from_zero_checkpoint(str(latest / "deepspeed"), tag="state")
+    for name, table in exported.items():
+        assert torch.equal(table, merged[name].float()), name
+
+
+def test_resume_refuses_another_engine_or_world_size(runs: Runs, planted_dataset, tiny_llama, tmp_path) -> None:
+    from trainer.pipeline import train
+
+    out = tmp_path / "run"
+    shutil.copytree(runs.two, out)
+    config = load_config("quick", _overrides(planted_dataset, tiny_llama, out, engine="plain"))
+    with pytest.raises(CheckpointError, match=r"engine: checkpoint has deepspeed-zero3 x2, current run has plain"):
+        train(config, resume=True, progress=False)
+
+
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, phase: str, timeout: float = 240) -> str:
+    """Poll `latest` until it names a mid-epoch checkpoint of `phase`; returns its tag."""
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tag = latest.read_text().strip() if latest.is_file() else ""
+        if phase in tag and "-s0" in tag:
+            return tag
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before a mid-epoch {phase} checkpoint (last: {tag!r})")
+        time.sleep(0.005)
+    raise AssertionError(f"no mid-epoch {phase} checkpoint within {timeout} s")
+
+
+def _kill_during(args: list[str], out: Path, phase: str, log: Path, resume: bool) -> Path:
+    """Start training, SIGKILL it right after it checkpoints inside a `phase` epoch; return that checkpoint."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(_command([*(["--resume"] if resume else []), *args], 1), cwd=REPO, env=_env(),
+                                stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            tag = _wait_for_checkpoint(out, proc, phase)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+    return out / "checkpoints" / tag
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(runs: Runs, tmp_path: Path) -> None:
+    """Killed inside an L-step epoch, resumed, killed inside a finetuning epoch (after damaging the
+    newest checkpoint, which must be skipped), resumed to the end: final tables bit-equal to the
+    uninterrupted 1-rank run, same metrics."""
+    out = runs.one.parent / "killed"
+    args = [a if not a.startswith("output_dir=") else f"output_dir={out}" for a in runs.args_one]
+
+    first = _kill_during(args, out, "lstep", tmp_path / "kill1.log", resume=False)
+    state = json.loads((first / "state.json").read_text())
+    assert state["in_progress"]["unit"].startswith("lstep") and state["in_progress"]["progress"]["step"] > 0
+
+    second = _kill_during(args, out, "finetune", tmp_path / "kill2.log", resume=True)
+    assert "resumed from" in (tmp_path / "kill2.log").read_text()
+    # damage the newest checkpoint's DeepSpeed state: resume must refuse it and take the one before
+    shard = next((second / "deepspeed").rglob("*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:-64])
+    _run(["--resume", *args], 1, tmp_path / "resume.log")
+    log = (tmp_path / "resume.log").read_text()
+    assert f"ignoring checkpoint {second}" in log and "is corrupted" in log
+
+    for name, table in _tables(runs.one).items():
+        assert torch.equal(_tables(out)[name], table), name
+    killed, reference = _results(out), _results(runs.one)
+    for key in METRICS:
+        assert killed["models"]["CLLM4Rec"][key] == reference["models"]["CLLM4Rec"][key]
+    assert [h["unit"] for h in killed["history"]] == [h["unit"] for h in reference["history"]]
+
+
+def _zero3_engine(overrides: list[str], monkeypatch: pytest.MonkeyPatch):
+    """(run parts, DeepSpeedEngine) for a 1-rank ZeRO-3 engine in this process (zero3_cpu, batch 4)."""
+    from trainer.build import build_run
+    from trainer.distributed import init_distributed
+    from trainer.engine import DeepSpeedEngine, fill_ds_config, resolve_ds_config
+
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_PORT", str(29400 + os.getpid() % 1000))
+    config = load_config("quick", overrides)
+    dist = init_distributed("cpu", require_group=True)
+    parts = build_run(config, torch.device("cpu"), torch.float32)
+    before = {n: p.detach().clone() for n, p in parts.model.backbone.named_parameters()}
+    cpu = torch.device("cpu")
+    engine = DeepSpeedEngine(parts.model, 0.05, 0.01, dist=dist, device=cpu,
+                             ds_config=fill_ds_config(resolve_ds_config("zero3_cpu", cpu), 4, 1))
+    return parts, engine, before
+
+
+def test_zero3_step_moves_only_its_own_tables(planted_dataset, tiny_llama, monkeypatch) -> None:
+    """Under ZeRO-3 an L-step leaves the content tables bit-identical and a C-step the collaborative
+    ones (ZeRO keeps stale gradient partitions: the optimizer must skip the inactive set), and the
+    frozen backbone never moves."""
+    import deepspeed
+
+    from trainer.data import epoch_rng
+
+    parts, engine, backbone_before = _zero3_engine(_overrides(planted_dataset, tiny_llama, Path("unused")), monkeypatch)
+    collab = next(parts.corpora.collab_batches(epoch_rng(0, "t"), 4, True))
+    content = next(parts.corpora.content_batches(epoch_rng(0, "t"), 4))
+
+    snap = engine.full_tables()
+    engine.train_step("collab", collab, "collab")
+    after_l = engine.full_tables()
+    assert not torch.equal(after_l["collab_item"], snap["collab_item"])
+    assert torch.equal(after_l["content_item"], snap["content_item"]) and torch.equal(after_l["content_user"], snap["content_user"])
+    for _ in range(2):
+        engine.train_step("content", content, "content")
+    after_c = engine.full_tables()
+    assert not (torch.equal(after_c["content_user"], after_l["content_user"])
+                and torch.equal(after_c["content_item"], after_l["content_item"]))
+    assert torch.equal(after_c["collab_item"], after_l["collab_item"]) and torch.equal(after_c["collab_user"], after_l["collab_user"])
+    # finetuning starts the collaborative group with fresh Adam state and the finetuning rate
+    engine.activate("rec")
+    (group,) = [g for g in engine.optimizer.param_groups if g["name"] == "collab"]
+    assert group["stage"] == "finetune" and group["lr"] == 0.01
+    assert all(t not in engine.optimizer.state for t in engine.group_tensors(engine.optimizer.param_groups.index(group)))
+    params = list(parts.model.backbone.parameters())
+    with deepspeed.zero.GatheredParameters(params):
+        for name, param in parts.model.backbone.named_parameters():
+            assert torch.equal(param.detach(), backbone_before[name]), name
+
+
+def test_ds_config_batch_keys_come_from_the_trainer(tmp_path: Path) -> None:
+    from trainer.engine import fill_ds_config, resolve_ds_config
+
+    filled = fill_ds_config(resolve_ds_config("zero3_bf16", torch.device("cpu")), batch_size=20, world_size=8)
+    assert (filled["train_micro_batch_size_per_gpu"], filled["gradient_accumulation_steps"], filled["train_batch_size"]) == (3, 1, 24)
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text()),
+                                 "train_micro_batch_size_per_gpu": 16}))
+    with pytest.raises(ConfigError, match=r"clash.json: 'train_micro_batch_size_per_gpu' is 16 but the trainer"):
+        fill_ds_config(clash, batch_size=20, world_size=2)
+    clip = tmp_path / "clip.json"
+    clip.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ConfigError, match=r"clip.json: 'gradient_clipping' must be 0.0"):
+        fill_ds_config(clip, batch_size=4, world_size=1)
+    with pytest.raises(ConfigError, match=r"DeepSpeed config 'zero9' not found \(shipped: zero3_bf16, zero3_cpu, zero3_offload"):
+        resolve_ds_config("zero9", torch.device("cpu"))
+
+
+def test_zero3_lora_trains_only_adapters_and_tables(planted_dataset, tiny_llama, monkeypatch) -> None:
+    """LLM-FtAll with a LoRA adapter under ZeRO-3: the optimizer holds tables + adapters only, a step
+    moves the adapters, and the base weights stay bit-identical."""
+    import deepspeed
+
+    from trainer.data import epoch_rng
+
+    parts, engine, before = _zero3_engine([*_overrides(planted_dataset, tiny_llama, Path("unused")),
+                                           "ablation=ftall-lora", "model.lora_target_modules=[q_proj, v_proj]"], monkeypatch)
+    named = dict(parts.model.backbone.named_parameters())
+    adapters = sorted(n for n, p in named.items() if p.requires_grad)
+    assert adapters and all("lora_" in n for n in adapters)
+    tables = (2 * parts.dataset.n_users + 2 * parts.dataset.n_items) * parts.model.dim
+    assert engine.stats()["trainable_elements_on_rank"] == tables + sum(before[n].numel() for n in adapters)
+    engine.train_step("collab", next(parts.corpora.collab_batches(epoch_rng(0, "t"), 4, True)), "collab")
+    with deepspeed.zero.GatheredParameters(list(named.values())):
+        moved = {n for n, p in named.items() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= set(adapters)

@@ -1,0 +1,118 @@
+"""The process group a run belongs to: rank, world size, and the few collectives the loop needs.
+
+Three ways of starting share this: a plain process (no launcher: world size 1), the DeepSpeed
+launcher (`deepspeed ... -m trainer`, which sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT), and Ray Train workers (which set the same variables before calling the loop).
+With world size 1 and no process group every collective is the identity, so callers never branch.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as torch_dist
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE set by a launcher (DeepSpeed, torchrun, Ray Train), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run. `active` is False for a single process without a group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    active: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.active:
+            torch_dist.barrier()
+
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum over ranks of a short float vector (float64 on the CPU-side group)."""
+        if not self.active:
+            return [float(v) for v in values]
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self._device())
+        torch_dist.all_reduce(tensor)
+        return tensor.cpu().tolist()
+
+    def all_reduce_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of `tensor` over ranks (a new tensor on the input's device)."""
+        if not self.active:
+            return tensor
+        out = tensor.to(self._device(), copy=True)
+        torch_dist.all_reduce(out)
+        return out.to(tensor.device)
+
+    def broadcast(self, value: Any, src: int = 0) -> Any:
+        """`value` from rank `src` on every rank (small, JSON-like Python objects only)."""
+        if not self.active:
+            return value
+        box = [value]
+        torch_dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """[value of rank 0, value of rank 1, ...] on every rank (small, JSON-like objects only)."""
+        if not self.active:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(out, value)
+        return out
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+LOCAL = Dist()
+
+
+def init_distributed(device: str, require_group: bool) -> Dist:
+    """Join (or create) the process group and return this process's `Dist`.
+
+    With a launcher (WORLD_SIZE set) the group is always created. Without one, a group of one is
+    created only if `require_group` (DeepSpeed needs one); MASTER_* then point at a free local port.
+    Backend: nccl for CUDA devices, gloo otherwise.
+    """
+    world = launched_world_size()
+    if world == 1 and not require_group:
+        return LOCAL
+    if world == 1:
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    # DeepSpeed 0.19 calls the deprecated names of these collectives on every step
+    warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).* is deprecated")
+    if not torch_dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, active=True)
+
+
+def shard_rows(rows: Sequence[int] | Any, dist: Dist) -> Any:
+    """This rank's share of one global batch: rows rank, rank+R, rank+2R, ... (may be empty)."""
+    return rows[dist.rank :: dist.world_size]
