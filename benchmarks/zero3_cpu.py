@@ -72,8 +72,10 @@ def worker(args: argparse.Namespace) -> None:
         log = ds_comm.log_summary(return_dict=True)["summary"]
         volume = {op: sum(v["count"] * v["msg_size_bytes"] for v in sizes.values()) / args.steps
                   for op, sizes in log.items()}
+        calls = {op: {str(size): v["count"] / args.steps for size, v in sizes.items()} for op, sizes in log.items()}
         figures[task] = {"seconds_per_step": seconds / args.steps, "steps_per_epoch": total,
-                         "epoch_seconds": seconds / args.steps * total, "bytes_per_step": volume}
+                         "epoch_seconds": seconds / args.steps * total, "bytes_per_step": volume,
+                         "calls_per_step_by_bytes": calls}
     ranks = dist.all_gather({"rank": dist.rank, "peak_rss_mib": round(peak_rss_mib(), 1),
                              **{k: v for k, v in engine.stats().items() if k == "trainable_elements_on_rank"}})
     if dist.is_main:
@@ -100,7 +102,7 @@ def launch(backbone: str, ranks: int, steps: int, folder: Path) -> dict:
             "--ds-config", str(comms_config(folder)), "--scratch", str(folder / "scratch")]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks)), "PYTHON": sys.executable}
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(29600 + ranks), *args]
+               "--master_port", str(29600 + ranks), "--no_local_rank", *args]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True, timeout=3600,
                    stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
@@ -150,6 +152,7 @@ def main() -> None:
         rss = ", ".join(f"{r['peak_rss_mib']:.0f}" for r in result["ranks"])
         print(f"| {name} | {ranks} | {result['sizes']['backbone_params']:,} | {result['sizes']['table_params']:,} | "
               f"{per_rank} | {rss} |")
+    print(f"\nfigures as JSON: {folder}")
     print("\nraw comms per step (bytes, rank 0):")
     for name, ranks, result in rows:
         for task, fig in result["tasks"].items():

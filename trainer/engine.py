@@ -42,24 +42,41 @@ class EngineError(ConfigError):
     """A DeepSpeed config problem; the message names the file and key."""
 
 
-class TableSetAdam(torch.optim.Adam):
-    """Adam whose `step()` updates only the parameter groups marked `active`.
+class SkipInactiveGroups:
+    """Optimizer mixin: `step()` updates only the parameter groups marked `active`.
 
     Each group carries "name", "active" and "stage"; the extra keys travel with `state_dict()`.
     """
 
     def __init__(self, groups: dict[str, list[torch.nn.Parameter]], lr: float):
-        super().__init__([{"params": params, "name": name, "active": False, "stage": "pretrain"}
+        super().__init__([{"params": params, "name": name, "active": False, "stage": "pretrain"}  # type: ignore[call-arg]
                           for name, params in groups.items() if params], lr=lr)
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 (torch's signature)
+    def step(self, *args: Any, **kwargs: Any):
         every = self.param_groups
         self.param_groups = [group for group in every if group["active"]]
         try:
-            return super().step(closure)
+            return super().step(*args, **kwargs)  # type: ignore[misc]
         finally:
             self.param_groups = every
+
+
+class TableSetAdam(SkipInactiveGroups, torch.optim.Adam):
+    """torch Adam over the table-set groups (plain engine, DeepSpeed without optimizer offload)."""
+
+
+def table_set_optimizer(groups: dict[str, list[torch.nn.Parameter]], lr: float, cpu_adam: bool = False):
+    """TableSetAdam, or (ZeRO-Offload, which requires it) the same over DeepSpeed's CPU Adam, whose
+    C++ kernel is compiled on first use."""
+    if not cpu_adam:
+        return TableSetAdam(groups, lr)
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    class TableSetCPUAdam(SkipInactiveGroups, DeepSpeedCPUAdam):
+        pass
+
+    return TableSetCPUAdam(groups, lr)
 
 
 def main_part_count(task: str, batch: Batch) -> float:
@@ -73,16 +90,16 @@ class Engine:
     """What both engines share: step selection, global loss normalisation, the step itself."""
 
     model: CLLM4Rec
-    optimizer: TableSetAdam
+    optimizer: torch.optim.Optimizer  # a SkipInactiveGroups optimizer
     device: torch.device
     dist: Dist = LOCAL
 
     def __init__(self, pretrain_lr: float, finetune_lr: float):
         self.lrs = {"pretrain": pretrain_lr, "finetune": finetune_lr}
 
-    def build_optimizer(self, model: CLLM4Rec, pretrain_lr: float) -> TableSetAdam:
-        return TableSetAdam({"collab": model.table_parameters("collab"), "content": model.table_parameters("content"),
-                             "backbone": model.backbone_parameters()}, lr=pretrain_lr)
+    def build_optimizer(self, model: CLLM4Rec, pretrain_lr: float, cpu_adam: bool = False) -> torch.optim.Optimizer:
+        return table_set_optimizer({"collab": model.table_parameters("collab"), "content": model.table_parameters("content"),
+                                    "backbone": model.backbone_parameters()}, pretrain_lr, cpu_adam)
 
     def activate(self, step: str) -> None:
         """Mark the groups `step` trains active (the backbone group always trains when present)."""
@@ -245,7 +262,9 @@ class DeepSpeedEngine(Engine):
         self.ds_config = ds_config
         self.bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
         exact = model.id_tables() if self.bf16 else None  # fp32 values, before bf16 rounds them
-        base = self.build_optimizer(model, pretrain_lr)
+        zero = ds_config.get("zero_optimization", {})
+        offload = zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
+        base = self.build_optimizer(model, pretrain_lr, cpu_adam=offload and ds_config.get("zero_force_ds_cpu_optimizer", True))
         self.ds, self.ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=base, config=ds_config, dist_init_required=False)
         self.model = self.ds.module

@@ -280,11 +280,14 @@ class Recipe:
         for part, (task, step_name) in enumerate(unit_parts(unit, self.config)):
             if where and part < where["part"]:
                 continue
-            resume = EpochProgress.from_json(where["progress"]) if where and part == where["part"] else None
+            resume = None
+            if where and part == where["part"]:  # each rank continues from its own running sums
+                resume = EpochProgress.from_json({**where["progress"], "sums": where["rank_sums"][self.dist.rank]})
 
             def on_checkpoint(progress: EpochProgress, part: int = part) -> None:
                 self.state["in_progress"] = {"unit": unit.tag, "part": part, "metrics": metrics,
-                                             "progress": progress.to_json()}
+                                             "progress": progress.to_json(),
+                                             "rank_sums": self.dist.all_gather(dict(progress.sums))}
                 self.save(f"{index:05d}-{unit.tag}-p{part}-s{progress.step:06d}")
 
             prefix = {"rec": "rec", "collab": "collab", "content": "content"}[task]
