@@ -102,14 +102,14 @@ def init_distributed(device: str, require_group: bool) -> Dist:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(local_rank)
+    if cuda:  # an explicit cuda:N (e.g. from Ray Train) wins over the local rank
+        torch.cuda.set_device(torch.device(device).index if ":" in device else local_rank)
     # DeepSpeed 0.19 calls the deprecated names of these collectives on every step
     warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).* is deprecated")
-    if not torch_dist.is_initialized():
-        import deepspeed
+    import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    # adopts a group that already exists (Ray Train creates one), else creates it from the environment
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
     return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, active=True)
 
 

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -161,7 +161,7 @@ class Recipe:
         self.progress = progress and self.dist.is_main
         self.out = config.resolved_output_dir()
         device = pick_device(config.device)
-        if device.type == "cuda" and self.dist.active:
+        if device.type == "cuda" and device.index is None and self.dist.active:
             device = torch.device("cuda", self.dist.local_rank)
         if self.dist.is_main:  # prepare embedded assets once, before the other ranks read them
             from data_prep.assets import resolve_backbone
@@ -177,6 +177,8 @@ class Recipe:
         self.state: dict[str, Any] = {"best_score": None, "best_tag": None, "bad_epochs": 0,
                                       "stopped": False, "history": [], "in_progress": None}
         self.model_name = ABLATION_NAMES[config.ablation]
+        # called on every rank after each checkpointed unit (Ray Train reports through it)
+        self.on_unit: Callable[[str, dict[str, float]], None] | None = None
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
@@ -333,6 +335,8 @@ class Recipe:
                 self.save(f"{index:05d}-{unit.tag}")
                 if self.dist.is_main:
                     log.info("%s: %s", unit.tag, _brief(metrics))
+                if self.on_unit is not None:
+                    self.on_unit(unit.tag, metrics)
 
     def final_model(self) -> None:
         """Load the validation-selected tables (finetuning) — PreRec keeps the last pretrained ones."""

@@ -1,0 +1,78 @@
+"""Ray Train on a local loopback cluster: `ray job submit` of ray_jobs/train.py with 2 CPU workers
+(DeepSpeed ZeRO-3 over gloo), one worker SIGKILLed mid-epoch: the worker group restarts, resumes from
+the last checkpoint and the job succeeds; the MLflow store holds the run; ray_jobs/evaluate.py
+reproduces its test metrics."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
+            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
+            "checkpoint.every_steps": 3, "tracking.mlflow": True}
+
+
+def _workers(session: int) -> list[int]:
+    """PIDs of the Ray Train workers of the cluster this test session started (its process session)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(pid) for pid, sid, *args in (line.split(None, 2) for line in out.splitlines())
+            if int(sid) == session and args and args[0].startswith("ray::RayTrainWorker")]
+
+
+def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, tiny_llama, tmp_path) -> None:
+    address, session = ray_cluster.address, ray_cluster.session
+    storage = tmp_path / "storage"
+    overrides = [o for o in tiny_overrides(planted_dataset, tiny_llama, storage, **SETTINGS) if not o.startswith("output_dir=")]
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+               "--", "python", "ray_jobs/train.py", "--workers", "2", "--cpus-per-worker", "1", "--max-failures", "1",
+               "--storage", str(storage), "name=ray-tiny", *overrides]
+    log = tmp_path / "job.log"
+    latest = storage / "runs" / "ray-tiny" / "checkpoints" / "latest"
+    with log.open("w") as sink:
+        job = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while "lstep" not in (latest.read_text() if latest.is_file() else ""):
+                assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            victims = _workers(session)
+            assert len(victims) == 2, victims
+            os.kill(victims[-1], signal.SIGKILL)
+            assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
+        finally:
+            if job.poll() is None:
+                job.kill()
+    text = log.read_text()
+    assert "succeeded" in text and "resumed from" in text
+    results = json.loads((storage / "runs" / "ray-tiny" / "results.json").read_text())
+    assert results["engine"] == "deepspeed-zero3 x2"
+    assert [h["unit"] for h in results["history"]][-1] == "finetune-r000-e001"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'runs' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "cllm4rec"]
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "ray-tiny"]
+    assert parents and any(r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id for r in runs)
+
+    out = tmp_path / "eval.json"
+    evaluate = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+                               "--working-dir", str(REPO), "--", "python", "ray_jobs/evaluate.py", "--model",
+                               str(storage / "runs" / "ray-tiny" / "model"), "--out", str(out)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    for key in ("recall@20", "recall@40", "ndcg@100"):
+        assert metrics[key] == pytest.approx(results["models"]["CLLM4Rec"][key], abs=1e-6)
