@@ -264,6 +264,8 @@ class CorpusStream:
         if shuffle:
             urls = [urls[i] for i in np.random.default_rng([seed, epoch]).permutation(len(urls))]
         self.counts = counts
+        # samples each rank reads this epoch (with one worker per rank): lets ranks agree on a step count
+        self.rank_samples = [sum(counts[u] for u in urls[r::world_size]) for r in range(world_size)]
         self.skipped = list(skipped)
         self.skip_corrupt = skip_corrupt
         workersplitter = wds.split_by_worker if worker is None else partial(_every, index=worker, count=num_workers)
@@ -311,9 +313,10 @@ class CorpusStream:
 def read_corpus(folder: Path, corpus: str, *, rank: int = 0, world_size: int = 1, worker: int | None = None,
                 num_workers: int = 1, shuffle: bool = True, shuffle_buffer: int = 1000, seed: int = 0,
                 epoch: int = 0, dataset: Path | None = None, verify: bool = True,
-                skip_corrupt: bool = False) -> CorpusStream:
+                skip_corrupt: bool = False, exclude: frozenset[Path] = frozenset()) -> CorpusStream:
     """Read one corpus of a shard folder (see CorpusStream). The manifest is checked first: with
-    `dataset`, against that processed dataset's hash; every shard's size and (with `verify`) sha256."""
+    `dataset`, against that processed dataset's hash; every shard's size and (with `verify`) sha256.
+    Shards in `exclude` (found bad earlier, e.g. by a verifying `check_shards`) are left out."""
     if seed < 0 or epoch < 0:
         raise DataPrepError(f"seed ({seed}) and epoch ({epoch}) must be non-negative")
     if not 0 <= rank < world_size:
@@ -322,6 +325,8 @@ def read_corpus(folder: Path, corpus: str, *, rank: int = 0, world_size: int = 1
         raise DataPrepError(f"worker {worker} is outside num_workers {num_workers}")
     manifest = read_manifest(folder, dataset)
     good, bad = check_shards(folder, manifest, corpus, verify=verify, skip_corrupt=skip_corrupt)
+    bad += [p for p in good if p in exclude]
+    good = [p for p in good if p not in exclude]
     if len(good) < world_size:
         raise DataPrepError(f"{Path(folder) / MANIFEST}: corpus {corpus!r} has {len(good)} readable shards "
                             f"for {world_size} ranks; write it with fewer samples per shard")

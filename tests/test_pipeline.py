@@ -565,3 +565,25 @@ def test_cli_train_recommend_evaluate(planted_dataset, tiny_llama, tmp_path, cap
     assert cli.main(["recommend", "--model", str(out / "model"), "--users", "ghost", "--top", "3"]) == 2
     assert "ghost" in capsys.readouterr().err
     assert cli.main(["evaluate", "--model", str(tmp_path / "no-model")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_resume_accepts_a_checkpoint_older_than_a_config_key(small_run, planted_dataset, tiny_llama, tmp_path) -> None:
+    """A key added to the code after the checkpoint was written counts as equal when at its default."""
+    import json
+
+    import yaml
+
+    from trainer.checkpoint import _write_complete, find_latest
+
+    out = _copy_run(small_run, tmp_path / "run")
+    latest = find_latest(out / "checkpoints")
+    config = yaml.safe_load((latest / "config.yaml").read_text())
+    del config["data"]["shuffle_buffer"]
+    (latest / "config.yaml").write_text(yaml.safe_dump(config))
+    identity = json.loads((latest / "identity.json").read_text())
+    (latest / "identity.json").write_text(json.dumps({**identity, "config_hash": "from-older-code"}))
+    _write_complete(latest)
+    train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 3}), resume=True, progress=False)
+    assert [h["unit"] for h in _results(out)["history"]][-1] == "finetune-r000-e002"

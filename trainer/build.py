@@ -134,6 +134,10 @@ def build_run(config: TrainConfig, device: torch.device | None = None, dtype: to
         biographies=config.data.biographies,
         item_texts=config.data.item_texts,
         reviews=config.data.reviews,
+        shards=Path(config.data.shards) if config.data.shards else None,
+        dataset_path=path,
+        shuffle_buffer=config.data.shuffle_buffer,
+        skip_corrupt=config.data.skip_corrupt_shards,
     )
     if config.model.content_init_from_text:
         model.init_content_from_text(corpora.entity_text_ids())

@@ -31,6 +31,9 @@ class DataConfig:
     biographies: bool = True
     item_texts: bool = True
     reviews: bool = True
+    shards: str | None = None  # WebDataset shard folder of this dataset (ray_jobs/shard_corpora.py): epochs stream from it
+    shuffle_buffer: int = 1000  # samples in the shard reader's shuffle buffer
+    skip_corrupt_shards: bool = False  # skip (and count) corrupted shards instead of stopping at the first
 
 
 @dataclass

@@ -13,8 +13,10 @@ empty gets a padding batch with weight 0 (ZeRO-3 steps are collective: every ran
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Iterator
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +50,23 @@ def user_item_lists(dataset: ProcessedDataset, split: str) -> UserItems:
     """Each user's items of `split`; rows keep the dataset's (chronological) order."""
     indptr, indices = dataset.split_csr(split)
     return UserItems(indptr, indices, dataset.n_items)
+
+
+class EpochStream(Iterator[Batch]):
+    """One epoch's batches for this rank and how many there are (the same number on every rank)."""
+
+    def __init__(self, batches: Iterator[Batch], steps: int):
+        self._batches, self.steps = batches, steps
+
+    def __next__(self) -> Batch:
+        return next(self._batches)
+
+
+def content_document(kind: str, user: int, item: int, text: str) -> tuple[list, list]:
+    """(prompt segments, main segments) of a content document: kind user (biography), item or review."""
+    prompt = {"user": biography_prompt, "item": item_content_prompt, "review": review_prompt}[kind]
+    args = {"user": (user,), "item": (item,), "review": (user, item)}[kind]
+    return prompt(*args), [Text(text)]
 
 
 def own_share(rows: np.ndarray, dist: Dist) -> tuple[np.ndarray, float]:
@@ -91,6 +110,9 @@ class Corpora:
 
     train: each user's training items (chronological). content: pre-encoded content documents
     (biographies, item texts, training reviews), main parts capped at `max_main_tokens` tokens.
+    shards: a WebDataset shard folder of the same dataset (`ray_jobs/shard_corpora.py`); when set,
+    every epoch streams its documents from the shards instead (split by rank, shuffled per epoch),
+    building each from raw indices and text exactly as the in-memory path does.
     """
 
     tokenizer: IdTokenizer
@@ -98,6 +120,12 @@ class Corpora:
     content: list[Document]
     content_owner: list[tuple[str, int]]  # ("user", i) / ("item", j) for bios and item texts, ("review", -1)
     max_items: int
+    max_main_tokens: int = 128
+    content_kinds: tuple[str, ...] = ("user", "item", "review")
+    shards: Path | None = None
+    shuffle_buffer: int = 1000
+    skip_corrupt: bool = False
+    skipped_shards: set[Path] = field(default_factory=set)  # corrupted shards left out so far
 
     @classmethod
     def build(
@@ -110,25 +138,32 @@ class Corpora:
         biographies: bool = True,
         item_texts: bool = True,
         reviews: bool = True,
+        shards: Path | None = None,
+        dataset_path: Path | None = None,
+        shuffle_buffer: int = 1000,
+        skip_corrupt: bool = False,
     ) -> "Corpora":
-        docs: list[tuple[list, list]] = []
-        owner: list[tuple[str, int]] = []
-        if biographies:
-            bios = [(u, t) for u, t in enumerate(dataset.user_text) if t]
-            docs += [(biography_prompt(u), [Text(t)]) for u, t in bios]
-            owner += [("user", u) for u, _ in bios]
-        if item_texts:
-            texts = [(j, t) for j, t in enumerate(dataset.item_text) if t]
-            docs += [(item_content_prompt(j), [Text(t)]) for j, t in texts]
-            owner += [("item", j) for j, _ in texts]
-        if reviews:
-            rows = [(int(u), int(j), t) for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text) if t]
-            docs += [(review_prompt(u, j), [Text(t)]) for u, j, t in rows]
-            owner += [("review", -1)] * len(rows)
+        """In-memory corpora; with `shards`, their manifest is checked against `dataset_path` and every
+        shard's sha256 verified once here (epochs then check sizes only)."""
+        kinds = tuple(k for k, on in (("user", biographies), ("item", item_texts), ("review", reviews)) if on)
+        rows = [("user", u, -1, t) for u, t in enumerate(dataset.user_text) if t]
+        rows += [("item", -1, j, t) for j, t in enumerate(dataset.item_text) if t]
+        rows += [("review", int(u), int(j), t) for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text) if t]
+        rows = [r for r in rows if r[0] in kinds]
+        docs = [content_document(*r) for r in rows]
+        owner = [(kind, u if kind == "user" else j if kind == "item" else -1) for kind, u, j, _ in rows]
         content = []
         for start in range(0, len(docs), 1024):
             content += tokenizer.encode_documents(docs[start : start + 1024], max_main_tokens=max_main_tokens)
-        return cls(tokenizer, user_item_lists(dataset, "train"), content, owner, max_items)
+        skipped: set[Path] = set()
+        if shards is not None:
+            from data_prep.shards import CORPORA, check_shards, read_manifest
+
+            manifest = read_manifest(Path(shards), dataset_path)
+            for corpus in CORPORA:
+                skipped.update(check_shards(Path(shards), manifest, corpus, verify=True, skip_corrupt=skip_corrupt)[1])
+        return cls(tokenizer, user_item_lists(dataset, "train"), content, owner, max_items, max_main_tokens, kinds,
+                   Path(shards) if shards is not None else None, shuffle_buffer, skip_corrupt, skipped)
 
     def entity_text_ids(self) -> dict[tuple[str, int], list[int]]:
         """Word ids of each user biography and item text, keyed ("user", i) / ("item", j)."""
@@ -141,54 +176,108 @@ class Corpora:
         return np.flatnonzero(self.train.lengths() > 0)
 
     def collab_batches(self, rng: np.random.Generator, batch_size: int, reorder: bool,
-                       dist: Dist = LOCAL) -> Iterator[Batch]:
+                       dist: Dist = LOCAL) -> EpochStream:
         """`<user_i> has interacted with <item>...` documents; items shuffled anew unless not `reorder`."""
-        users = self.collab_users()
-        lengths = np.minimum(self.train.lengths()[users], self.max_items)
         epoch_seed = int(rng.integers(2**62))
-        for rows in bucket_batches(lengths, batch_size, rng):
-            mine, weight = own_share(rows, dist)
-            docs = []
-            for u in users[mine]:
-                doc_rng = document_rng(epoch_seed, int(u))
-                items = cap_items(order_items(self.train.row(u), doc_rng, reorder), self.max_items, doc_rng)
-                docs.append((interaction_prompt(int(u)), [Items(items)]))
-            yield {**pad_documents(self.tokenizer.encode_documents(docs)), "weight": torch.tensor(weight)}
 
-    def content_batches(self, rng: np.random.Generator, batch_size: int, dist: Dist = LOCAL) -> Iterator[Batch]:
+        def document(u: int, items: np.ndarray) -> tuple[list, list]:
+            doc_rng = document_rng(epoch_seed, u)
+            return interaction_prompt(u), [Items(cap_items(order_items(items, doc_rng, reorder), self.max_items, doc_rng))]
+
+        def batch(rows: list[tuple[int, np.ndarray]], weight: float) -> Batch:
+            docs = self.tokenizer.encode_documents([document(u, items) for u, items in rows])
+            return {**pad_documents(docs), "weight": torch.tensor(weight)}
+
+        return self._user_stream("collab", rng, batch_size, dist, batch)
+
+    def content_batches(self, rng: np.random.Generator, batch_size: int, dist: Dist = LOCAL) -> EpochStream:
+        if self.shards is not None:
+            def batch(samples: list[dict], weight: float) -> Batch:
+                docs = [content_document(s["kind"], s["user"], s["item"], s["text"]) for s in samples]
+                encoded = self.tokenizer.encode_documents(docs, max_main_tokens=self.max_main_tokens)
+                return {**pad_documents(encoded), "weight": torch.tensor(weight)}
+
+            return self._shard_stream("content", rng, batch_size, dist, batch,
+                                      keep=lambda s: s["kind"] in self.content_kinds)
         lengths = np.array([len(d.ids) for d in self.content])
-        for rows in bucket_batches(lengths, batch_size, rng):
-            mine, weight = own_share(rows, dist)
-            yield {**pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)}
+        batches = bucket_batches(lengths, batch_size, rng)
+
+        def stream() -> Iterator[Batch]:
+            for rows in batches:
+                mine, weight = own_share(rows, dist)
+                yield {**pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)}
+
+        return EpochStream(stream(), len(batches))
 
     def finetune_batches(
         self, rng: np.random.Generator, batch_size: int, *, mode: str, ratio: float, target: str, dist: Dist = LOCAL
-    ) -> Iterator[Batch]:
+    ) -> EpochStream:
         """Masked recommendation prompts with their multi-hot targets as COO (target_rows, target_items).
 
         Users whose mask leaves no target are skipped; a share left empty becomes a weight-0 batch.
         """
-        users = self.collab_users()
-        lengths = np.minimum(self.train.lengths()[users], self.max_items)
         epoch_seed = int(rng.integers(2**62))
-        for rows in bucket_batches(lengths, batch_size, rng):
-            mine, weight = own_share(rows, dist)
-            examples = [
-                (int(u), masked_prompt(self.train.row(u), document_rng(epoch_seed, int(u)), mode=mode, ratio=ratio,
-                                       target=target, max_items=self.max_items))
-                for u in users[mine]
-            ]
+
+        def batch(rows: list[tuple[int, np.ndarray]], weight: float) -> Batch:
+            examples = [(u, masked_prompt(items, document_rng(epoch_seed, u), mode=mode, ratio=ratio, target=target,
+                                          max_items=self.max_items)) for u, items in rows]
             kept = [(u, ex) for u, ex in examples if ex.target_items.shape[0] > 0]
             if not kept:
                 kept, weight = examples[:1], 0.0
             ids = self.tokenizer.encode_segments([recommendation_prompt(u, ex.prompt_items) for u, ex in kept])
-            batch = pad_documents([Document(x, len(x)) for x in ids])
-            batch["target_rows"] = torch.tensor(
+            out = pad_documents([Document(x, len(x)) for x in ids])
+            out["target_rows"] = torch.tensor(
                 np.repeat(np.arange(len(kept)), [ex.target_items.shape[0] for _, ex in kept]), dtype=torch.long
             )
-            batch["target_items"] = torch.tensor(np.concatenate([ex.target_items for _, ex in kept]), dtype=torch.long)
-            batch["weight"] = torch.tensor(weight)
-            yield batch
+            out["target_items"] = torch.tensor(np.concatenate([ex.target_items for _, ex in kept]), dtype=torch.long)
+            out["weight"] = torch.tensor(weight)
+            return out
+
+        return self._user_stream("finetune", rng, batch_size, dist, batch)
+
+    # ---- epoch sources: in-memory (length-bucketed global batches) or WebDataset shards ----------
+
+    def _user_stream(self, corpus: str, rng: np.random.Generator, batch_size: int, dist: Dist,
+                     make: Callable[[list[tuple[int, np.ndarray]], float], Batch]) -> EpochStream:
+        """Batches of (user, training items) rows: this rank's share of length-bucketed global
+        batches, or (with shards) the rank's own shards cut into batches of batch_size / R."""
+        if self.shards is not None:
+            return self._shard_stream(corpus, rng, batch_size, dist,
+                                      lambda samples, w: make([(s["user"], np.asarray(s["items"], np.int64)) for s in samples], w))
+        users = self.collab_users()
+        batches = bucket_batches(np.minimum(self.train.lengths()[users], self.max_items), batch_size, rng)
+
+        def stream() -> Iterator[Batch]:
+            for rows in batches:
+                mine, weight = own_share(rows, dist)
+                yield make([(int(u), self.train.row(int(u))) for u in users[mine]], weight)
+
+        return EpochStream(stream(), len(batches))
+
+    def _shard_stream(self, corpus: str, rng: np.random.Generator, batch_size: int, dist: Dist,
+                      make: Callable[[list[dict], float], Batch], keep: Callable[[dict], bool] = lambda s: True) -> EpochStream:
+        """This rank's shards of `corpus`, shuffled from the epoch's generator, in batches of
+        ceil(batch_size / R); ranks with fewer samples pad with weight-0 batches so all take the
+        same number of steps (ZeRO-3 steps are collective)."""
+        from data_prep.shards import read_corpus
+
+        source = read_corpus(self.shards, corpus, rank=dist.rank, world_size=dist.world_size, worker=0, num_workers=1,
+                             shuffle_buffer=self.shuffle_buffer, seed=int(rng.integers(2**62)), epoch=0, verify=False,
+                             skip_corrupt=self.skip_corrupt, exclude=frozenset(self.skipped_shards))
+        micro = -(-batch_size // dist.world_size)
+        steps = -(-max(source.rank_samples) // micro)
+
+        def stream() -> Iterator[Batch]:
+            samples, last = (s for s in source if keep(s)), None
+            for _ in range(steps):
+                chunk = list(itertools.islice(samples, micro))
+                last = chunk[:1] or last
+                if last is None:
+                    raise RuntimeError(f"{self.shards}: rank {dist.rank} read no {corpus} sample")
+                yield make(chunk, 1.0) if chunk else make(last, 0.0)
+            self.skipped_shards.update(source.skipped)
+
+        return EpochStream(stream(), steps)
 
     def scoring_batch(self, users: np.ndarray, prompt: str, seed: int) -> Batch:
         """Prompts of ALL training items (no masking) for whole-catalogue scoring, deterministic.

@@ -207,13 +207,17 @@ class Recipe:
     def restore(self, path: Path) -> None:
         saved = ckpt.load_checkpoint(path)
         if saved.identity.get("config_hash") != self.checkpoint_identity["config_hash"]:
+            # a key the checkpoint lacks (added to the code since) counts as equal when it holds its default
             current, before = flatten(config_to_dict(self.config)), flatten(saved.config)
+            defaults = flatten(config_to_dict(TrainConfig()))
             differ = [f"{k}: checkpoint has {before.get(k)!r}, current run has {current.get(k)!r}"
                       for k in sorted(set(current) | set(before))
-                      if before.get(k) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
-            raise ckpt.CheckpointError(f"{path} was written with another config ({'; '.join(differ)}); "
-                                       f"use another name= (output folder) for a different config")
-        ckpt.check_identity(saved.identity, self.checkpoint_identity)
+                      if before.get(k, defaults.get(k)) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
+            if differ:
+                raise ckpt.CheckpointError(f"{path} was written with another config ({'; '.join(differ)}); "
+                                           f"use another name= (output folder) for a different config")
+        ckpt.check_identity({k: v for k, v in saved.identity.items() if k != "config_hash"},
+                            {k: v for k, v in self.checkpoint_identity.items() if k != "config_hash"})
         self.engine.load_tables(saved.tables, saved.extra)
         self.engine.load_optimizer(path)
         self.state = {"in_progress": None, **saved.state}
@@ -235,23 +239,18 @@ class Recipe:
     # ---- phases ----------------------------------------------------------------------------------
 
     def batches(self, task: str, rng: np.random.Generator, finetuning: bool = False) -> tuple[Iterator[Batch], int]:
-        """(one epoch's batch stream for `task` — this rank's share of each global batch —, its number of batches)."""
+        """(one epoch's batch stream for `task` — this rank's share —, its number of steps)."""
         cfg, corpora, dist = self.config, self.parts.corpora, self.dist
         if task == "collab":
-            batch_size = cfg.pretrain.batch_size
-            batches = corpora.collab_batches(rng, batch_size, cfg.pretrain.reorder, dist)
-            n_docs = len(corpora.collab_users())
+            stream = corpora.collab_batches(rng, cfg.pretrain.batch_size, cfg.pretrain.reorder, dist)
         elif task == "content":
             batch_size = cfg.finetune.batch_size if finetuning else cfg.pretrain.batch_size
-            batches = corpora.content_batches(rng, batch_size, dist)
-            n_docs = len(corpora.content)
+            stream = corpora.content_batches(rng, batch_size, dist)
         else:
             fine = cfg.finetune
-            batch_size = fine.batch_size
-            batches = corpora.finetune_batches(rng, batch_size, mode=fine.mask_mode, ratio=fine.mask_ratio,
-                                               target=fine.target, dist=dist)
-            n_docs = len(corpora.collab_users())
-        return batches, -(-n_docs // batch_size)
+            stream = corpora.finetune_batches(rng, fine.batch_size, mode=fine.mask_mode, ratio=fine.mask_ratio,
+                                              target=fine.target, dist=dist)
+        return stream, stream.steps
 
     def epoch(self, task: str, step_name: str, unit: Unit, max_steps: int | None,
               resume: EpochProgress | None, on_checkpoint) -> dict[str, float]:
@@ -330,6 +329,8 @@ class Recipe:
                 start = time.perf_counter()
                 metrics = self.run_unit(unit, index)
                 metrics["epoch_seconds"] = time.perf_counter() - start
+                if self.parts.corpora.shards is not None:  # corrupted shards skipped so far (data.skip_corrupt_shards)
+                    metrics["skipped_shards"] = float(len(self.parts.corpora.skipped_shards))
                 tracker.log_metrics(metrics, step=unit.epoch)
                 self.state["history"].append({"unit": unit.tag, **{k: round(v, 6) for k, v in metrics.items()}})
                 self.save(f"{index:05d}-{unit.tag}")
