@@ -222,21 +222,27 @@ def test_two_rank_sigkill_mid_epoch_resume_equals_uninterrupted(runs: Runs, tmp_
         assert torch.equal(_tables(out)[name], table), name
 
 
-def _zero3_engine(overrides: list[str], monkeypatch: pytest.MonkeyPatch):
-    """(run parts, DeepSpeedEngine) for a 1-rank ZeRO-3 engine in this process (zero3_cpu, batch 4)."""
+@pytest.fixture(scope="module")
+def group_of_one():
+    """A process group of one in this process, left (and every variable restored) after the module."""
+    from trainer.distributed import init_distributed, shutdown_distributed
+
+    with pytest.MonkeyPatch.context() as patch:  # the engine's "auto" reads WORLD_SIZE: restore it
+        for name in LAUNCH_VARS:
+            patch.delenv(name, raising=False)
+        for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": str(29400 + os.getpid() % 1000)}.items():
+            patch.setenv(name, value)
+        yield init_distributed("cpu", require_group=True)
+        shutdown_distributed()
+
+
+def _zero3_engine(overrides: list[str], dist):
+    """(run parts, DeepSpeedEngine, backbone weights before) for a 1-rank ZeRO-3 engine in this process."""
     from trainer.build import build_run
-    from trainer.distributed import init_distributed
     from trainer.engine import DeepSpeedEngine, fill_ds_config, resolve_ds_config
 
-    # a group of one in this process; every variable is restored afterwards (the engine's "auto" reads WORLD_SIZE)
-    for name in LAUNCH_VARS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(29400 + os.getpid() % 1000)}.items():
-        monkeypatch.setenv(name, value)
-    config = load_config("quick", overrides)
-    dist = init_distributed("cpu", require_group=True)
-    parts = build_run(config, torch.device("cpu"), torch.float32)
+    parts = build_run(load_config("quick", overrides), torch.device("cpu"), torch.float32)
     before = {n: p.detach().clone() for n, p in parts.model.backbone.named_parameters()}
     cpu = torch.device("cpu")
     engine = DeepSpeedEngine(parts.model, 0.05, 0.01, dist=dist, device=cpu,
@@ -244,7 +250,7 @@ def _zero3_engine(overrides: list[str], monkeypatch: pytest.MonkeyPatch):
     return parts, engine, before
 
 
-def test_zero3_step_moves_only_its_own_tables(planted_dataset, tiny_llama, monkeypatch) -> None:
+def test_zero3_step_moves_only_its_own_tables(planted_dataset, tiny_llama, group_of_one) -> None:
     """Under ZeRO-3 an L-step leaves the content tables bit-identical and a C-step the collaborative
     ones (ZeRO keeps stale gradient partitions: the optimizer must skip the inactive set), and the
     frozen backbone never moves."""
@@ -252,7 +258,7 @@ def test_zero3_step_moves_only_its_own_tables(planted_dataset, tiny_llama, monke
 
     from trainer.data import epoch_rng
 
-    parts, engine, backbone_before = _zero3_engine(_overrides(planted_dataset, tiny_llama, Path("unused")), monkeypatch)
+    parts, engine, backbone_before = _zero3_engine(_overrides(planted_dataset, tiny_llama, Path("unused")), group_of_one)
     collab = next(parts.corpora.collab_batches(epoch_rng(0, "t"), 4, True))
     content = next(parts.corpora.content_batches(epoch_rng(0, "t"), 4))
 
@@ -296,7 +302,7 @@ def test_ds_config_batch_keys_come_from_the_trainer(tmp_path: Path) -> None:
         resolve_ds_config("zero9", torch.device("cpu"))
 
 
-def test_zero3_lora_trains_only_adapters_and_tables(planted_dataset, tiny_llama, monkeypatch) -> None:
+def test_zero3_lora_trains_only_adapters_and_tables(planted_dataset, tiny_llama, group_of_one) -> None:
     """LLM-FtAll with a LoRA adapter under ZeRO-3: the optimizer holds tables + adapters only, a step
     moves the adapters, and the base weights stay bit-identical."""
     import deepspeed
@@ -304,7 +310,7 @@ def test_zero3_lora_trains_only_adapters_and_tables(planted_dataset, tiny_llama,
     from trainer.data import epoch_rng
 
     parts, engine, before = _zero3_engine([*_overrides(planted_dataset, tiny_llama, Path("unused")),
-                                           "ablation=ftall-lora", "model.lora_target_modules=[q_proj, v_proj]"], monkeypatch)
+                                           "ablation=ftall-lora", "model.lora_target_modules=[q_proj, v_proj]"], group_of_one)
     named = dict(parts.model.backbone.named_parameters())
     adapters = sorted(n for n, p in named.items() if p.requires_grad)
     assert adapters and all("lora_" in n for n in adapters)

@@ -130,8 +130,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.pipeline import train
 
+    from trainer.distributed import shutdown_distributed
+
     config = load_config(args.recipe, args.overrides)
-    train(config, resume=args.resume, progress=not args.no_progress)
+    try:
+        train(config, resume=args.resume, progress=not args.no_progress)
+    finally:
+        shutdown_distributed()
     return 0
 
 

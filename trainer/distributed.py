@@ -113,6 +113,8 @@ def init_distributed(device: str, require_group: bool) -> Dist:
     return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, active=True)
 
 
-def shard_rows(rows: Sequence[int] | Any, dist: Dist) -> Any:
-    """This rank's share of one global batch: rows rank, rank+R, rank+2R, ... (may be empty)."""
-    return rows[dist.rank :: dist.world_size]
+def shutdown_distributed() -> None:
+    """Leave the process group (if one exists) before the interpreter exits: a group left to static
+    destructors can abort the process at exit ("terminate called without an active exception")."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
