@@ -11,14 +11,60 @@ import torch
 import torch.nn.functional as F
 
 
-def item_cross_entropy_sum(hidden: torch.Tensor, item_table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+LOGIT_BLOCK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per item block: [tokens, J] is never built whole
+
+
+def item_cross_entropy_sum(hidden: torch.Tensor, item_table: torch.Tensor, targets: torch.Tensor,
+                           block_elements: int = LOGIT_BLOCK_ELEMENTS) -> torch.Tensor:
     """Σ over rows of −log softmax(hidden @ item_tableᵀ)[target]: the item-space next-token loss.
 
     hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32), targets [M] item
-    indices. Returns a scalar sum (divide by the token count for the mean).
+    indices. Returns a scalar sum (divide by the token count for the mean). When M·J exceeds
+    `block_elements` the softmax runs over blocks of items (`BlockedItemCrossEntropy`): the same
+    loss and gradients, with memory O(M · block) instead of O(M · J).
     """
-    logits = hidden.float() @ item_table.float().t()
-    return F.cross_entropy(logits, targets, reduction="sum")
+    if hidden.shape[0] * item_table.shape[0] <= block_elements:
+        logits = hidden.float() @ item_table.float().t()
+        return F.cross_entropy(logits, targets, reduction="sum")
+    block = max(1, block_elements // max(hidden.shape[0], 1))
+    return BlockedItemCrossEntropy.apply(hidden, item_table, targets, block)
+
+
+class BlockedItemCrossEntropy(torch.autograd.Function):
+    """Exact softmax cross-entropy over a large item table, one block of items at a time.
+
+    Forward keeps a running log-sum-exp per row; backward recomputes each block's logits and adds
+    softmax·W to the hidden gradient and softmaxᵀ·h to the table gradient, then subtracts the
+    target rows: d/dh = Σ_j p_j w_j − w_t, d/dw_j = Σ_rows (p_j − 1[j = t]) h.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, block: int) -> torch.Tensor:
+        h = hidden.float()
+        lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
+        for start in range(0, table.shape[0], block):
+            logits = h @ table[start : start + block].float().t()
+            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
+        target_logits = (h * table[targets].float()).sum(dim=1)
+        ctx.save_for_backward(hidden, table, targets, lse)
+        ctx.block = block
+        return (lse - target_logits).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, table, targets, lse = ctx.saved_tensors
+        h = hidden.float()
+        grad_h = torch.zeros_like(h)
+        grad_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+        for start in range(0, table.shape[0], ctx.block):
+            rows = table[start : start + ctx.block].float()
+            probs = torch.exp(h @ rows.t() - lse[:, None])  # [M, block]
+            grad_h += probs @ rows
+            grad_table[start : start + ctx.block] = probs.t() @ h
+        grad_h -= table[targets].float()
+        grad_table.index_add_(0, targets, -h)
+        grad_out = grad_out.float()
+        return (grad_h * grad_out).to(hidden.dtype), (grad_table * grad_out).to(table.dtype), None, None
 
 
 def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
