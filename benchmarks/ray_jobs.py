@@ -14,44 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_cluster(temp: Path) -> tuple[subprocess.Popen, str]:
-    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
-                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                            "runtime-env-agent-port", "metrics-export-port")}
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             "--dashboard-host=127.0.0.1", f"--num-cpus={os.cpu_count() or 2}", "--disable-usage-stats",
-                             f"--temp-dir={temp}", *(f"--{k}={v}" for k, v in ports.items())],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
-                return head, address
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(head.pid, signal.SIGKILL)
-    raise TimeoutError("the Ray head did not answer within 120 s")
 
 
 def timed(command: list[str], log: Path) -> float:
@@ -68,13 +38,14 @@ def main() -> None:
     parser.add_argument("--samples-per-shard", type=int, default=256)
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+    from ray_jobs.local_cluster import start_local_cluster, stop_local_cluster
     from zero3_cpu import tiny_backbone
     from trainer.build import resolve_dataset
 
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     dataset = resolve_dataset("ml-100k")
     backbone = str(tiny_backbone(work / "tiny")) if args.backbone == "tiny" else args.backbone
-    head, address = start_cluster(Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")))
+    head, address = start_local_cluster(Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")), os.cpu_count() or 2)
     try:
         submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
                   "--runtime-env", str(REPO / "ray_jobs" / "runtime_env.yaml"), "--", sys.executable]
@@ -89,8 +60,7 @@ def main() -> None:
         plain_s = timed([sys.executable, "-m", "trainer", "--no-progress", "name=plain", f"output_dir={work}/plain",
                          "distributed.engine=plain", *schedule], work / "plain-train.log")
     finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=60)
+        stop_local_cluster(head)
     manifest = json.loads((shards / "manifest.json").read_text())
     print(f"\nML-100K shards ({args.samples_per_shard} samples per shard), Ray job wall time {shard_s:.1f} s\n")
     print("| corpus | shards | samples | MiB |")

@@ -51,7 +51,6 @@ def worker(args: argparse.Namespace) -> None:
 
     from trainer.config import load_config
     from trainer.data import epoch_rng
-    from trainer.engine import peak_rss_mib
     from trainer.pipeline import Recipe
 
     config = load_config("quick", [f"model.backbone={args.backbone}", "distributed.engine=deepspeed",
@@ -76,8 +75,7 @@ def worker(args: argparse.Namespace) -> None:
         figures[task] = {"seconds_per_step": seconds / args.steps, "steps_per_epoch": total,
                          "epoch_seconds": seconds / args.steps * total, "bytes_per_step": volume,
                          "calls_per_step_by_bytes": calls}
-    ranks = dist.all_gather({"rank": dist.rank, "peak_rss_mib": round(peak_rss_mib(), 1),
-                             **{k: v for k, v in engine.stats().items() if k == "trainable_elements_on_rank"}})
+    ranks = dist.all_gather(engine.stats())
     if dist.is_main:
         model = recipe.parts.model
         sizes = {"backbone_params": sum(p.ds_numel for p in model.backbone.parameters()),

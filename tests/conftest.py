@@ -3,13 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,28 +97,6 @@ def tiny_overrides(dataset: Path, backbone: Path, out: Path, **extra: object) ->
 
 # ---- a local Ray cluster ---------------------------------------------------------------------------
 
-VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float, head: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"ray head exited with status {head.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 @dataclass(frozen=True)
 class RayCluster:
     address: str  # dashboard address for `ray job submit --address`
@@ -133,27 +105,14 @@ class RayCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One one-node Ray cluster on loopback (DESIGN.md) shared by the session's Ray tests; stopped by
-    killing exactly the process group it started."""
-    ports = {name: _free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
-                                             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                             "runtime-env-agent-port", "metrics-export-port")}
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1",
-               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-               *(f"--{name}={port}" for name, port in ports.items())]
-    head = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    """One loopback Ray cluster shared by the session's Ray tests, stopped by killing exactly its
+    process group (ray_jobs/local_cluster.py)."""
+    from ray_jobs.local_cluster import start_local_cluster, stop_local_cluster
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    head, address = start_local_cluster(Path(temp_dir), num_cpus=2, timeout=90)
     try:
-        address = f"http://127.0.0.1:{ports['dashboard-port']}"
-        _wait_http(f"{address}/api/version", 90, head)
         yield RayCluster(address, head.pid)
-    finally:  # the whole cluster is this process group: kill it, then reap the head
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        head.wait(timeout=30)
+    finally:
+        stop_local_cluster(head)
         shutil.rmtree(temp_dir, ignore_errors=True)

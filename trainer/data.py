@@ -62,6 +62,14 @@ class EpochStream(Iterator[Batch]):
         return next(self._batches)
 
 
+def bucketed_stream(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, dist: Dist,
+                    make: Callable[[np.ndarray, float], Batch]) -> EpochStream:
+    """Length-bucketed global batches over documents of `lengths`; `make(this rank's rows, weight)`
+    builds each batch (see `own_share`)."""
+    batches = bucket_batches(lengths, batch_size, rng)
+    return EpochStream((make(*own_share(rows, dist)) for rows in batches), len(batches))
+
+
 def content_document(kind: str, user: int, item: int, text: str) -> tuple[list, list]:
     """(prompt segments, main segments) of a content document: kind user (biography), item or review."""
     prompt = {"user": biography_prompt, "item": item_content_prompt, "review": review_prompt}[kind]
@@ -200,14 +208,8 @@ class Corpora:
             return self._shard_stream("content", rng, batch_size, dist, batch,
                                       keep=lambda s: s["kind"] in self.content_kinds)
         lengths = np.array([len(d.ids) for d in self.content])
-        batches = bucket_batches(lengths, batch_size, rng)
-
-        def stream() -> Iterator[Batch]:
-            for rows in batches:
-                mine, weight = own_share(rows, dist)
-                yield {**pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)}
-
-        return EpochStream(stream(), len(batches))
+        return bucketed_stream(lengths, batch_size, rng, dist, lambda mine, weight: {
+            **pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)})
 
     def finetune_batches(
         self, rng: np.random.Generator, batch_size: int, *, mode: str, ratio: float, target: str, dist: Dist = LOCAL
@@ -245,14 +247,8 @@ class Corpora:
             return self._shard_stream(corpus, rng, batch_size, dist,
                                       lambda samples, w: make([(s["user"], np.asarray(s["items"], np.int64)) for s in samples], w))
         users = self.collab_users()
-        batches = bucket_batches(np.minimum(self.train.lengths()[users], self.max_items), batch_size, rng)
-
-        def stream() -> Iterator[Batch]:
-            for rows in batches:
-                mine, weight = own_share(rows, dist)
-                yield make([(int(u), self.train.row(int(u))) for u in users[mine]], weight)
-
-        return EpochStream(stream(), len(batches))
+        return bucketed_stream(np.minimum(self.train.lengths()[users], self.max_items), batch_size, rng, dist,
+                               lambda mine, weight: make([(int(u), self.train.row(int(u))) for u in users[mine]], weight))
 
     def _shard_stream(self, corpus: str, rng: np.random.Generator, batch_size: int, dist: Dist,
                       make: Callable[[list[dict], float], Batch], keep: Callable[[dict], bool] = lambda s: True) -> EpochStream:

@@ -17,12 +17,18 @@ import torch
 import torch.distributed as torch_dist
 
 
+def launched() -> bool:
+    """Whether a launcher (DeepSpeed, torchrun, Ray Train) started this process: WORLD_SIZE is set."""
+    return "WORLD_SIZE" in os.environ
+
+
 def launched_world_size() -> int:
-    """WORLD_SIZE set by a launcher (DeepSpeed, torchrun, Ray Train), else 1."""
+    """WORLD_SIZE set by a launcher, else 1."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -99,7 +105,7 @@ def init_distributed(device: str, require_group: bool) -> Dist:
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:  # an explicit cuda:N (e.g. from Ray Train) wins over the local rank

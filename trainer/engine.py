@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import resource
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from trainer.checkpoint import CheckpointError, restore_optimizer, save_optimize
 from trainer.config import ConfigError
 from trainer.build import load_weights
 from trainer.data import Batch
-from trainer.distributed import LOCAL, Dist
+from trainer.distributed import LOCAL, Dist, launched
 
 log = logging.getLogger(__name__)
 DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
@@ -338,5 +337,5 @@ def want_deepspeed(engine: str) -> bool:
     """engine "auto": DeepSpeed when a launcher started this process (WORLD_SIZE is set: the DeepSpeed
     launcher, torchrun, Ray Train), else the plain engine."""
     if engine == "auto":
-        return "WORLD_SIZE" in os.environ
+        return launched()
     return engine == "deepspeed"

@@ -50,7 +50,7 @@ def evaluate(
 
         return evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
                                sort_key=corpora.train.lengths(), shard=(dist.rank, dist.world_size),
-                               all_reduce=dist.all_reduce_tensor if dist.active else None)
+                               all_reduce=dist.all_reduce_tensor)
 
 
 @torch.no_grad()

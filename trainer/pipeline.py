@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -127,27 +126,34 @@ def set_rng_state(state: dict[str, str]) -> None:
         torch.cuda.set_rng_state(tensor(state["cuda"]))
 
 
-def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device) -> Engine:
-    pre = config.pretrain
+def load_ds_config(config: TrainConfig, dist: Dist, device: torch.device) -> tuple[Path, dict[str, Any]] | None:
+    """(path, filled DeepSpeed config) when the run uses the DeepSpeed engine, else None."""
     if not want_deepspeed(config.distributed.engine):
-        return PlainEngine(parts.model, pre.lr, config.finetune.lr)
+        return None
     path = resolve_ds_config(config.distributed.ds_config, device)
-    ds_config = fill_ds_config(path, pre.batch_size, dist.world_size)
-    log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, path)
-    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds_config, dist=dist, device=device)
+    return path, fill_ds_config(path, config.pretrain.batch_size, dist.world_size)
 
 
-def model_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[str, Any]] | None) -> torch.dtype:
     """The backbone dtype; under DeepSpeed "auto" follows the DeepSpeed config's precision."""
-    if not want_deepspeed(config.distributed.engine):
+    if ds is None:
         return pick_dtype(config.model.dtype, device)
-    path = resolve_ds_config(config.distributed.ds_config, device)
-    bf16 = bool(json.loads(path.read_text(encoding="utf-8")).get("bf16", {}).get("enabled"))
+    path, ds_config = ds
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
     wanted = torch.bfloat16 if bf16 else torch.float32
     if config.model.dtype != "auto" and pick_dtype(config.model.dtype, device) != wanted:
         raise ConfigError(f"model.dtype={config.model.dtype} does not match {path} (bf16 "
                           f"{'on' if bf16 else 'off'}): set model.dtype=auto or {str(wanted).removeprefix('torch.')}")
     return wanted
+
+
+def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,
+                 ds: tuple[Path, dict[str, Any]] | None) -> Engine:
+    pre = config.pretrain
+    if ds is None:
+        return PlainEngine(parts.model, pre.lr, config.finetune.lr)
+    log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, ds[0])
+    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device)
 
 
 class Recipe:
@@ -169,8 +175,9 @@ class Recipe:
             resolve_dataset(config.data.dataset, config.data.split_seed)
             resolve_backbone(config.model.backbone)
         self.dist.barrier()
-        self.parts = build_run(config, device, model_dtype(config, device))
-        self.engine = build_engine(config, self.dist, self.parts, device)
+        ds = load_ds_config(config, self.dist, device)
+        self.parts = build_run(config, device, model_dtype(config, device, ds))
+        self.engine = build_engine(config, self.dist, self.parts, device, ds)
         self.identity = identity_of(config, self.parts)
         self.checkpoint_identity = {**self.identity, "engine": engine_kind(self.engine)}
         self.splits = {s: user_item_lists(self.parts.dataset, s) for s in ("train", "val", "test")}
