@@ -33,18 +33,18 @@ def timed(command: list[str], log: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="tiny", help="tiny (benchmarks/zero3_cpu.py's) or a backbone reference")
+    parser.add_argument("--backbone", default="tiny", help="tiny (benchmarks/common.py's) or a backbone reference")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--samples-per-shard", type=int, default=256)
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
     from ray_jobs.local_cluster import start_local_cluster, stop_local_cluster
-    from zero3_cpu import tiny_backbone
+    from common import backbone_ref
     from trainer.build import resolve_dataset
 
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     dataset = resolve_dataset("ml-100k")
-    backbone = str(tiny_backbone(work / "tiny")) if args.backbone == "tiny" else args.backbone
+    backbone = backbone_ref(args.backbone, work)
     head, address = start_local_cluster(Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")), os.cpu_count() or 2)
     try:
         submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),

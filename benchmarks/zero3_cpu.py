@@ -22,27 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, backbone_ref
+
 TASKS = {"collab": ("collab", False), "content": ("content", False), "rec": ("rec", True)}  # task → (step, finetuning)
-
-
-def tiny_backbone(folder: Path) -> Path:
-    """A 2-layer, K=64 LLaMA with SmolLM2's tokenizer (random weights): the 'tiny' backbone."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from data_prep.assets import resolve_backbone
-
-    if (folder / "config.json").is_file():
-        return folder
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("smollm2-135m"))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -130,7 +112,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="zero3-bench-"))
     rows = []
     for name in args.backbones:
-        backbone = str(tiny_backbone(folder / "tiny")) if name == "tiny" else name
+        backbone = backbone_ref(name, folder)
         for ranks in args.ranks:
             rows.append((name, ranks, launch(backbone, ranks, args.steps, folder)))
     print(f"\nML-100K, zero3_cpu (fp32, gloo), {args.steps} timed steps per task, global batch 20\n")

@@ -88,19 +88,21 @@ def load_backbone(
     path_or_id: str | os.PathLike[str],
     dtype: torch.dtype = torch.float32,
     random_init: bool = False,
+    attention: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer; `random_init` keeps the architecture but not the weights."""
+    """Load a causal LM and its tokenizer; `random_init` keeps the architecture but not the weights.
+    `attention`: the attention kernel ("eager", "sdpa", ...; None: the transformers default)."""
     ref = os.fspath(path_or_id)
     source, extra, is_hub = _locate(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         if random_init:
             config = AutoConfig.from_pretrained(source, **extra)
-            return AutoModelForCausalLM.from_config(config, dtype=dtype), tokenizer
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention), tokenizer
         if "gguf_file" in extra:
             extra["quantization_config"] = GgufConfig(dequantize=True)
         model, info = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, output_loading_info=True, **extra
+            source, dtype=dtype, output_loading_info=True, attn_implementation=attention, **extra
         )
     except OSError as err:
         if is_hub:

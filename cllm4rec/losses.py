@@ -11,60 +11,103 @@ import torch
 import torch.nn.functional as F
 
 
-LOGIT_BLOCK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per item block: [tokens, J] is never built whole
+LOGIT_BLOCK_ELEMENTS = 1 << 27  # fp32 logits held at once (512 MiB): [rows, J] is never built whole
+CACHE_BLOCK_ELEMENTS = 1 << 19  # one [rows, items] block worked on while it sits in cache (2 MiB)
+_WORKSPACE: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def item_cross_entropy_sum(hidden: torch.Tensor, item_table: torch.Tensor, targets: torch.Tensor,
-                           block_elements: int = LOGIT_BLOCK_ELEMENTS) -> torch.Tensor:
-    """Σ over rows of −log softmax(hidden @ item_tableᵀ)[target]: the item-space next-token loss.
+def workspace(elements: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A flat scratch buffer of `elements`, kept between calls: a fresh large allocation costs a page
+    fault per 4 KiB page on first touch, as much as the products written into it on a CPU."""
+    buffer = _WORKSPACE.get((device, dtype))
+    if buffer is None or buffer.numel() < elements:
+        _WORKSPACE.pop((device, dtype), None)
+        buffer = _WORKSPACE[(device, dtype)] = torch.empty(elements, device=device, dtype=dtype)
+    return buffer[:elements]
 
-    hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32), targets [M] item
-    indices. Returns a scalar sum (divide by the token count for the mean). When M·J exceeds
-    `block_elements` the softmax runs over blocks of items (`BlockedItemCrossEntropy`): the same
-    loss and gradients, with memory O(M · block) instead of O(M · J).
+
+def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_rows: torch.Tensor,
+                         target_items: torch.Tensor, block_elements: int = LOGIT_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Σ over target pairs (r, j) of −log softmax(hidden @ item_tableᵀ)[r, j]: every item-space loss.
+
+    hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32, or fp64 when given);
+    the targets are COO pairs target_rows [P] / target_items [P]. The item-space next-token loss has
+    one pair per row (target_rows = arange(M)); the multinomial likelihood of finetuning (SPEC 7)
+    has a user's whole masked-off set on its row. Returns the scalar sum. Computed by
+    `FusedItemSoftmaxNLL`: exact, 6·K·J FLOPs per row, at most `block_elements` logits in memory.
     """
-    if hidden.shape[0] * item_table.shape[0] <= block_elements:
-        logits = hidden.float() @ item_table.float().t()
-        return F.cross_entropy(logits, targets, reduction="sum")
-    block = max(1, block_elements // max(hidden.shape[0], 1))
-    return BlockedItemCrossEntropy.apply(hidden, item_table, targets, block)
+    return FusedItemSoftmaxNLL.apply(hidden, item_table, target_rows, target_items, block_elements)
 
 
-class BlockedItemCrossEntropy(torch.autograd.Function):
-    """Exact softmax cross-entropy over a large item table, one block of items at a time.
+class FusedItemSoftmaxNLL(torch.autograd.Function):
+    """Exact item-softmax NLL whose gradients are computed in the forward pass.
 
-    Forward keeps a running log-sum-exp per row; backward recomputes each block's logits and adds
-    softmax·W to the hidden gradient and softmaxᵀ·h to the table gradient, then subtracts the
-    target rows: d/dh = Σ_j p_j w_j − w_t, d/dw_j = Σ_rows (p_j − 1[j = t]) h.
+    With c_r target pairs on row r, loss = Σ_r c_r·lse_r − Σ_pairs logit_rj and the gradient of the
+    logits is c_r·p_r − (the row's one-hots), so d/dh_r = c_r Σ_j p_rj w_j − Σ_pairs w_j and
+    d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in chunks of block_elements / J; a chunk's item
+    axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max, exp in place,
+    block sum. Pass 2, per block: scale the stored exps into c_r·p_r by one factor per (row, block)
+    and multiply them into both gradients (2·K FLOPs each, twice). Each logit is built and
+    exponentiated once, nothing is recomputed in backward (which only scales the stored gradients).
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, block: int) -> torch.Tensor:
-        h = hidden.float()
-        lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
-        for start in range(0, table.shape[0], block):
-            logits = h @ table[start : start + block].float().t()
-            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-        target_logits = (h * table[targets].float()).sum(dim=1)
-        ctx.save_for_backward(hidden, table, targets, lse)
-        ctx.block = block
-        return (lse - target_logits).sum()
+    def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor,
+                block_elements: int) -> torch.Tensor:
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        h, w = hidden.to(dtype), table.to(dtype)
+        n_rows, n_items = h.shape[0], w.shape[0]
+        counts = torch.bincount(rows, minlength=n_rows).to(dtype)[:, None]  # c_r [M, 1]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(h) if need_h else None
+        grad_w = torch.zeros_like(w, memory_format=torch.contiguous_format) if need_w else None
+        chunk = max(1, min(n_rows, block_elements // max(n_items, 1)))
+        width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
+        starts = list(range(0, n_items, width))
+        lse_sum = h.new_zeros(())
+        for r0 in range(0, n_rows, chunk):
+            part, c = h[r0 : r0 + chunk], counts[r0 : r0 + chunk]
+            n = part.shape[0]
+            store = workspace(len(starts) * n * width, h.device, dtype).view(len(starts), n * width)
+            peaks, sums = h.new_empty(n, len(starts)), h.new_empty(n, len(starts))
+            blocks = []
+            for b, s0 in enumerate(starts):
+                rows_w = w[s0 : s0 + width]
+                block = store[b, : n * rows_w.shape[0]].view(n, rows_w.shape[0])
+                torch.mm(part, rows_w.t(), out=block)
+                peak = block.amax(dim=1, keepdim=True)
+                peaks[:, b : b + 1] = peak
+                torch.sum(block.sub_(peak).exp_(), dim=1, out=sums[:, b])
+                blocks.append(block)
+            top = peaks.amax(dim=1, keepdim=True)
+            rescaled = sums.mul_(torch.exp(peaks - top))  # block sums relative to the row max
+            total = rescaled.sum(dim=1, keepdim=True)
+            lse_sum += (c * (top + total.log())).sum()
+            if need_h or need_w:
+                factors = torch.exp(peaks - top).mul_(c / total)  # c_r·exp(peak_b − lse_r)
+                for b, s0 in enumerate(starts):
+                    rows_w = w[s0 : s0 + width]
+                    probs = blocks[b].mul_(factors[:, b : b + 1])
+                    if need_h:
+                        grad_h[r0 : r0 + chunk].addmm_(probs, rows_w)
+                    if need_w:
+                        grad_w[s0 : s0 + width].addmm_(probs.t(), part)
+        if need_h:
+            grad_h.index_add_(0, rows, w[items], alpha=-1)
+        if need_w:
+            grad_w.index_add_(0, items, h[rows], alpha=-1)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, table.dtype)
+        return lse_sum - (h[rows] * w[items]).sum()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        hidden, table, targets, lse = ctx.saved_tensors
-        h = hidden.float()
-        grad_h = torch.zeros_like(h)
-        grad_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
-        for start in range(0, table.shape[0], ctx.block):
-            rows = table[start : start + ctx.block].float()
-            probs = torch.exp(h @ rows.t() - lse[:, None])  # [M, block]
-            grad_h += probs @ rows
-            grad_table[start : start + ctx.block] = probs.t() @ h
-        grad_h -= table[targets].float()
-        grad_table.index_add_(0, targets, -h)
-        grad_out = grad_out.float()
-        return (grad_h * grad_out).to(hidden.dtype), (grad_table * grad_out).to(table.dtype), None, None
+        """Scales the stored gradients in place (no second [J, K] buffer); backward through the same
+        graph twice therefore fails autograd's saved-tensor version check instead of giving wrong sums."""
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_out.to(grad_h.dtype if grad_h is not None else grad_w.dtype)
+        return (None if grad_h is None else grad_h.mul_(scale).to(ctx.dtypes[0]),
+                None if grad_w is None else grad_w.mul_(scale).to(ctx.dtypes[1]), None, None, None)
 
 
 def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -72,25 +115,13 @@ def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torc
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def multinomial_nll_sum(logits: torch.Tensor, target_rows: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
-    """Σ_b −Σ_j target_bj · log softmax(logits_b)_j for a sparse multi-hot target.
+def squared_distance_sum(vectors: torch.Tensor, anchors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Σ over distinct rows of counts·||vector − anchor||²: the sum over every occurrence of a row.
 
-    logits [B, J]; the target is given as COO pairs (target_rows [P], target_items [P]), each pair a 1.
-    Returns the sum over the batch (divide by B for the Multi-VAE mean over users).
-    """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -log_probs[target_rows, target_items].sum()
+    vectors / anchors [U, K] (anchors are not differentiated), counts [U] occurrences of each row."""
+    return (counts[:, None] * (vectors.float() - anchors.detach().float()).pow(2)).sum()
 
 
-def squared_distance_sum(table: torch.Tensor, anchor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Σ over the occurrences `rows` [R] of ||table[r] − anchor[r]||² (anchor is not differentiated)."""
-    if rows.numel() == 0:
-        return table.sum() * 0.0
-    return (table[rows].float() - anchor[rows].detach().float()).pow(2).sum()
-
-
-def squared_norm_sum(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Σ over the occurrences `rows` [R] of ||table[r]||² (the Gaussian prior with λ_l)."""
-    if rows.numel() == 0:
-        return table.sum() * 0.0
-    return table[rows].float().pow(2).sum()
+def squared_norm_sum(vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Σ over distinct rows of counts·||vector||² (the Gaussian prior with λ_l); shapes as above."""
+    return (counts[:, None] * vectors.float().pow(2)).sum()

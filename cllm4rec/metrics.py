@@ -36,7 +36,11 @@ def topk_excluding(
     Returns:
         int64 [B, min(k, J)] item indices, best first. Ties are broken deterministically by the
         lower item index. Positions past the last candidate (items scored -inf, excluded ones
-        included) hold `PAD` (-1).
+        included) hold `PAD` (-1). A NaN score of a candidate item is an error.
+
+    One clone of the scores, a scatter of -inf over the excluded items and one `topk`: O(B·J) work
+    with no [B, J] index or mask tensor, the exact tie rule redone only for rows whose k-th value
+    ties with an item left out.
     """
     if scores.ndim != 2 or scores.shape[1] != exclude.n_items:
         raise ValueError(f"scores must be [B, {exclude.n_items}], got {tuple(scores.shape)}")
@@ -44,25 +48,38 @@ def topk_excluding(
         raise ValueError(f"{len(rows)} rows for {scores.shape[0]} score rows")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
     n_rows, n_items = scores.shape
     k = min(k, n_items)
-    masked = scores.detach().clone()
-    masked[exclude.to_dense(rows, dtype=torch.bool, device=scores.device)] = float("-inf")
     if n_rows == 0 or k == 0:
         return torch.full((n_rows, k), PAD, dtype=torch.int64, device=scores.device)
-    # Exactly k items per row: all strictly above the k-th value, then the lowest-index ties.
-    kth = masked.topk(k, dim=1).values[:, -1:]
-    above = masked > kth
-    tied = masked == kth
-    room = k - above.sum(dim=1, keepdim=True)
-    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
-    items = chosen.nonzero()[:, 1].view(n_rows, k)  # ascending item index within each row
+    masked = scores.detach().clone()
+    sub = exclude.subset(rows)
+    row_ids = torch.from_numpy(np.repeat(np.arange(n_rows), sub.lengths())).to(scores.device)
+    masked[row_ids, torch.from_numpy(sub.indices).to(scores.device)] = float("-inf")
+    values, items = masked.topk(k, dim=1)  # NaN sorts above every number: any candidate NaN shows here
+    if torch.isnan(values).any():
+        raise ValueError("scores contain NaN")
+    # topk breaks ties arbitrarily. Where the k-th value also ties with an item left out, the exact
+    # selection (every item above it, then the lowest-index ties) is redone for those rows only.
+    kth = values[:, -1:]
+    cut = ((masked == kth).sum(dim=1) > (values == kth).sum(dim=1)) & torch.isfinite(kth[:, 0])
+    if cut.any():
+        items[cut] = _lowest_index_topk(masked[cut], kth[cut], k)
+    items = items.sort(dim=1).values  # ascending index, then a stable sort by score: ties by lower index
     values = masked.gather(1, items)
     order = values.sort(dim=1, descending=True, stable=True).indices
     ranked = items.gather(1, order)
     return ranked.masked_fill(values.gather(1, order) == float("-inf"), PAD)
+
+
+def _lowest_index_topk(masked: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Exactly k items per row of masked [R, J]: all strictly above the k-th value kth [R, 1], then the
+    lowest-index ties; int64 [R, k] in ascending index order."""
+    above = masked > kth
+    tied = masked == kth
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    return chosen.nonzero()[:, 1].view(masked.shape[0], k)
 
 
 def _hits(topk: torch.Tensor, heldout: torch.Tensor, k: int) -> torch.Tensor:

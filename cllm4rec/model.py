@@ -16,14 +16,14 @@ Batches are right-padded: input_ids / attention_mask [B, T], lengths [B] (real t
 """
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from cllm4rec.losses import (
-    item_cross_entropy_sum,
-    multinomial_nll_sum,
+    item_softmax_nll_sum,
     squared_distance_sum,
     squared_norm_sum,
     vocab_cross_entropy_sum,
@@ -31,6 +31,30 @@ from cllm4rec.losses import (
 
 TableSet = Literal["collab", "content"]
 TABLE_NAMES = ("collab_user", "collab_item", "content_user", "content_item")
+
+
+class TableRows(NamedTuple):
+    """The rows of one ID table a batch uses, gathered once: one gradient scatter per table per step
+    feeds the embeddings, the MR term and the prior alike."""
+
+    index: torch.Tensor  # [U] distinct rows
+    inverse: torch.Tensor  # [R] each occurrence's position in index
+    counts: torch.Tensor  # [U] occurrences of each row
+    vectors: torch.Tensor  # [U, K] fp32, differentiable
+
+    @classmethod
+    def gather(cls, table: torch.Tensor, rows: torch.Tensor) -> "TableRows":
+        index, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+        return cls(index, inverse, counts, table[index].float())
+
+
+class IdRows(NamedTuple):
+    """Where a batch's ID tokens are (flat positions into [B*T]) and their gathered table rows."""
+
+    user_positions: torch.Tensor
+    users: TableRows
+    item_positions: torch.Tensor
+    items: TableRows
 
 
 def decoder_of(backbone: nn.Module) -> nn.Module:
@@ -85,7 +109,15 @@ class CLLM4Rec(nn.Module):
         if not backbone_trainable:
             for p in backbone.parameters():
                 p.requires_grad_(False)
+        self.compiled_decoder: Callable[..., Any] | None = None  # set by `compile_backbone`
         self.train(False)
+
+    def compile_backbone(self) -> None:
+        """Run the backbone body through `torch.compile` (inductor, dynamic shapes): its elementwise
+        ops fuse into generated kernels. The first batches compile (minutes on a CPU; cached on disk
+        for later processes). The compiled callable is kept out of the module tree (a partial, not a
+        submodule), so parameters, state_dict and checkpoints hold the eager weights once."""
+        self.compiled_decoder = functools.partial(torch.compile(self.decoder, dynamic=True))
 
     # ---- bookkeeping -----------------------------------------------------------------------------
 
@@ -135,19 +167,27 @@ class CLLM4Rec(nn.Module):
         ipos = (flat >= self.vocab_rows + self.n_users).nonzero(as_tuple=True)[0]
         return upos, flat[upos] - self.vocab_rows, ipos, flat[ipos] - self.vocab_rows - self.n_users
 
-    def embed(self, ids: torch.Tensor, which: TableSet) -> torch.Tensor:
-        """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
-        IDs from table set `which` (composed in fp32, then cast; tables may be bf16 under DeepSpeed)."""
-        words = self.backbone.get_input_embeddings()(torch.where(ids < self.vocab_rows, ids, 0))
-        flat = words.reshape(-1, self.dim).float()
+    def id_rows(self, ids: torch.Tensor, which: TableSet) -> IdRows:
+        """The ID tokens of ids [B, T] and their rows of table set `which`."""
         upos, users, ipos, items = self._id_positions(ids)
         user_table, item_table = self.tables(which)
-        flat = flat.index_put((upos,), user_table[users].float()).index_put((ipos,), item_table[items].float())
+        return IdRows(upos, TableRows.gather(user_table, users), ipos, TableRows.gather(item_table, items))
+
+    def embed(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None) -> torch.Tensor:
+        """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
+        IDs from table set `which` (composed in fp32, then cast; tables may be bf16 under DeepSpeed)."""
+        rows = self.id_rows(ids, which) if rows is None else rows
+        words = self.backbone.get_input_embeddings()(torch.where(ids < self.vocab_rows, ids, 0))
+        flat = words.reshape(-1, self.dim).float()
+        flat = flat.index_put((rows.user_positions,), rows.users.vectors[rows.users.inverse])
+        flat = flat.index_put((rows.item_positions,), rows.items.vectors[rows.items.inverse])
         return flat.view(*ids.shape, self.dim).to(self.compute_dtype)
 
-    def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor, which: TableSet) -> torch.Tensor:
+    def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor, which: TableSet,
+                      rows: IdRows | None = None) -> torch.Tensor:
         """Last-layer hidden states [B, T, K] of the backbone over the extended embeddings."""
-        out = self.decoder(inputs_embeds=self.embed(ids, which), attention_mask=attention_mask, use_cache=False)
+        decoder = self.decoder if self.compiled_decoder is None else self.compiled_decoder
+        out = decoder(inputs_embeds=self.embed(ids, which, rows), attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
     @staticmethod
@@ -156,22 +196,28 @@ class CLLM4Rec(nn.Module):
         pos = torch.arange(seq_len - 1, device=n_prompt.device)
         return (pos >= (n_prompt[:, None] - 1)) & (pos < (lengths[:, None] - 1))
 
-    def regulariser_sums(self, ids: torch.Tensor, which: TableSet) -> tuple[torch.Tensor, torch.Tensor]:
+    def regulariser_sums(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """(MR sum, prior sum) over every ID occurrence in ids: Σ||z − ẑ_other||², Σ||z||² (the
         prior only for the collaborative set)."""
-        _, users, _, items = self._id_positions(ids)
-        user_table, item_table = self.tables(which)
+        rows = self.id_rows(ids, which) if rows is None else rows
         other_user, other_item = self.tables("content" if which == "collab" else "collab")
-        mr = squared_distance_sum(user_table, other_user, users) + squared_distance_sum(item_table, other_item, items)
+        users, items = rows.users, rows.items
+        mr = (squared_distance_sum(users.vectors, other_user.detach()[users.index], users.counts)
+              + squared_distance_sum(items.vectors, other_item.detach()[items.index], items.counts))
         if which == "content":  # content tables have only the conditional prior N(z^l, λ_c⁻¹I)
             return mr, mr.new_zeros(())
-        prior = squared_norm_sum(user_table, users) + squared_norm_sum(item_table, items)
+        prior = squared_norm_sum(users.vectors, users.counts) + squared_norm_sum(items.vectors, items.counts)
         return mr, prior
 
+    @staticmethod
+    def last_position(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, K] at each row's last real position."""
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+
     def last_position_item_logits(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Item logits [B, J] from the hidden state at each row's last real position."""
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-        return last.float() @ self.collab_item.float().t()
+        """Item logits [B, J] (fp32) from the hidden state at each row's last real position."""
+        return self.last_position(hidden, lengths).float() @ self.collab_item.float().t()
 
     # ---- the one forward -------------------------------------------------------------------------
 
@@ -193,26 +239,27 @@ class CLLM4Rec(nn.Module):
         defaults to lm_count; a distributed caller passes the global count.
         """
         which: TableSet = "content" if task == "content" else "collab"
-        hidden = self.hidden_states(input_ids, attention_mask, which)
+        rows = self.id_rows(input_ids, which)
+        hidden = self.hidden_states(input_ids, attention_mask, which, rows)
         if task == "score":
             return {"logits": self.last_position_item_logits(hidden, lengths)}
         if task == "rec":
-            logits = self.last_position_item_logits(hidden, lengths)
-            lm_sum = multinomial_nll_sum(logits, target_rows, target_items)
+            lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items)
             lm_count = torch.tensor(float(input_ids.shape[0]))
         elif task in ("collab", "content"):
             mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
             selected = hidden[:, :-1][mask]
             targets = input_ids[:, 1:][mask]
             if task == "collab":
-                lm_sum = item_cross_entropy_sum(selected, self.collab_item, targets - self.vocab_rows - self.n_users)
+                positions = torch.arange(targets.shape[0], device=targets.device)
+                lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users)
             else:
                 logits = self.backbone.get_output_embeddings()(selected)
                 lm_sum = vocab_cross_entropy_sum(logits, targets)
             lm_count = torch.tensor(float(targets.shape[0]))
         else:
             raise ValueError(f"unknown task {task!r}; expected collab, content, rec or score")
-        mr_sum, prior_sum = self.regulariser_sums(input_ids, which)
+        mr_sum, prior_sum = self.regulariser_sums(input_ids, which, rows)
         denominator = lm_count.clamp(min=1.0) if lm_denominator is None else lm_denominator
         loss = lm_sum / denominator + self.lambda_c * mr_sum + self.lambda_l * prior_sum
         return {"loss": loss, "lm_sum": lm_sum.detach(), "lm_count": lm_count,

@@ -211,21 +211,60 @@ def test_bucketing_reduces_padding():
     assert padded < 0.7 * random_padded
 
 
-@pytest.mark.parametrize("block", [1, 7, 49])
-def test_blocked_item_softmax_matches_the_plain_one(block):
-    """Loss and both gradients of the blocked item cross-entropy equal the one-shot version."""
-    from cllm4rec.losses import item_cross_entropy_sum
+def plain_item_softmax_nll(hidden, table, rows, items):
+    """The reference: whole [M, J] logits, log-softmax, sum over the target pairs (autograd)."""
+    return -torch.log_softmax(hidden @ table.t(), dim=1)[rows, items].sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 13])
+@pytest.mark.parametrize("targets", ["one_per_row", "multi_hot"])
+@pytest.mark.parametrize("cache_elements", [1, 40, 1 << 19])
+def test_fused_item_softmax_matches_the_plain_one(dtype, chunk_rows, targets, cache_elements, monkeypatch):
+    """Loss and both gradients of the fused, row-chunked item softmax equal whole-logits autograd:
+    the next-token case (one target per row, repeated items) and the multinomial case (several
+    targets per row, a row without targets); row chunks of 1..13 rows, item blocks of 1..50 items."""
+    from cllm4rec import losses
+    from cllm4rec.losses import item_softmax_nll_sum
+
+    monkeypatch.setattr(losses, "CACHE_BLOCK_ELEMENTS", cache_elements)
 
     gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(13, 8, generator=gen, dtype=torch.float64).requires_grad_()
-    table = (torch.randn(50, 8, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
-    targets = torch.randint(0, 50, (13,), generator=gen)
-    targets[:3] = 4  # repeated targets accumulate in the table gradient
-    plain = item_cross_entropy_sum(hidden, table, targets)
-    plain_grads = torch.autograd.grad(plain * 1.5, (hidden, table))
-    blocked = item_cross_entropy_sum(hidden, table, targets, block_elements=13 * block)
-    assert blocked.grad_fn is not None and "Blocked" in type(blocked.grad_fn).__name__
-    blocked_grads = torch.autograd.grad(blocked * 1.5, (hidden, table))
-    torch.testing.assert_close(blocked.double(), plain.double(), rtol=1e-6, atol=1e-6)
-    for got, want in zip(blocked_grads, plain_grads):
-        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6)
+    hidden = torch.randn(13, 8, generator=gen, dtype=dtype).requires_grad_()
+    table = (torch.randn(50, 8, generator=gen, dtype=dtype) * 0.5).requires_grad_()
+    if targets == "one_per_row":
+        rows, items = torch.arange(13), torch.randint(0, 50, (13,), generator=gen)
+        items[:3] = 4  # repeated targets accumulate in the table gradient
+    else:
+        rows = torch.tensor([0, 0, 0, 1, 2, 2, 4, 4, 4, 4, 12])  # row 3 and rows 5..11 have no target
+        items = torch.tensor([1, 2, 49, 0, 7, 8, 3, 3, 9, 10, 11])
+    want = plain_item_softmax_nll(hidden, table, rows, items)
+    want_grads = torch.autograd.grad(want * 1.5, (hidden, table))
+    got = item_softmax_nll_sum(hidden, table, rows, items, block_elements=50 * chunk_rows)
+    assert type(got.grad_fn).__name__.startswith("FusedItemSoftmaxNLL")
+    got_grads = torch.autograd.grad(got * 1.5, (hidden, table), retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(got, (hidden, table))  # its gradients were scaled in place: no silent reuse
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(got, want, **tol)
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g, w, **tol)
+
+
+def test_fused_item_softmax_without_gradients_and_in_bf16():
+    """Under no_grad it only computes the loss; bf16 inputs are computed in fp32 and get bf16 gradients."""
+    from cllm4rec.losses import item_softmax_nll_sum
+
+    gen = torch.Generator().manual_seed(1)
+    hidden, table = torch.randn(6, 4, generator=gen), torch.randn(20, 4, generator=gen)
+    rows, items = torch.arange(6), torch.randint(0, 20, (6,), generator=gen)
+    with torch.no_grad():
+        loss = item_softmax_nll_sum(hidden, table, rows, items, block_elements=40)
+    torch.testing.assert_close(loss, plain_item_softmax_nll(hidden, table, rows, items))
+    h16, t16 = hidden.bfloat16().requires_grad_(), table.bfloat16().requires_grad_()
+    item_softmax_nll_sum(h16, t16, rows, items).backward()
+    assert h16.grad.dtype == t16.grad.dtype == torch.bfloat16
+    h32, t32 = h16.float().detach().requires_grad_(), t16.float().detach().requires_grad_()
+    plain_item_softmax_nll(h32, t32, rows, items).backward()
+    torch.testing.assert_close(t16.grad.float(), t32.grad, rtol=1e-2, atol=1e-2)

@@ -40,6 +40,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "smollm2-135m"  # short name, HF folder, .gguf file or hub id
     dtype: str = "auto"  # auto (bf16 where the CPU/GPU has it), bfloat16, float32
+    attention: str = "auto"  # backbone attention kernel: auto (eager on CPU, sdpa on GPU), eager, sdpa
+    compile: bool = False  # torch.compile the backbone body (plain engine): minutes of compiling, then faster steps
     random_init: bool = False  # LLM-Scratch: same architecture, random weights
     train_backbone: str = "none"  # none | full (LLM-FtAll) | lora (LLM-FtAll with a LoRA adapter)
     lora_r: int = 8
@@ -147,6 +149,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 CHOICES = {
     "ablation": tuple(ABLATIONS),
     "model.dtype": ("auto", "bfloat16", "float32"),
+    "model.attention": ("auto", "eager", "sdpa"),
     "distributed.engine": ("auto", "plain", "deepspeed"),
     "model.train_backbone": ("none", "full", "lora"),
     "model.content_init": ("collab", "random"),

@@ -45,7 +45,8 @@ ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", 
 # The engine and world size are pinned by the identity (optimizer state is engine- and rank-specific).
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
                   "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
-                  "data.dataset", "distributed", "checkpoint")  # the dataset itself is pinned by dataset_hash
+                  "data.dataset", "distributed", "checkpoint",
+                  "model.attention", "model.compile")  # the dataset itself is pinned by dataset_hash
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,10 @@ def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch
     pre = config.pretrain
     if ds is None:
         return PlainEngine(parts.model, pre.lr, config.finetune.lr)
+    if config.model.compile:
+        raise ConfigError("model.compile=true works with the plain engine only: ZeRO-3 gathers and releases "
+                          "parameters in module hooks that a compiled backbone would bypass; set "
+                          "model.compile=false or distributed.engine=plain")
     log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, ds[0])
     return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device)
 

@@ -1,0 +1,153 @@
+"""Training-step cost against catalogue size: step time vs its FLOP floor, peak memory vs tables +
+optimizer state, for the collaborative (L-step) and the finetuning step on synthetic catalogues.
+
+    .venv/bin/python benchmarks/catalogue_scale.py                      # every size, fused and plain paths
+    .venv/bin/python benchmarks/catalogue_scale.py --sizes tiny:10000 --variants fused --steps 2
+
+A size is BACKBONE:ITEMS with 100,000 users (--users). Each (size, variant) runs in its own process
+(for its own peak RSS), one after another; run nothing else meanwhile. Fixed batches: the L-step has
+8 documents of 64 items (512 main-part tokens, 522 in all); the finetuning step 32 users with 48
+prompt items and 12 target items each. The floor of a step = backbone FLOPs (forward + input-gradient
+backward: `common.backbone_flops_per_token`) at the rate of an [tokens, K] @ [K, 4K] product in the
+backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at the rate of an
+[512, K] @ [K, 4096] fp32 product, both measured in the worker process. "Adam" is one optimizer
+step over the trained tables alone (memory-bound, not part of the FLOP floor).
+
+Variants: "fused" is the shipped path (fused item softmax, fused Adam); "plain" is the reference
+it replaced (whole [rows, J] logits through autograd, per-tensor Adam).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, backbone_ref, gib
+
+DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:10000", "smollm2-135m:100000"]
+COLLAB_DOCS, COLLAB_ITEMS = 8, 64
+REC_USERS, REC_PROMPT, REC_TARGETS = 32, 48, 12
+
+
+def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None):
+    """The reference the fused kernel replaced: whole [M, J] logits, log-softmax and autograd."""
+    import torch
+
+    logits = hidden.float() @ table.float().t()
+    return -torch.log_softmax(logits, dim=1)[rows, items].sum()
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    import cllm4rec.model
+    from cllm4rec.backbone import load_backbone
+    from cllm4rec.model import CLLM4Rec
+    from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
+    from cllm4rec.tokenization import Document, IdTokenizer
+    from common import backbone_flops_per_token, matmul_rate, seconds
+    from data_prep.assets import resolve_backbone
+    from trainer.build import pick_attention, pick_dtype
+    from trainer.data import pad_documents
+    from trainer.engine import PlainEngine, SkipInactiveGroups, peak_rss_mib
+
+    torch.manual_seed(0)
+    dtype = pick_dtype(args.dtype, torch.device("cpu"))
+    backbone, hf_tok = load_backbone(resolve_backbone(args.backbone, progress=False), dtype=dtype,
+                                     attention=pick_attention("auto", torch.device("cpu")))
+    model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0)
+    tok = IdTokenizer(hf_tok, model.vocab_rows, args.users, args.items)
+    engine = PlainEngine(model, 1e-3, 1e-3)
+    if args.variant == "plain":
+        cllm4rec.model.item_softmax_nll_sum = plain_item_softmax_nll_sum
+        per_tensor = type("PerTensorAdam", (SkipInactiveGroups, torch.optim.Adam), {})
+        engine.optimizer = per_tensor({"collab": model.table_parameters("collab"),
+                                       "content": model.table_parameters("content")}, 1e-3, foreach=False)
+    rng = np.random.default_rng(0)
+    users = rng.choice(args.users, size=REC_USERS, replace=False)
+    collab = pad_documents(tok.encode_documents(
+        [(interaction_prompt(int(u)), [Items(rng.choice(args.items, COLLAB_ITEMS, replace=False))]) for u in users[:COLLAB_DOCS]]))
+    prompts = tok.encode_segments([recommendation_prompt(int(u), rng.choice(args.items, REC_PROMPT, replace=False)) for u in users])
+    rec = pad_documents([Document(x, len(x)) for x in prompts])
+    rec["target_rows"] = torch.arange(REC_USERS).repeat_interleave(REC_TARGETS)
+    rec["target_items"] = torch.tensor(rng.choice(args.items, REC_USERS * REC_TARGETS), dtype=torch.long)
+
+    decoder, dim = model.decoder, model.dim
+    head_rate = max(matmul_rate(512, dim, 4096, torch.float32) for _ in range(3))
+    out = {"backbone": args.backbone, "items": args.items, "users": args.users, "variant": args.variant,
+           "dtype": str(dtype).removeprefix("torch."), "dim": dim, "head_gflops": head_rate / 1e9, "steps": {}}
+    for task, batch, rows in (("collab", collab, COLLAB_DOCS * COLLAB_ITEMS), ("rec", rec, REC_USERS)):
+        tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
+        backbone_rate = max(matmul_rate(tokens, dim, 4 * dim, dtype) for _ in range(3))
+        backbone_flops = backbone_flops_per_token(decoder, seq_len) * tokens
+        head_flops = 6 * dim * args.items * rows
+        floor = backbone_flops / backbone_rate + head_flops / head_rate
+        step = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps)
+        adam = seconds(lambda: engine.optimizer.step(), 2)
+        out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
+                              "tokens": tokens, "softmax_rows": rows, "backbone_gflops": backbone_rate / 1e9,
+                              "backbone_tflop": backbone_flops / 1e12, "head_tflop": head_flops / 1e12}
+    tables = sum(t.numel() * t.element_size() for t in model.id_tables().values())
+    state = sum(v.numel() * v.element_size() for s in engine.optimizer.state.values() for v in s.values()
+                if torch.is_tensor(v))
+    out.update(table_bytes=tables, optimizer_state_bytes=state, peak_rss_bytes=peak_rss_mib() * 2**20)
+    return out
+
+
+def run(size: str, variant: str, args: argparse.Namespace, folder: Path) -> dict:
+    name, items = size.split(":")
+    out = folder / f"{name}-{items}-{variant}.json"
+    command = [sys.executable, __file__, "--worker", "--backbone", backbone_ref(name, folder), "--items", items,
+               "--users", str(args.users), "--variant", variant, "--steps", str(args.steps), "--dtype", args.dtype,
+               "--out", str(out)]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, timeout=3600)
+    result = json.loads(out.read_text())
+    result["name"], result["wall_s"] = name, time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BACKBONE:ITEMS (backbone 'tiny' or a reference)")
+    parser.add_argument("--variants", nargs="+", default=["fused", "plain"], choices=["fused", "plain"])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per task (after one untimed)")
+    parser.add_argument("--dtype", default="auto", help="backbone dtype: auto (bf16 where the CPU has it), float32, bfloat16")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backbone", help=argparse.SUPPRESS)
+    parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        Path(args.out).write_text(json.dumps(worker(args), indent=2))
+        return
+    folder = Path(tempfile.mkdtemp(prefix="catalogue-bench-"))
+    results = [run(size, variant, args, folder) for size in args.sizes for variant in args.variants]
+    print(f"\n{args.users:,} users; L-step {COLLAB_DOCS}x{COLLAB_ITEMS} items, finetuning {REC_USERS} users; "
+          f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
+    print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | Adam (s) | head fp32 GFLOP/s | backbone GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for task, s in r["steps"].items():
+            print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
+                  f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | {r['head_gflops']:.0f} | "
+                  f"{s['backbone_gflops']:.0f} |")
+    print("\n| backbone | items | path | tables (GiB) | Adam state (GiB) | peak RSS (GiB) | tables + state + 2 GiB | within |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        bound = r["table_bytes"] + r["optimizer_state_bytes"] + 2 * 2**30
+        print(f"| {r['name']} | {r['items']:,} | {r['variant']} | {gib(r['table_bytes'])} | {gib(r['optimizer_state_bytes'])} | "
+              f"{gib(r['peak_rss_bytes'])} | {gib(bound)} | {'yes' if r['peak_rss_bytes'] <= bound else 'NO'} |")
+    print(f"\nfigures as JSON: {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Helpers the benchmarks share: the tiny test backbone, matrix-multiply rates and FLOP counts of a
+frozen backbone, timing. Each benchmark script imports this file from its own folder."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_backbone(folder: Path) -> Path:
+    """A 2-layer, K=64 LLaMA with SmolLM2's tokenizer (random weights): the 'tiny' backbone."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from data_prep.assets import resolve_backbone
+
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("smollm2-135m"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def backbone_ref(name: str, folder: Path) -> str:
+    """'tiny' → a tiny backbone written under `folder`; anything else is passed through."""
+    return str(tiny_backbone(folder / "tiny")) if name == "tiny" else name
+
+
+def seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Mean wall seconds of `fn` over `repeats` calls after one untimed call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """FLOP/s of an [m, k] @ [k, n] product in `dtype` on this process's threads."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype)
+    return 2 * m * k * n / seconds(lambda: a @ b, repeats)
+
+
+def backbone_flops_per_token(decoder: torch.nn.Module, seq_len: int) -> float:
+    """FLOPs per token of one forward + input-gradient backward of a frozen decoder (no weight
+    gradients): 4 × its non-embedding matrix parameters (2 forward, 2 backward) + attention scores and
+    mixing, 2·K·T per layer forward (causal: T/2 keys on average, two products) and twice that backward."""
+    matrix = sum(p.numel() for n, p in decoder.named_parameters() if p.ndim == 2 and "embed" not in n)
+    config = decoder.config
+    return 4 * matrix + 6 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
