@@ -4,8 +4,8 @@ optimizer state, for the collaborative (L-step) and the finetuning step on synth
     .venv/bin/python benchmarks/catalogue_scale.py                      # every size, fused and plain paths
     .venv/bin/python benchmarks/catalogue_scale.py --sizes tiny:10000 --variants fused --steps 2
 
-A size is BACKBONE:ITEMS with 100,000 users (--users). Each (size, variant) runs in its own process
-(for its own peak RSS), one after another; run nothing else meanwhile. Fixed batches: the L-step has
+A size is BACKBONE:ITEMS with 100,000 users (--users). Each (size, variant, step) runs in its own
+process (for its own peak RSS; "built" is the resident memory before the first step), one after another; run nothing else meanwhile. Fixed batches: the L-step has
 8 documents of 64 items (512 main-part tokens, 522 in all); the finetuning step 32 users with 48
 prompt items and 12 target items each. The floor of a step = backbone FLOPs (forward + input-gradient
 backward: `common.backbone_flops_per_token`) at the rate of an [tokens, K] @ [K, 4K] product in the
@@ -14,7 +14,8 @@ backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at
 step over the trained tables alone (memory-bound, not part of the FLOP floor).
 
 Variants: "fused" is the shipped path (fused item softmax, fused Adam); "plain" is the reference
-it replaced (whole [rows, J] logits through autograd, per-tensor Adam).
+it replaced (whole [rows, J] logits through autograd, per-tensor Adam). `--compile` runs the
+backbone body through torch.compile (model.compile; an untimed first step compiles).
 """
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None):
     return -torch.log_softmax(logits, dim=1)[rows, items].sum()
 
 
+def current_rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
 def worker(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
@@ -63,6 +70,8 @@ def worker(args: argparse.Namespace) -> dict:
                                      attention=pick_attention("auto", torch.device("cpu")))
     model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0)
     tok = IdTokenizer(hf_tok, model.vocab_rows, args.users, args.items)
+    if args.compile:
+        model.compile_backbone()
     engine = PlainEngine(model, 1e-3, 1e-3)
     if args.variant == "plain":
         cllm4rec.model.item_softmax_nll_sum = plain_item_softmax_nll_sum
@@ -78,16 +87,21 @@ def worker(args: argparse.Namespace) -> dict:
     rec["target_rows"] = torch.arange(REC_USERS).repeat_interleave(REC_TARGETS)
     rec["target_items"] = torch.tensor(rng.choice(args.items, REC_USERS * REC_TARGETS), dtype=torch.long)
 
+    built_rss = current_rss_bytes()  # runtime, backbone, tables and batches, before any step
     decoder, dim = model.decoder, model.dim
-    head_rate = max(matmul_rate(512, dim, 4096, torch.float32) for _ in range(3))
-    out = {"backbone": args.backbone, "items": args.items, "users": args.users, "variant": args.variant,
+    head_rate = matmul_rate(512, dim, 4096, torch.float32)
+    out = {"backbone": args.backbone, "items": args.items, "users": args.users,
+           "variant": args.variant + ("+compile" if args.compile else ""),
            "dtype": str(dtype).removeprefix("torch."), "dim": dim, "head_gflops": head_rate / 1e9, "steps": {}}
     for task, batch, rows in (("collab", collab, COLLAB_DOCS * COLLAB_ITEMS), ("rec", rec, REC_USERS)):
+        if task != args.task:
+            continue
         tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
-        backbone_rate = max(matmul_rate(tokens, dim, 4 * dim, dtype) for _ in range(3))
+        backbone_rate = matmul_rate(tokens, dim, 4 * dim, dtype)
         backbone_flops = backbone_flops_per_token(decoder, seq_len) * tokens
         head_flops = 6 * dim * args.items * rows
         floor = backbone_flops / backbone_rate + head_flops / head_rate
+        engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
         step = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps)
         adam = seconds(lambda: engine.optimizer.step(), 2)
         out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
@@ -96,16 +110,17 @@ def worker(args: argparse.Namespace) -> dict:
     tables = sum(t.numel() * t.element_size() for t in model.id_tables().values())
     state = sum(v.numel() * v.element_size() for s in engine.optimizer.state.values() for v in s.values()
                 if torch.is_tensor(v))
-    out.update(table_bytes=tables, optimizer_state_bytes=state, peak_rss_bytes=peak_rss_mib() * 2**20)
+    out.update(table_bytes=tables, optimizer_state_bytes=state, peak_rss_bytes=peak_rss_mib() * 2**20,
+               built_rss_bytes=built_rss)
     return out
 
 
-def run(size: str, variant: str, args: argparse.Namespace, folder: Path) -> dict:
+def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Path) -> dict:
     name, items = size.split(":")
-    out = folder / f"{name}-{items}-{variant}.json"
+    out = folder / f"{name}-{items}-{variant}-{task}.json"
     command = [sys.executable, __file__, "--worker", "--backbone", backbone_ref(name, folder), "--items", items,
-               "--users", str(args.users), "--variant", variant, "--steps", str(args.steps), "--dtype", args.dtype,
-               "--out", str(out)]
+               "--users", str(args.users), "--variant", variant, "--task", task, "--steps", str(args.steps),
+               "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else [])]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, timeout=3600)
     result = json.loads(out.read_text())
@@ -120,17 +135,20 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per task (after one untimed)")
     parser.add_argument("--dtype", default="auto", help="backbone dtype: auto (bf16 where the CPU has it), float32, bfloat16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         Path(args.out).write_text(json.dumps(worker(args), indent=2))
         return
     folder = Path(tempfile.mkdtemp(prefix="catalogue-bench-"))
-    results = [run(size, variant, args, folder) for size in args.sizes for variant in args.variants]
+    results = [run(size, variant, task, args, folder) for size in args.sizes for variant in args.variants
+               for task in ("collab", "rec")]
     print(f"\n{args.users:,} users; L-step {COLLAB_DOCS}x{COLLAB_ITEMS} items, finetuning {REC_USERS} users; "
           f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
     print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | Adam (s) | head fp32 GFLOP/s | backbone GFLOP/s |")
@@ -140,12 +158,14 @@ def main() -> None:
             print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
                   f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | {r['head_gflops']:.0f} | "
                   f"{s['backbone_gflops']:.0f} |")
-    print("\n| backbone | items | path | tables (GiB) | Adam state (GiB) | peak RSS (GiB) | tables + state + 2 GiB | within |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| backbone | items | path | step | tables (GiB) | Adam state (GiB) | built (GiB) | peak RSS (GiB) | "
+          "tables + state + 2 GiB | within |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         bound = r["table_bytes"] + r["optimizer_state_bytes"] + 2 * 2**30
-        print(f"| {r['name']} | {r['items']:,} | {r['variant']} | {gib(r['table_bytes'])} | {gib(r['optimizer_state_bytes'])} | "
-              f"{gib(r['peak_rss_bytes'])} | {gib(bound)} | {'yes' if r['peak_rss_bytes'] <= bound else 'NO'} |")
+        print(f"| {r['name']} | {r['items']:,} | {r['variant']} | {next(iter(r['steps']))} | {gib(r['table_bytes'])} | "
+              f"{gib(r['optimizer_state_bytes'])} | {gib(r['built_rss_bytes'])} | {gib(r['peak_rss_bytes'])} | "
+              f"{gib(bound)} | {'yes' if r['peak_rss_bytes'] <= bound else 'NO'} |")
     print(f"\nfigures as JSON: {folder}")
 
 

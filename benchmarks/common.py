@@ -2,6 +2,7 @@
 frozen backbone, timing. Each benchmark script imports this file from its own folder."""
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,11 +44,12 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 5) -> float:
-    """FLOP/s of an [m, k] @ [k, n] product in `dtype` on this process's threads."""
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 10, trials: int = 5) -> float:
+    """FLOP/s of an [m, k] @ [k, n] product in `dtype` on this process's threads: the median of
+    `trials` timings of `repeats` products (single timings on a shared VM stray by 2x either way)."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype)
-    return 2 * m * k * n / seconds(lambda: a @ b, repeats)
+    return 2 * m * k * n / statistics.median(seconds(lambda: a @ b, repeats) for _ in range(trials))
 
 
 def backbone_flops_per_token(decoder: torch.nn.Module, seq_len: int) -> float:

@@ -188,7 +188,7 @@ def test_mlflow_store_holds_parent_and_nested_runs(trained: Trained) -> None:
     test_metrics = trained.results["models"]["CLLM4Rec"]
     assert parent.data.metrics["test_ndcg_at_100"] == pytest.approx(test_metrics["ndcg@100"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.md", "results.json", "config.yaml", "model"} <= artifacts
+    assert {"results.md", "results.json", "config.yaml", "curves.png", "model"} <= artifacts
 
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     rounds = [f"round-{r:03d}-{s}-step" for r in range(1, 5) for s in "LC"]
@@ -215,6 +215,14 @@ def test_mlflow_store_holds_parent_and_nested_runs(trained: Trained) -> None:
     base = children["baselines"].data.metrics
     assert base["Multi-VAE_ndcg_at_100"] == pytest.approx(trained.results["models"]["Multi-VAE"]["ndcg@100"])
     assert base["EASE_recall_at_20"] == pytest.approx(trained.results["models"]["EASE"]["recall@20"])
+
+
+def test_run_writes_its_training_curves(trained: Trained) -> None:
+    """curves.png (LM/MR losses per phase, validation per finetuning epoch) is a PNG next to the
+    results; the MLflow test above finds it among the parent run's artifacts."""
+    from test_curves import png_size
+
+    assert png_size(trained.out / "curves.png") == (1430, 462)
 
 
 # ---- 4. the saved model reloads and recommends identically ---------------------------------------

@@ -58,13 +58,23 @@ def recommend(
     engine: Engine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first;
-    users with fewer unseen items have trailing items PAD (-1) with score -inf."""
+    users with fewer unseen items have trailing items PAD (-1) with score -inf.
+
+    Users are scored in batches of similar prompt length (little padding per forward pass); the
+    rows come back in the order of `users`.
+    """
+    users = np.asarray(users)
+    order = np.argsort(corpora.train.lengths()[users], kind="stable")
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
-        rows = np.asarray(users[start : start + batch_size])
+        rows = users[order[start : start + batch_size]]
         logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float().cpu()
         items = topk_excluding(logits, corpora.train, rows, top_m)
         scores = logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
         out_items.append(items.numpy())
         out_scores.append(scores.numpy())
-    return np.concatenate(out_items), np.concatenate(out_scores)
+    restore = np.argsort(order)
+    if not out_items:
+        width = min(top_m, corpora.train.n_items)
+        return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
+    return np.concatenate(out_items)[restore], np.concatenate(out_scores)[restore]

@@ -30,6 +30,7 @@ from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
 from trainer.build import RunParts, build_run, pick_device, pick_dtype, resolve_dataset
 from trainer.config import ConfigError, TrainConfig, config_to_dict, flatten
+from trainer.curves import plot_training_curves
 from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import Dist, init_distributed
 from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config, resolve_ds_config, want_deepspeed
@@ -404,8 +405,12 @@ class Recipe:
                                    "ranks": ranks, "history": self.state["history"],
                                    "best_epoch": self.state["best_tag"]})
             tracker.log_metrics({f"test_{k}": v for k, v in test.items()}, parent=True)
-            for name in ("results.md", "results.json", "config.yaml"):
-                tracker.log_artifact(self.out / name)
+            if self.state["history"]:
+                plot_training_curves(self.state["history"], self.out / "curves.png",
+                                     title=f"{cfg.name}: {self.model_name} on {self.parts.dataset.name}")
+            for name in ("results.md", "results.json", "config.yaml", "curves.png"):
+                if (self.out / name).is_file():
+                    tracker.log_artifact(self.out / name)
             tracker.log_artifact(self.out / "model" / "tables.safetensors", "model")
         print(f"\n{table}")
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "

@@ -1,0 +1,45 @@
+"""Training-curve PNGs: drawn from a run's history, written atomically, refused when empty."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from trainer.curves import plot_training_curves
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; fails on anything that is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def history() -> list[dict]:
+    units = [{"unit": "warmup-r000-e000", "content_lm_loss": 5.2, "content_mr_loss": 0.0}]
+    for r in range(2):
+        units.append({"unit": f"lstep-r{r:03d}-e000", "collab_lm_loss": 3.4 - r, "collab_mr_loss": 0.6})
+        units.append({"unit": f"cstep-r{r:03d}-e000", "content_lm_loss": 5.0 - r / 10, "content_mr_loss": 0.1})
+    for e in range(3):
+        units.append({"unit": f"finetune-r000-e{e:03d}", "rec_lm_loss": 20.0 - e, "rec_mr_loss": 1.0 + e,
+                      "val_recall@20": 0.5 + e / 10, "val_ndcg@100": 0.3 + e / 20, "val_selection": 1.0})
+    return units
+
+
+def test_curves_png_from_a_history(tmp_path):
+    path = plot_training_curves(history(), tmp_path / "sub" / "curves.png", title="run")
+    width, height = png_size(path)
+    assert (width, height) == (1430, 462)  # 13 x 4.2 inches at 110 dpi
+    assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temp file left behind
+
+
+def test_curves_without_finetuning_and_empty_history(tmp_path):
+    prerec = [u for u in history() if not u["unit"].startswith("finetune")]
+    assert png_size(plot_training_curves(prerec, tmp_path / "prerec.png"))[0] > 0
+    with pytest.raises(ValueError, match="no epoch units"):
+        plot_training_curves([], tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
