@@ -7,7 +7,10 @@ output folder. Everything is seeded by the config, so every number below is dete
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -595,3 +598,100 @@ def test_resume_accepts_a_checkpoint_older_than_a_config_key(small_run, planted_
     _write_complete(latest)
     train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 3}), resume=True, progress=False)
     assert [h["unit"] for h in _results(out)["history"]][-1] == "finetune-r000-e002"
+
+
+# ---- 5. the MLflow pyfunc model and its REST endpoint --------------------------------------------
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _rows(table) -> list[tuple]:
+    data = table.to_pydict() if hasattr(table, "to_pydict") else table
+    return [(u, int(r), i, round(float(s), 4), t) for u, r, i, s, t in
+            zip(data["user"], data["rank"], data["item"], data["score"], data["item_text"])]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pyfunc_model_round_trip(trained: Trained) -> None:
+    """The logged pyfunc model (defined from code, not pickled) loads with mlflow.pyfunc and answers
+    like `cllm4rec recommend`; extra history joins the prompt and is excluded; unknown ids are named."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    model_dir = trained.out / "pyfunc"
+    assert (model_dir / "MLmodel").is_file() and not list(model_dir.rglob("*.pkl"))
+    assert "pyfunc_model.py" in (model_dir / "MLmodel").read_text()
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    got = model.predict(pd.DataFrame({"user": ["u7", "u3"]}), params={"top_m": 3})
+    want = recommend_saved(trained.out / "model", ["u7", "u3"], 3)
+    assert _rows({k: got[k].tolist() for k in got.columns}) == _rows(want)
+    first = want.to_pydict()["item"][0]
+    extra = model.predict(pd.DataFrame({"user": ["u7"], "history": [[first]]}), params={"top_m": 3})
+    assert first not in extra["item"].tolist() and len(extra) == 3
+    with pytest.raises(MlflowException, match="unknown user id.*'nobody'"):
+        model.predict(pd.DataFrame({"user": ["u7", "nobody"]}))
+    with pytest.raises(MlflowException, match="unknown item id.*'no-such-item'"):
+        model.predict(pd.DataFrame({"user": ["u7"], "history": [["no-such-item"]]}))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_served_model_answers_rest_requests(trained: Trained, tmp_path: Path) -> None:
+    """`mlflow models serve --env-manager local` on 127.0.0.1 answers like `cllm4rec recommend`; an
+    unknown user or item id gets a 400 naming it, and the server keeps answering afterwards."""
+    import signal
+    import time
+    import urllib.request
+
+    from trainer.distributed import free_port
+
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", str(trained.out / "pyfunc"),
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server did not answer /ping within 180 s"
+            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = _post(url, {"dataframe_records": [{"user": "u7"}, {"user": "u3"}], "params": {"top_m": 3}})
+        assert status == 200, body
+        want = _rows(recommend_saved(trained.out / "model", ["u7", "u3"], 3))
+        records = body["predictions"]
+        assert _rows({k: [r[k] for r in records] for k in ("user", "rank", "item", "score", "item_text")}) == want
+        status, body = _post(url, {"dataframe_records": [{"user": "nobody"}]})
+        assert status == 400 and "nobody" in body["message"], body
+        status, body = _post(url, {"dataframe_records": [{"user": "u7", "history": ["no-such-item"]}]})
+        assert status == 400 and "no-such-item" in body["message"], body
+        status, body = _post(url, {"dataframe_records": [{"user": "u3"}], "params": {"top_m": 3}})
+        assert status == 200 and [r["item"] for r in body["predictions"]] == [w[2] for w in want[3:]]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()

@@ -275,15 +275,17 @@ class Corpora:
 
         return EpochStream(stream(), steps)
 
-    def scoring_batch(self, users: np.ndarray, prompt: str, seed: int) -> Batch:
+    def scoring_batch(self, users: np.ndarray, prompt: str, seed: int, histories: list[np.ndarray] | None = None) -> Batch:
         """Prompts of ALL training items (no masking) for whole-catalogue scoring, deterministic.
 
         prompt "rec": the finetuning prompt (SPEC 7); "interaction": `<user_i> has interacted with
-        <items>` (LLM-PreRec). Over-long item lists drop random items, seeded per user.
+        <items>` (LLM-PreRec). Over-long item lists drop random items, seeded per user. histories:
+        each user's items instead of the training items (serving with extra history).
         """
         segments = []
-        for u in users:
-            items = cap_items(self.train.row(int(u)), self.max_items, epoch_rng(seed, "score", int(u)))
+        for index, u in enumerate(users):
+            history = self.train.row(int(u)) if histories is None else np.asarray(histories[index])
+            items = cap_items(history, self.max_items, epoch_rng(seed, "score", int(u)))
             if prompt == "rec":
                 segments.append(recommendation_prompt(int(u), items))
             else:

@@ -55,21 +55,30 @@ def evaluate(
 
 @torch.no_grad()
 def recommend(
-    engine: Engine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32
+    engine: Engine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32,
+    histories: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first;
     users with fewer unseen items have trailing items PAD (-1) with score -inf.
 
-    Users are scored in batches of similar prompt length (little padding per forward pass); the
-    rows come back in the order of `users`.
+    histories: each user's items (indices) for the prompt and the exclusion; default: the training
+    items. Users are scored in batches of similar prompt length (little padding per forward pass);
+    the rows come back in the order of `users`.
     """
     users = np.asarray(users)
-    order = np.argsort(corpora.train.lengths()[users], kind="stable")
+    if histories is None:
+        seen, lengths = corpora.train, corpora.train.lengths()[users]
+    else:
+        seen = UserItems.from_lists(histories, corpora.train.n_items)  # row b: the history of users[b]
+        lengths = seen.lengths()
+    order = np.argsort(lengths, kind="stable")
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
-        rows = users[order[start : start + batch_size]]
-        logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float().cpu()
-        items = topk_excluding(logits, corpora.train, rows, top_m)
+        picked = order[start : start + batch_size]
+        rows = users[picked]
+        own = None if histories is None else [seen.row(int(b)) for b in picked]
+        logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed, own)).float().cpu()
+        items = topk_excluding(logits, seen, rows if histories is None else picked, top_m)
         scores = logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
         out_items.append(items.numpy())
         out_scores.append(scores.numpy())

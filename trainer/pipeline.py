@@ -412,12 +412,16 @@ class Recipe:
                 if (self.out / name).is_file():
                     tracker.log_artifact(self.out / name)
             tracker.log_artifact(self.out / "model" / "tables.safetensors", "model")
+            from trainer.serving import save_pyfunc  # (serving imports this module)
+
+            tracker.log_artifact(save_pyfunc(self.out / "model", self.out / "pyfunc"), "pyfunc")
         print(f"\n{table}")
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "
               f"best finetuning epoch {self.state['best_tag'] or 'n/a'}; engine {self.checkpoint_identity['engine']})")
         print(f"results: {self.out / 'results.md'}  model: {self.out / 'model'}")
+        print(f"serve: mlflow models serve -m {self.out / 'pyfunc'} --env-manager local")
         if tracker.run_id:
-            print(f"MLflow: {tracker.tracking_uri} (run {tracker.run_id})")
+            print(f"MLflow: {tracker.tracking_uri} (run {tracker.run_id}; pyfunc model: runs:/{tracker.run_id}/pyfunc)")
         return rows
 
 

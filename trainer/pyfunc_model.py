@@ -12,8 +12,6 @@ An unknown user or item id is an INVALID_PARAMETER_VALUE error (HTTP 400) whose 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import mlflow
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.pyfunc import PythonModel
@@ -26,7 +24,7 @@ class CLLM4RecRecommender(PythonModel):
         self.recommender = Recommender.load(Path(context.artifacts["model"]))
         self.top_m = int((context.model_config or {}).get("top_m", 20))
 
-    def predict(self, context, model_input: Any, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input, params=None):  # no type hints: the logged signature says it
         import pandas as pd
 
         from trainer.serving import UnknownIdError

@@ -1,6 +1,11 @@
-"""Use a saved model (<output_dir>/model): evaluate it, or recommend top-M unseen items per user."""
+"""Use a saved model (<output_dir>/model): evaluate it, recommend top-M unseen items per user, or
+package it as an MLflow pyfunc model for `mlflow models serve` (`trainer/pyfunc_model.py`)."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,13 @@ from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate, recommend
 from trainer.data import user_item_lists
 from trainer.pipeline import identity_of
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("cllm4rec", "trainer", "data_prep")  # the code a pyfunc model carries (code_paths)
+
+
+class UnknownIdError(DataPrepError):
+    """A raw user or item id that the model's dataset does not have; the message names it."""
 
 
 def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
@@ -40,35 +52,99 @@ def evaluate_saved(model_dir: Path, split: str = "test") -> dict[str, float]:
                     ndcg_ks=config.eval.ndcg_ks)
 
 
-def recommend_saved(model_dir: Path, raw_users: list[str] | None, top_m: int, out: Path | None = None) -> pa.Table:
-    """Top-`top_m` unseen items for the given raw user ids (all users if None).
+@dataclass
+class Recommender:
+    """A saved model loaded once, answering top-M requests by raw user and item ids."""
 
-    Returns (and with `out`, writes as Parquet, atomically) a table with columns user, rank, item,
-    score, item_text — raw ids, best first; users with fewer unseen items get fewer rows.
-    """
-    config, parts, engine = load_saved(model_dir)
-    dataset = parts.dataset
-    if raw_users:
-        index = {raw: i for i, raw in enumerate(dataset.user_raw)}
-        unknown = [u for u in raw_users if u not in index]
+    config: TrainConfig
+    parts: RunParts
+    engine: PlainEngine
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "Recommender":
+        return cls(*load_saved(Path(model_dir)))
+
+    def _indices(self, raw: list[str], known: list[str], kind: str) -> np.ndarray:
+        index = {r: i for i, r in enumerate(known)}
+        unknown = [r for r in raw if r not in index]
         if unknown:
-            raise DataPrepError(f"unknown user id(s) {unknown[:5]} (dataset {dataset.name} has {dataset.n_users} users)")
-        users = np.array([index[u] for u in raw_users], dtype=np.int64)
-    else:
-        users = np.arange(dataset.n_users)
-    items, scores = recommend(engine, parts.corpora, users, top_m, prompt=_prompt(config), seed=config.seed,
-                              batch_size=config.eval.batch_size)
-    valid = np.isfinite(scores)
-    rows, ranks = np.nonzero(valid)
-    picked = items[rows, ranks]
-    table = pa.table({
-        "user": pa.array([dataset.user_raw[u] for u in users[rows]], pa.string()),
-        "rank": pa.array(ranks + 1, pa.int32()),
-        "item": pa.array([dataset.item_raw[j] for j in picked], pa.string()),
-        "score": pa.array(scores[rows, ranks], pa.float32()),
-        "item_text": pa.array([dataset.item_text[j] for j in picked], pa.string()),
-    })
+            shown = ", ".join(repr(r) for r in dict.fromkeys(unknown))
+            raise UnknownIdError(f"unknown {kind} id(s) {shown}: not in dataset {self.parts.dataset.name} "
+                                 f"({len(known)} {kind}s)")
+        return np.array([index[r] for r in raw], dtype=np.int64)
+
+    def recommend(self, raw_users: list[str] | None, top_m: int, histories: list[list[str]] | None = None) -> pa.Table:
+        """Top-`top_m` unseen items for the given raw user ids (all users if None), in that order.
+
+        histories: per user, raw item ids beyond the training data; they join the user's prompt and
+        are excluded from the answer. Returns a table with columns user, rank, item, score,
+        item_text — raw ids, best first; users with fewer unseen items get fewer rows. Raises
+        UnknownIdError naming any unknown user or item id.
+        """
+        dataset = self.parts.dataset
+        if top_m < 1:
+            raise DataPrepError(f"top_m must be >= 1, got {top_m}")
+        users = np.arange(dataset.n_users) if raw_users is None else self._indices(list(raw_users), dataset.user_raw, "user")
+        items_of = None
+        if histories is not None:
+            if len(histories) != len(users):
+                raise DataPrepError(f"{len(histories)} histories for {len(users)} users")
+            train = self.parts.corpora.train
+            items_of = [np.union1d(train.row(int(u)), self._indices(list(h), dataset.item_raw, "item"))
+                        for u, h in zip(users, histories)]
+        items, scores = recommend(self.engine, self.parts.corpora, users, top_m, prompt=_prompt(self.config),
+                                  seed=self.config.seed, batch_size=self.config.eval.batch_size, histories=items_of)
+        rows, ranks = np.nonzero(np.isfinite(scores))
+        picked = items[rows, ranks]
+        return pa.table({
+            "user": pa.array([dataset.user_raw[u] for u in users[rows]], pa.string()),
+            "rank": pa.array(ranks + 1, pa.int32()),
+            "item": pa.array([dataset.item_raw[j] for j in picked], pa.string()),
+            "score": pa.array(scores[rows, ranks], pa.float32()),
+            "item_text": pa.array([dataset.item_text[j] for j in picked], pa.string()),
+        })
+
+
+def recommend_saved(model_dir: Path, raw_users: list[str] | None, top_m: int, out: Path | None = None) -> pa.Table:
+    """`Recommender.recommend` on a saved model; with `out`, also written as Parquet, atomically."""
+    table = Recommender.load(model_dir).recommend(raw_users, top_m)
     if out is not None:
         with atomic_file(out) as tmp:
             pq.write_table(table, tmp)
     return table
+
+
+def pyfunc_signature(top_m: int):
+    """Request: user (str), optional history (list of str); answer rows; param top_m (int)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", "user"), ColSpec(Array("string"), "history", required=False)])
+    outputs = Schema([ColSpec("string", "user"), ColSpec("integer", "rank"), ColSpec("string", "item"),
+                      ColSpec("float", "score"), ColSpec("string", "item_text")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("top_m", "long", top_m)]))
+
+
+def save_pyfunc(model_dir: Path, out: Path, top_m: int = 20) -> Path:
+    """Write the MLflow pyfunc model of a saved model to `out` (whole or not at all): the code of
+    `trainer/pyfunc_model.py` as the model, the saved model folder as the artifact "model", this
+    repository's packages as code_paths. Serve it with `mlflow models serve -m OUT --env-manager local`."""
+    import mlflow
+    import torch
+
+    out = Path(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) / "model"
+    try:
+        mlflow.pyfunc.save_model(
+            path=str(staging), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"model": str(Path(model_dir).resolve())}, code_paths=[str(REPO / p) for p in PACKAGES],
+            model_config={"top_m": top_m}, signature=pyfunc_signature(top_m),
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                              "transformers", "safetensors", "pyarrow", "pandas", "numpy", "pyyaml", "tqdm"],
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
+    return out
