@@ -15,7 +15,8 @@ step over the trained tables alone (memory-bound, not part of the FLOP floor).
 
 Variants: "fused" is the shipped path (fused item softmax, fused Adam); "plain" is the reference
 it replaced (whole [rows, J] logits through autograd, per-tensor Adam). `--compile` runs the
-backbone body through torch.compile (model.compile; an untimed first step compiles).
+backbone body through torch.compile (model.compile; an untimed first step compiles),
+`--activation-checkpointing` recomputes each backbone layer in backward (model.activation_checkpointing).
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def worker(args: argparse.Namespace) -> dict:
                                      attention=pick_attention("auto", torch.device("cpu")))
     model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0)
     tok = IdTokenizer(hf_tok, model.vocab_rows, args.users, args.items)
+    if args.activation_checkpointing:
+        model.enable_activation_checkpointing()
     if args.compile:
         model.compile_backbone()
     engine = PlainEngine(model, 1e-3, 1e-3)
@@ -91,7 +94,7 @@ def worker(args: argparse.Namespace) -> dict:
     decoder, dim = model.decoder, model.dim
     head_rate = matmul_rate(512, dim, 4096, torch.float32)
     out = {"backbone": args.backbone, "items": args.items, "users": args.users,
-           "variant": args.variant + ("+compile" if args.compile else ""),
+           "variant": args.variant + ("+compile" if args.compile else "") + ("+ckpt" if args.activation_checkpointing else ""),
            "dtype": str(dtype).removeprefix("torch."), "dim": dim, "head_gflops": head_rate / 1e9, "steps": {}}
     for task, batch, rows in (("collab", collab, COLLAB_DOCS * COLLAB_ITEMS), ("rec", rec, REC_USERS)):
         if task != args.task:
@@ -120,7 +123,8 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
     out = folder / f"{name}-{items}-{variant}-{task}.json"
     command = [sys.executable, __file__, "--worker", "--backbone", backbone_ref(name, folder), "--items", items,
                "--users", str(args.users), "--variant", variant, "--task", task, "--steps", str(args.steps),
-               "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else [])]
+               "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else []),
+               *(["--activation-checkpointing"] if args.activation_checkpointing else [])]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, timeout=3600)
     result = json.loads(out.read_text())
@@ -136,6 +140,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per task (after one untimed)")
     parser.add_argument("--dtype", default="auto", help="backbone dtype: auto (bf16 where the CPU has it), float32, bfloat16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute backbone layers in backward (model.activation_checkpointing)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)

@@ -110,7 +110,24 @@ class CLLM4Rec(nn.Module):
             for p in backbone.parameters():
                 p.requires_grad_(False)
         self.compiled_decoder: Callable[..., Any] | None = None  # set by `compile_backbone`
+        self.checkpointed_layers: list[nn.Module] = []  # set by `enable_activation_checkpointing`
         self.train(False)
+
+    def enable_activation_checkpointing(self) -> None:
+        """Keep only each decoder layer's input for the backward pass and recompute the layer there
+        (transformers' gradient checkpointing, non-reentrant): activation memory falls from all
+        layers' intermediates to one layer's, for one more forward pass of the backbone. The layers
+        are flagged as training (transformers checkpoints only then); their submodules keep the
+        backbone's mode, so dropout stays as configured."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        inner = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.checkpointed_layers = [m for m in inner.modules()
+                                    if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+        if not self.checkpointed_layers:
+            raise ValueError(f"{type(inner).__name__} has no layers that support gradient checkpointing")
+        self.train(self.training)
 
     def compile_backbone(self) -> None:
         """Run the backbone body through `torch.compile` (inductor, dynamic shapes): its elementwise
@@ -125,6 +142,8 @@ class CLLM4Rec(nn.Module):
         """Tables follow `mode`; the backbone stays in eval mode (no dropout) unless dropout is on."""
         super().train(mode)
         self.backbone.train(mode and self.backbone_dropout)
+        for layer in self.checkpointed_layers:
+            layer.training = mode
         return self
 
     def tables(self, which: TableSet) -> tuple[nn.Parameter, nn.Parameter]:

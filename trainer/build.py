@@ -134,6 +134,8 @@ def build_run(config: TrainConfig, device: torch.device | None = None, dtype: to
         backbone_dropout=config.model.dropout,
         content_init=config.model.content_init,
     )
+    if config.model.activation_checkpointing:
+        model.enable_activation_checkpointing()
     if config.model.compile:
         model.compile_backbone()
     tokenizer = IdTokenizer(hf_tokenizer, model.vocab_rows, dataset.n_users, dataset.n_items)

@@ -42,6 +42,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto (bf16 where the CPU/GPU has it), bfloat16, float32
     attention: str = "auto"  # backbone attention kernel: auto (eager on CPU, sdpa on GPU), eager, sdpa
     compile: bool = False  # torch.compile the backbone body (plain engine): minutes of compiling, then faster steps
+    activation_checkpointing: bool = False  # recompute each backbone layer in backward: less memory, one more forward
     random_init: bool = False  # LLM-Scratch: same architecture, random weights
     train_backbone: str = "none"  # none | full (LLM-FtAll) | lora (LLM-FtAll with a LoRA adapter)
     lora_r: int = 8

@@ -39,8 +39,10 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: s
         _mark_phases(axes, units)
         axes.set_xlabel("epoch unit")
         axes.set_ylabel(ylabel)
-        if any(axes.get_lines()):
-            axes.set_yscale("log")
+        plotted = [y for line in axes.get_lines() for y in line.get_ydata()]
+        if plotted:
+            if all(y > 0 for y in plotted):  # log only where every value can be drawn (MR starts at 0)
+                axes.set_yscale("log")
             axes.legend(fontsize=8)
     finetune = [entry for entry in history if phase_of(entry["unit"]) == "finetune"]
     metrics = sorted({k for entry in finetune for k in entry if k.startswith("val_") and k != "val_selection"})

@@ -47,7 +47,8 @@ ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", 
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
                   "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
                   "data.dataset", "distributed", "checkpoint",
-                  "model.attention", "model.compile")  # the dataset itself is pinned by dataset_hash
+                  "model.attention", "model.compile",
+                  "model.activation_checkpointing")  # the dataset itself is pinned by dataset_hash
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""`cllm4rec sweep KEY=V1,V2,...`: one training per value under one MLflow parent run, and the
+sensitivity of the test metrics to the swept key (the paper's Figure 4 for λ_c) as a plot and a table.
+
+Each value trains `<name>-<key leaf><value>` (its own output folder and MLflow run, nested under the
+sweep's run); the sweep writes `<output_dir of name>-sweep/`: sweep.json, sweep.md and sweep.png
+(every test metric against the value, log axis when all values are positive).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from data_prep.atomic import atomic_file, atomic_write_text
+from trainer.config import ConfigError, config_to_dict, load_config, parse_override
+from trainer.results import metric_columns
+from trainer.tracking import Tracker
+
+ALIASES = {"lambda_c": "pretrain.lambda_c", "lambda_l": "pretrain.lambda_l"}
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """'lambda_c=0.1,1,10' → ('pretrain.lambda_c', [0.1, 1, 10]); values parsed like overrides."""
+    if "=" not in text:
+        raise ConfigError(f"sweep {text!r}: expected KEY=V1,V2,... (e.g. lambda_c=0.01,0.1,1,10)")
+    key, _, raw = text.partition("=")
+    key = ALIASES.get(key.strip(), key.strip())
+    values = [next(iter(parse_override(f"{key}={v.strip()}").values())) for v in raw.split(",") if v.strip()]
+    if len(values) < 2:
+        raise ConfigError(f"sweep {text!r}: give at least two values, comma-separated")
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"sweep {text!r}: a value is repeated")
+    return key, values
+
+
+def run_name(base: str, key: str, value: Any) -> str:
+    return f"{base}-{key.rsplit('.', 1)[-1]}{value}"
+
+
+def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str], *, progress: bool = True) -> dict[str, Any]:
+    """Train once per value of `key` and write the sensitivity table and plot; returns sweep.json's content."""
+    from trainer.pipeline import train
+
+    base = load_config(recipe, overrides)
+    configs = [load_config(recipe, [*overrides, f"{key}={value}", f"name={run_name(base.name, key, value)}"])
+               for value in values]  # every value checked before anything trains
+    out = Path(f"{base.resolved_output_dir()}-sweep")
+    columns = metric_columns(base.eval.recall_ks, base.eval.ndcg_ks)
+    rows: list[dict[str, Any]] = []
+    tracking = base.tracking
+    with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment,
+                 base.resolved_output_dir().parent / "mlflow.db") as tracker:
+        parent = tracker.start(f"{base.name}-sweep-{key}", {"sweep.key": key, "sweep.values": values, **config_to_dict(base)},
+                               tags={"sweep": key})
+        for index, (value, config) in enumerate(zip(values, configs)):
+            if parent is not None:
+                config.tracking.parent_run_id = parent
+            results = train(config, progress=progress)
+            model = next(iter(results))
+            row = {"value": value, "run": config.name, **{c: results[model][c] for c in columns}}
+            rows.append(row)
+            tracker.log_metrics({f"test_{c}": row[c] for c in columns}, step=index, parent=True)
+        report = {"key": key, "values": values, "model": model, "metrics": columns, "rows": rows}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "sweep.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out / "sweep.md", sweep_table(report))
+        plot_sweep(report, out / "sweep.png")
+        for name in ("sweep.json", "sweep.md", "sweep.png"):
+            tracker.log_artifact(out / name)
+    print(sweep_table(report))
+    print(f"sweep: {out}")
+    return report
+
+
+def sweep_table(report: dict[str, Any]) -> str:
+    columns = report["metrics"]
+    lines = [f"| {report['key']} | run | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for row in report["rows"]:
+        lines.append(f"| {row['value']} | {row['run']} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(report: dict[str, Any], path: Path) -> Path:
+    """Every metric against the swept value (log axis when every value is positive), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in report["values"])
+    xs = [float(v) for v in report["values"]] if numeric else list(range(len(report["values"])))
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    for column in report["metrics"]:
+        axes.plot(xs, [row[column] for row in report["rows"]], marker="o", label=column)
+    if numeric and all(x > 0 for x in xs):
+        axes.set_xscale("log")
+    if not numeric:
+        axes.set_xticks(xs, [str(v) for v in report["values"]])
+    axes.set_xlabel(report["key"])
+    axes.set_ylabel("test metric")
+    axes.set_title(f"{report['model']}: sensitivity to {report['key']}")
+    axes.legend(fontsize=8)
+    if not all(math.isfinite(row[c]) for row in report["rows"] for c in report["metrics"]):
+        axes.text(0.5, 0.02, "some metrics are not finite", ha="center", transform=axes.transAxes)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    return path
+
