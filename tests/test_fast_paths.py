@@ -35,6 +35,23 @@ def batches(tok: IdTokenizer) -> dict[str, dict[str, torch.Tensor]]:
     return {"collab": collab, "content": content, "rec": rec}
 
 
+def assert_same_training_step(reference: CLLM4Rec, other: CLLM4Rec, tok: IdTokenizer, tol: float) -> None:
+    """Every task's loss (rtol = atol = tol) and its table set's gradients (rtol 10·tol) agree between
+    two models holding the same weights; both run a training-mode step."""
+    for task, batch in batches(tok).items():
+        which = "content" if task == "content" else "collab"
+        outs = []
+        for model in (reference, other):
+            model.train(True)
+            model.zero_grad(set_to_none=True)
+            out = model(task, **batch)
+            out["loss"].backward()
+            outs.append((out["loss"].detach(), [p.grad for p in model.tables(which)]))
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=tol, atol=tol)
+        for got, want in zip(outs[1][1], outs[0][1]):
+            torch.testing.assert_close(got, want, rtol=10 * tol, atol=1e-6)
+
+
 def plain_item_loss(model: CLLM4Rec, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The item-space loss sum written the plain way: whole logits, log-softmax, gather."""
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], "collab")
@@ -152,16 +169,7 @@ def test_eager_attention_equals_sdpa(backbone, request):
     eager, tok = build(folder, attention="eager")
     sdpa, _ = build(folder, attention="sdpa")
     assert eager.backbone.config._attn_implementation == "eager" and sdpa.backbone.config._attn_implementation == "sdpa"
-    for task, batch in batches(tok).items():
-        outs = []
-        for model in (eager, sdpa):
-            model.zero_grad(set_to_none=True)
-            out = model(task, **batch)
-            out["loss"].backward()
-            outs.append((out["loss"].detach(), [p.grad for p in model.tables("content" if task == "content" else "collab")]))
-        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-        for a, b in zip(outs[0][1], outs[1][1]):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_training_step(sdpa, eager, tok, 1e-5)
 
 
 def test_attention_follows_the_config(planted_dataset, tiny_llama, tmp_path):
@@ -234,17 +242,7 @@ def test_compiled_backbone_equals_eager(tiny_llama):
     compiled.compile_backbone()
     assert [n for n, _ in compiled.named_parameters()] == [n for n, _ in eager.named_parameters()]
     assert compiled.state_dict().keys() == eager.state_dict().keys()
-    for task, batch in batches(tok).items():
-        which = "content" if task == "content" else "collab"
-        outs = []
-        for model in (eager, compiled):
-            model.zero_grad(set_to_none=True)
-            out = model(task, **batch)
-            out["loss"].backward()
-            outs.append((out["loss"].detach(), [p.grad for p in model.tables(which)]))
-        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
-        for got, want in zip(outs[1][1], outs[0][1]):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert_same_training_step(eager, compiled, tok, 1e-5)
 
 
 def test_compile_is_refused_under_deepspeed(planted_dataset, tiny_llama, tmp_path):
@@ -292,18 +290,7 @@ def test_activation_checkpointing_recomputes_layers_with_equal_results(backbone,
     inner = next(checkpointed.checkpointed_layers[0].children())  # the recompute calls the layer's forward, not __call__
     calls = []
     inner.register_forward_pre_hook(lambda module, args: calls.append(1))
-    for task, batch in batches(tok).items():
-        which = "content" if task == "content" else "collab"
-        outs = []
-        for model in (plain, checkpointed):
-            model.train(True)
-            model.zero_grad(set_to_none=True)
-            out = model(task, **batch)
-            out["loss"].backward()
-            outs.append((out["loss"].detach(), [p.grad for p in model.tables(which)]))
-        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-6, atol=1e-6)
-        for got, want in zip(outs[1][1], outs[0][1]):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert_same_training_step(plain, checkpointed, tok, 1e-6)
     assert len(calls) == 2 * len(batches(tok))
     assert not any(m.training for m in checkpointed.backbone.modules() if m not in checkpointed.checkpointed_layers)
     checkpointed.train(False)
