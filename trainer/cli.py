@@ -146,6 +146,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                         no_progress=args.no_progress))
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """One training per value of a config key, under one MLflow parent run, plus the sensitivity plot."""
+    from trainer.distributed import shutdown_distributed
+    from trainer.sweep import parse_sweep, sweep
+
+    key, values = parse_sweep(args.sweep)
+    try:
+        sweep(key, values, args.recipe, args.overrides, progress=not args.no_progress)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainer.serving import evaluate_saved
 
@@ -190,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5 or ablation=cf")
+    p = sub.add_parser("sweep", help="train once per value of a config key; plot the test metrics against it")
+    p.add_argument("sweep", help="KEY=V1,V2,... e.g. lambda_c=0.01,0.1,1,10 (lambda_c = pretrain.lambda_c)")
+    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides shared by every run")
     p = sub.add_parser("evaluate", help="evaluate a saved model on its dataset's validation or test split")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--split", default="test", choices=("val", "test"))
@@ -205,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
-            "train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export}
+            "train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,7 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/../mlflow.db
     experiment: str = "cllm4rec"
     run_name: str | None = None
+    parent_run_id: str | None = None  # nest this training's MLflow run under that run (set by `cllm4rec sweep`)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config,
 from trainer.evaluate import evaluate
 from trainer.loop import EpochProgress, run_epoch
 from trainer.results import metric_columns, write_results
-from trainer.tracking import Tracker
+from trainer.tracking import PARENT_TAG, Tracker
 
 log = logging.getLogger(__name__)
 ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll",
@@ -375,7 +375,8 @@ class Recipe:
                      self.out.parent / "mlflow.db") as tracker:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
                           tags={"model": self.model_name, "ablation": cfg.ablation, "dataset": self.parts.dataset.name,
-                                "engine": self.checkpoint_identity["engine"]})
+                                "engine": self.checkpoint_identity["engine"],
+                                **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {})})
             tracker.log_dict(config_to_dict(cfg), "config.yaml")
             if isinstance(self.engine, DeepSpeedEngine):
                 tracker.log_dict(self.engine.ds_config, "deepspeed.json")

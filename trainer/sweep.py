@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.atomic import atomic_file, atomic_write_text
-from trainer.config import ConfigError, config_to_dict, load_config, parse_override
+from trainer.config import ConfigError, config_to_dict, flatten, load_config
 from trainer.results import metric_columns
 from trainer.tracking import Tracker
 
@@ -26,7 +26,8 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
         raise ConfigError(f"sweep {text!r}: expected KEY=V1,V2,... (e.g. lambda_c=0.01,0.1,1,10)")
     key, _, raw = text.partition("=")
     key = ALIASES.get(key.strip(), key.strip())
-    values = [next(iter(parse_override(f"{key}={v.strip()}").values())) for v in raw.split(",") if v.strip()]
+    # each value through the typed config: an unknown key or a wrong type is named here, before training
+    values = [flatten(config_to_dict(load_config(None, [f"{key}={v.strip()}"])))[key] for v in raw.split(",") if v.strip()]
     if len(values) < 2:
         raise ConfigError(f"sweep {text!r}: give at least two values, comma-separated")
     if len(set(map(repr, values))) != len(values):
