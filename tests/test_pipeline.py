@@ -695,3 +695,26 @@ def test_served_model_answers_rest_requests(trained: Trained, tmp_path: Path) ->
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log.close()
+
+
+# ---- 6. embeddings for downstream models (CLLM4Rec-Emb) -------------------------------------------
+
+def test_export_embeddings_round_trip(trained: Trained, tmp_path: Path) -> None:
+    """`cllm4rec export-embeddings`: the four tables as safetensors, and per-user / per-item Parquet rows
+    (raw id, collab and content vectors) equal to the saved tables; a model/dataset mismatch is named."""
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import load_model
+
+    out = tmp_path / "emb"
+    assert cli.main(["export-embeddings", "--model", str(trained.out / "model"), "--out", str(out)]) == 0
+    saved = load_model(trained.out / "model").tables
+    tables = load_file(str(out / "embeddings.safetensors"))
+    assert set(tables) == set(saved) and all(torch.equal(tables[k], saved[k].float()) for k in saved)
+    dataset = trained.recipe.parts.dataset
+    users, items = pq.read_table(out / "users.parquet").to_pydict(), pq.read_table(out / "items.parquet").to_pydict()
+    assert users["user"] == list(dataset.user_raw) and items["item"] == list(dataset.item_raw)
+    assert items["text"] == list(dataset.item_text)
+    np.testing.assert_array_equal(np.array(users["collab"], dtype=np.float32), saved["collab_user"].numpy())
+    np.testing.assert_array_equal(np.array(items["content"], dtype=np.float32), saved["content_item"].numpy())
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.safetensors", "items.parquet", "users.parquet"]

@@ -177,6 +177,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_embeddings(args: argparse.Namespace) -> int:
+    from trainer.embeddings import export_embeddings
+
+    out = args.out or Path(args.model).parent / "embeddings"
+    print(f"embeddings of {args.model} -> {export_embeddings(args.model, out)}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.checkpoint import export_model, resolve_checkpoint
 
@@ -216,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", nargs="*", help="raw user ids (default: all users)")
     p.add_argument("--top", type=int, default=10, help="items per user (default 10)")
     p.add_argument("--out", type=Path, help="write a Parquet file instead of printing")
+    p = sub.add_parser("export-embeddings", help="user/item embeddings of a saved model as safetensors and Parquet")
+    p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
+    p.add_argument("--out", type=Path, help="folder to write (replaced whole; default <output_dir>/embeddings)")
     p = sub.add_parser("export", help="write a saved-model folder from a (ZeRO-3 or plain) training checkpoint")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, a run's checkpoints/ folder or a run folder")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced whole)")
@@ -223,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
-            "train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export}
+            "train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export,
+            "export-embeddings": cmd_export_embeddings}
 
 
 def main(argv: list[str] | None = None) -> int:

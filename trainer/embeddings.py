@@ -1,0 +1,51 @@
+"""Export a saved model's user and item embeddings (collaborative and content) for downstream models
+(CLLM4Rec-Emb, SPEC 9): `embeddings.safetensors` (the four ID tables as saved) and `users.parquet` /
+`items.parquet` (raw id, `collab` and `content` vectors as fixed-size float32 lists; items also `text`),
+written as one folder, whole or not at all."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.torch import save_file
+
+from data_prep.atomic import atomic_folder
+from data_prep.processed import load_processed
+from trainer import checkpoint as ckpt
+from trainer.build import resolve_dataset
+from trainer.config import config_from_dict
+from trainer.serving import UnknownIdError
+
+
+def _vectors(table: np.ndarray) -> pa.FixedSizeListArray:
+    """Rows of a [N, K] float32 array as a fixed_size_list<float32>[K] column."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(table.reshape(-1), pa.float32()), table.shape[1])
+
+
+def export_embeddings(model_dir: Path, out: Path) -> Path:
+    """Write the embeddings folder of the saved model `model_dir` to `out`; returns `out`."""
+    saved = ckpt.load_model(Path(model_dir))
+    config = config_from_dict(saved.config)
+    dataset = load_processed(resolve_dataset(config.data.dataset, config.data.split_seed))
+    tables = {name: t.float().contiguous() for name, t in saved.tables.items()}
+    for kind, count in (("user", dataset.n_users), ("item", dataset.n_items)):
+        rows = tables[f"collab_{kind}"].shape[0]
+        if rows != count:
+            raise UnknownIdError(f"{model_dir}: {rows} {kind} rows in the tables, {count} {kind}s in dataset "
+                                 f"{dataset.name}: the model was not trained on this dataset")
+    with atomic_folder(Path(out)) as tmp:
+        save_file(tables, str(tmp / "embeddings.safetensors"), metadata={"dataset": dataset.name})
+        pq.write_table(pa.table({
+            "user": pa.array(list(dataset.user_raw), pa.string()),
+            "collab": _vectors(tables["collab_user"].numpy()),
+            "content": _vectors(tables["content_user"].numpy()),
+        }), tmp / "users.parquet")
+        pq.write_table(pa.table({
+            "item": pa.array(list(dataset.item_raw), pa.string()),
+            "collab": _vectors(tables["collab_item"].numpy()),
+            "content": _vectors(tables["content_item"].numpy()),
+            "text": pa.array(list(dataset.item_text), pa.string()),
+        }), tmp / "items.parquet")
+    return Path(out)
