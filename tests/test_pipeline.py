@@ -718,3 +718,24 @@ def test_export_embeddings_round_trip(trained: Trained, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.array(users["collab"], dtype=np.float32), saved["collab_user"].numpy())
     np.testing.assert_array_equal(np.array(items["content"], dtype=np.float32), saved["content_item"].numpy())
     assert sorted(p.name for p in out.iterdir()) == ["embeddings.safetensors", "items.parquet", "users.parquet"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_towers_beat_random_ranking(trained: Trained, tmp_path: Path) -> None:
+    """`cllm4rec two-tower`: CLLM4Rec-Emb (towers over the exported embeddings) and the ID-only
+    Two-Tower, trained with the sampled softmax, both rank the planted test items far above random."""
+    recipe = trained.recipe
+    train_items, test_items = recipe.splits["train"], recipe.splits["test"]
+    random_runs = [evaluate_scores(lambda rows, g=torch.Generator().manual_seed(s): torch.rand(len(rows), N_ITEMS, generator=g),
+                                   train_items, test_items, (), (100,)) for s in range(5)]
+    rand = {"ndcg@100": float(np.mean([r["ndcg@100"] for r in random_runs]))}
+    out = tmp_path / "tt"
+    assert cli.main(["two-tower", "--model", str(trained.out / "model"), "--epochs", "20", "--batch-size", "64",
+                     "--no-progress", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["models"]
+    assert set(rows) == {"CLLM4Rec-Emb", "Two-Tower"}
+    for name, metrics in rows.items():
+        # measured: CLLM4Rec-Emb 0.607, Two-Tower 0.601, random 0.293
+        assert metrics["ndcg@100"] > rand["ndcg@100"] + 0.2, (name, metrics, rand)
+        assert metrics["recall@20"] > 0 and 0 <= metrics["best_epoch"] < 20

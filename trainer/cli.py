@@ -185,6 +185,25 @@ def cmd_export_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_two_tower(args: argparse.Namespace) -> int:
+    """CLLM4Rec-Emb and the ID-only Two-Tower on a saved model's split; results in <output_dir>/two-tower."""
+    from trainer.config import config_from_dict
+    from trainer.checkpoint import load_model
+    from trainer.embeddings import run_two_towers
+    from trainer.results import metric_columns, write_results
+
+    rows = run_two_towers(args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                          progress=not args.no_progress)
+    config = config_from_dict(load_model(args.model).config)
+    out = args.out or Path(args.model).parent / "two-tower"
+    out.mkdir(parents=True, exist_ok=True)
+    print(write_results(out, rows, metric_columns(config.eval.recall_ks, config.eval.ndcg_ks),
+                        {"model": str(args.model), "epochs": args.epochs, "batch_size": args.batch_size,
+                         "seed": args.seed}))
+    print(f"results: {out / 'results.md'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.checkpoint import export_model, resolve_checkpoint
 
@@ -227,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-embeddings", help="user/item embeddings of a saved model as safetensors and Parquet")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--out", type=Path, help="folder to write (replaced whole; default <output_dir>/embeddings)")
+    p = sub.add_parser("two-tower", help="CLLM4Rec-Emb (two towers over a saved model's embeddings) and an ID-only Two-Tower")
+    p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs per model (default 30)")
+    p.add_argument("--batch-size", type=int, default=1024, help="interactions per sampled-softmax batch (default 1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="results folder (default <output_dir>/two-tower)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p = sub.add_parser("export", help="write a saved-model folder from a (ZeRO-3 or plain) training checkpoint")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, a run's checkpoints/ folder or a run folder")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced whole)")
@@ -235,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
             "train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export,
-            "export-embeddings": cmd_export_embeddings}
+            "export-embeddings": cmd_export_embeddings, "two-tower": cmd_two_tower}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,3 +49,30 @@ def export_embeddings(model_dir: Path, out: Path) -> Path:
             "text": pa.array(list(dataset.item_text), pa.string()),
         }), tmp / "items.parquet")
     return Path(out)
+
+
+def run_two_towers(model_dir: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
+                   progress: bool = True) -> dict[str, dict[str, float]]:
+    """CLLM4Rec-Emb (two towers over the saved model's user and item embeddings, collaborative and
+    content concatenated) and the ID-only Two-Tower, trained on the model's training split, selected
+    on validation NDCG@100, scored on test with the run's metrics: {name: test metrics}."""
+    import torch
+
+    from cllm4rec.baselines.two_tower import train_two_tower
+    from cllm4rec.metrics import evaluate_scores
+    from trainer.data import user_item_lists
+
+    saved = ckpt.load_model(Path(model_dir))
+    config = config_from_dict(saved.config)
+    dataset = load_processed(resolve_dataset(config.data.dataset, config.data.split_seed))
+    train, val, test = (user_item_lists(dataset, split) for split in ("train", "val", "test"))
+    tables = {name: t.float() for name, t in saved.tables.items()}
+    features = {"user": torch.cat([tables["collab_user"], tables["content_user"]], dim=1),
+                "item": torch.cat([tables["collab_item"], tables["content_item"]], dim=1)}
+    rows: dict[str, dict[str, float]] = {}
+    for name, users, items in (("CLLM4Rec-Emb", features["user"], features["item"]), ("Two-Tower", None, None)):
+        model, history = train_two_tower(train, val, user_features=users, item_features=items, epochs=epochs,
+                                         batch_size=batch_size, seed=seed, progress=progress)
+        metrics = evaluate_scores(model.score_all, train, test, tuple(config.eval.recall_ks), tuple(config.eval.ndcg_ks))
+        rows[name] = {**metrics, "best_epoch": float(history.best_epoch)}
+    return rows

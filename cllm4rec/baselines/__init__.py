@@ -9,6 +9,7 @@ from cllm4rec.baselines.multivae import (
     score,
     train_multivae,
 )
+from cllm4rec.baselines.two_tower import TwoTower, TwoTowerHistory, train_two_tower
 
 __all__ = [
     "EaseSelection",
@@ -21,4 +22,7 @@ __all__ = [
     "score_ease",
     "select_ease",
     "train_multivae",
+    "train_two_tower",
+    "TwoTower",
+    "TwoTowerHistory",
 ]
