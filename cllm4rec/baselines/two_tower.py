@@ -103,7 +103,7 @@ def train_two_tower(train: UserItems, val: UserItems, *, user_features: torch.Te
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         history.losses.append(total / users.shape[0])
         model.eval()
         ndcg = evaluate_scores(model.score_all, train, val, (), (100,))["ndcg@100"]
