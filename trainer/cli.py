@@ -187,19 +187,11 @@ def cmd_export_embeddings(args: argparse.Namespace) -> int:
 
 def cmd_two_tower(args: argparse.Namespace) -> int:
     """CLLM4Rec-Emb and the ID-only Two-Tower on a saved model's split; results in <output_dir>/two-tower."""
-    from trainer.config import config_from_dict
-    from trainer.checkpoint import load_model
     from trainer.embeddings import run_two_towers
-    from trainer.results import metric_columns, write_results
 
-    rows = run_two_towers(args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                          progress=not args.no_progress)
-    config = config_from_dict(load_model(args.model).config)
     out = args.out or Path(args.model).parent / "two-tower"
-    out.mkdir(parents=True, exist_ok=True)
-    print(write_results(out, rows, metric_columns(config.eval.recall_ks, config.eval.ndcg_ks),
-                        {"model": str(args.model), "epochs": args.epochs, "batch_size": args.batch_size,
-                         "seed": args.seed}))
+    print(run_two_towers(args.model, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         progress=not args.no_progress))
     print(f"results: {out / 'results.md'}")
     return 0
 

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 from safetensors.torch import save_file
 
 from data_prep.atomic import atomic_folder
-from data_prep.processed import load_processed
+from data_prep.processed import ProcessedDataset, load_processed
 from trainer import checkpoint as ckpt
 from trainer.build import resolve_dataset
-from trainer.config import config_from_dict
+from trainer.config import TrainConfig, config_from_dict
 from trainer.serving import UnknownIdError
 
 
@@ -24,12 +24,17 @@ def _vectors(table: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(table.reshape(-1), pa.float32()), table.shape[1])
 
 
-def export_embeddings(model_dir: Path, out: Path) -> Path:
-    """Write the embeddings folder of the saved model `model_dir` to `out`; returns `out`."""
+def load_tables_and_dataset(model_dir: Path) -> tuple[dict, TrainConfig, ProcessedDataset]:
+    """(fp32 tables, config, processed dataset) of a saved model — without its backbone."""
     saved = ckpt.load_model(Path(model_dir))
     config = config_from_dict(saved.config)
     dataset = load_processed(resolve_dataset(config.data.dataset, config.data.split_seed))
-    tables = {name: t.float().contiguous() for name, t in saved.tables.items()}
+    return {name: t.float().contiguous() for name, t in saved.tables.items()}, config, dataset
+
+
+def export_embeddings(model_dir: Path, out: Path) -> Path:
+    """Write the embeddings folder of the saved model `model_dir` to `out`; returns `out`."""
+    tables, _, dataset = load_tables_and_dataset(model_dir)
     for kind, count in (("user", dataset.n_users), ("item", dataset.n_items)):
         rows = tables[f"collab_{kind}"].shape[0]
         if rows != count:
@@ -51,22 +56,21 @@ def export_embeddings(model_dir: Path, out: Path) -> Path:
     return Path(out)
 
 
-def run_two_towers(model_dir: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
-                   progress: bool = True) -> dict[str, dict[str, float]]:
+def run_two_towers(model_dir: Path, out: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
+                   progress: bool = True) -> str:
     """CLLM4Rec-Emb (two towers over the saved model's user and item embeddings, collaborative and
     content concatenated) and the ID-only Two-Tower, trained on the model's training split, selected
-    on validation NDCG@100, scored on test with the run's metrics: {name: test metrics}."""
+    on validation NDCG@100, scored on test with the run's metrics; results.md / results.json in
+    `out`. Returns the Markdown table."""
     import torch
 
     from cllm4rec.baselines.two_tower import train_two_tower
     from cllm4rec.metrics import evaluate_scores
     from trainer.data import user_item_lists
+    from trainer.results import metric_columns, write_results
 
-    saved = ckpt.load_model(Path(model_dir))
-    config = config_from_dict(saved.config)
-    dataset = load_processed(resolve_dataset(config.data.dataset, config.data.split_seed))
+    tables, config, dataset = load_tables_and_dataset(model_dir)
     train, val, test = (user_item_lists(dataset, split) for split in ("train", "val", "test"))
-    tables = {name: t.float() for name, t in saved.tables.items()}
     features = {"user": torch.cat([tables["collab_user"], tables["content_user"]], dim=1),
                 "item": torch.cat([tables["collab_item"], tables["content_item"]], dim=1)}
     rows: dict[str, dict[str, float]] = {}
@@ -75,4 +79,6 @@ def run_two_towers(model_dir: Path, *, epochs: int = 30, batch_size: int = 1024,
                                          batch_size=batch_size, seed=seed, progress=progress)
         metrics = evaluate_scores(model.score_all, train, test, tuple(config.eval.recall_ks), tuple(config.eval.ndcg_ks))
         rows[name] = {**metrics, "best_epoch": float(history.best_epoch)}
-    return rows
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return write_results(Path(out), rows, metric_columns(config.eval.recall_ks, config.eval.ndcg_ks),
+                         {"model": str(model_dir), "epochs": epochs, "batch_size": batch_size, "seed": seed})

@@ -66,19 +66,15 @@ def recommend(
     the rows come back in the order of `users`.
     """
     users = np.asarray(users)
-    if histories is None:
-        seen, lengths = corpora.train, corpora.train.lengths()[users]
-    else:
-        seen = UserItems.from_lists(histories, corpora.train.n_items)  # row b: the history of users[b]
-        lengths = seen.lengths()
-    order = np.argsort(lengths, kind="stable")
+    # row b of `seen`: the items of users[b] (prompt and exclusion)
+    seen = corpora.train.subset(users) if histories is None else UserItems.from_lists(histories, corpora.train.n_items)
+    order = np.argsort(seen.lengths(), kind="stable")
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
         picked = order[start : start + batch_size]
-        rows = users[picked]
-        own = None if histories is None else [seen.row(int(b)) for b in picked]
-        logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed, own)).float().cpu()
-        items = topk_excluding(logits, seen, rows if histories is None else picked, top_m)
+        own = [seen.row(int(b)) for b in picked]
+        logits = engine.item_logits(corpora.scoring_batch(users[picked], prompt, seed, own)).float().cpu()
+        items = topk_excluding(logits, seen, picked, top_m)
         scores = logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
         out_items.append(items.numpy())
         out_scores.append(scores.numpy())

@@ -2,9 +2,7 @@
 package it as an MLflow pyfunc model for `mlflow models serve` (`trainer/pyfunc_model.py`)."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.atomic import atomic_file
+from data_prep.atomic import atomic_file, atomic_folder
 from data_prep.errors import DataPrepError
 from trainer import checkpoint as ckpt
 from trainer.build import RunParts, build_run, load_weights
@@ -64,17 +62,24 @@ class Recommender:
     def load(cls, model_dir: Path) -> "Recommender":
         return cls(*load_saved(Path(model_dir)))
 
-    def _indices(self, raw: list[str], known: list[str], kind: str) -> np.ndarray:
-        index = {r: i for i, r in enumerate(known)}
+    @functools.cached_property
+    def index(self) -> dict[str, dict[str, int]]:
+        """Raw id → row, per kind ("user", "item"); built once, not per request."""
+        dataset = self.parts.dataset
+        return {kind: {raw: i for i, raw in enumerate(known)}
+                for kind, known in (("user", dataset.user_raw), ("item", dataset.item_raw))}
+
+    def _indices(self, raw: list[str], kind: str) -> np.ndarray:
+        index = self.index[kind]
         unknown = [r for r in raw if r not in index]
         if unknown:
             shown = ", ".join(repr(r) for r in dict.fromkeys(unknown))
             raise UnknownIdError(f"unknown {kind} id(s) {shown}: not in dataset {self.parts.dataset.name} "
-                                 f"({len(known)} {kind}s)")
+                                 f"({len(index)} {kind}s)")
         return np.array([index[r] for r in raw], dtype=np.int64)
 
     def recommend(self, raw_users: list[str] | None, top_m: int, histories: list[list[str]] | None = None) -> pa.Table:
-        """Top-`top_m` unseen items for the given raw user ids (all users if None), in that order.
+        """Top-`top_m` unseen items for the given raw user ids (all users if None or empty), in that order.
 
         histories: per user, raw item ids beyond the training data; they join the user's prompt and
         are excluded from the answer. Returns a table with columns user, rank, item, score,
@@ -84,13 +89,13 @@ class Recommender:
         dataset = self.parts.dataset
         if top_m < 1:
             raise DataPrepError(f"top_m must be >= 1, got {top_m}")
-        users = np.arange(dataset.n_users) if raw_users is None else self._indices(list(raw_users), dataset.user_raw, "user")
+        users = self._indices(list(raw_users), "user") if raw_users else np.arange(dataset.n_users)
         items_of = None
         if histories is not None:
             if len(histories) != len(users):
                 raise DataPrepError(f"{len(histories)} histories for {len(users)} users")
             train = self.parts.corpora.train
-            items_of = [np.union1d(train.row(int(u)), self._indices(list(h), dataset.item_raw, "item"))
+            items_of = [np.union1d(train.row(int(u)), self._indices(list(h), "item"))
                         for u, h in zip(users, histories)]
         items, scores = recommend(self.engine, self.parts.corpora, users, top_m, prompt=_prompt(self.config),
                                   seed=self.config.seed, batch_size=self.config.eval.batch_size, histories=items_of)
@@ -132,9 +137,8 @@ def save_pyfunc(model_dir: Path, out: Path, top_m: int = 20) -> Path:
     import mlflow
     import torch
 
-    out = Path(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) / "model"
-    try:
+    with atomic_folder(Path(out)) as staging:
+        staging.rmdir()  # mlflow writes the folder itself; atomic_folder then moves it into place
         mlflow.pyfunc.save_model(
             path=str(staging), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"model": str(Path(model_dir).resolve())}, code_paths=[str(REPO / p) for p in PACKAGES],
@@ -142,9 +146,4 @@ def save_pyfunc(model_dir: Path, out: Path, top_m: int = 20) -> Path:
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                               "transformers", "safetensors", "pyarrow", "pandas", "numpy", "pyyaml", "tqdm"],
         )
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging.parent, ignore_errors=True)
-    return out
+    return Path(out)
