@@ -28,7 +28,7 @@ from trainer import cli
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, config_from_dict, config_to_dict, load_config
 from trainer.evaluate import evaluate, recommend
-from trainer.pipeline import ABLATION_NAMES, Recipe, train
+from trainer.pipeline import Recipe, train
 from trainer.serving import evaluate_saved, recommend_saved
 
 # The shared run: lr 0.02 with batch 8 lowers every loss within 2 warm-up epochs, 4 rounds and 4
@@ -385,61 +385,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("ablation", ["scratch", "cf", "ftall", "ftall-lora", "fixord", "prerec"])
-def test_each_ablation_runs(ablation, planted_dataset, tiny_llama, tmp_path) -> None:
-    out = tmp_path / "run"
-    config = _config(planted_dataset, tiny_llama, out, **SMALL, ablation=ablation)
-    recipe = Recipe(config, progress=False)
-    before = _snapshot(recipe.parts.model.backbone)
-    rows = recipe.run()
-    name = ABLATION_NAMES[ablation]
-    assert set(rows) == {name}
-    for key in METRICS:
-        assert 0.0 <= rows[name][key] <= 1.0
-    assert rows[name]["n_users_evaluated"] == N_USERS
-    results = _results(out)
-    assert set(results["models"]) == {name}
-    assert f"| {name} |" in (out / "results.md").read_text(encoding="utf-8")
-    phases = [h["unit"].split("-")[0] for h in results["history"]]
-    keys = set().union(*results["history"])
-    saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-    assert saved["ablation"] == ablation
-    if ablation == "cf":
-        assert phases == ["lstep", "finetune"]
-        assert not any(k.startswith("content_") for k in keys)
-        assert saved["pretrain"]["content"] is False and saved["pretrain"]["lambda_c"] == 0.0
-    elif ablation == "prerec":
-        assert phases == ["warmup", "lstep", "cstep"]
-        assert results["best_epoch"] is None
-        assert saved["finetune"]["enabled"] is False
-    else:
-        assert phases == ["warmup", "lstep", "cstep", "finetune"]
-    if ablation == "fixord":
-        assert saved["pretrain"]["reorder"] is False
-
-    after = _snapshot(recipe.parts.model.backbone)
-    changed = {n for n in before if not torch.equal(before[n], after[n])}
-    if ablation in ("scratch", "ftall"):
-        assert saved["model"]["train_backbone"] == "full"
-        assert all(p.requires_grad for p in recipe.parts.model.backbone.parameters())
-        assert any("layers" in n for n in changed), "the backbone's layers were not trained"
-    elif ablation == "ftall-lora":
-        assert changed and all("lora_" in n for n in changed), changed
-        assert any("lora_" in n for n in before)
-    else:
-        assert not changed
-    if ablation == "scratch":
-        from cllm4rec.backbone import load_backbone
-
-        pretrained = dict(load_backbone(str(tiny_llama), dtype=torch.float32)[0].named_parameters())
-        assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"],
-                               pretrained["model.layers.0.mlp.up_proj.weight"])
-    # the saved model (with its trained backbone weights, where there are any) scores as the run did
-    again = evaluate_saved(out / "model")
-    for key in METRICS:
-        assert again[key] == pytest.approx(rows[name][key], abs=1e-9), key
+# each ablation trains in tests/test_reproduce.py (one `cllm4rec reproduce` run makes every row)
 
 
 def test_scratch_backbone_is_seeded(planted_dataset, tiny_llama, tmp_path) -> None:

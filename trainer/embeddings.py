@@ -56,18 +56,19 @@ def export_embeddings(model_dir: Path, out: Path) -> Path:
     return Path(out)
 
 
-def run_two_towers(model_dir: Path, out: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
-                   progress: bool = True) -> str:
-    """CLLM4Rec-Emb (two towers over the saved model's user and item embeddings, collaborative and
-    content concatenated) and the ID-only Two-Tower, trained on the model's training split, selected
-    on validation NDCG@100, scored on test with the run's metrics; results.md / results.json in
-    `out`. Returns the Markdown table."""
+def two_tower_rows(model_dir: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
+                   progress: bool = True) -> tuple[dict[str, dict[str, float]], TrainConfig]:
+    """({'CLLM4Rec-Emb': test metrics, 'Two-Tower': test metrics}, the model's config): two towers over the saved model's user
+    and item embeddings (collaborative and content concatenated), and over learned IDs only, trained on
+    the model's training split, selected on validation NDCG@100, scored on test with the run's metrics
+    (each row also holds its `best_epoch` and `seconds`)."""
+    import time
+
     import torch
 
     from cllm4rec.baselines.two_tower import train_two_tower
     from cllm4rec.metrics import evaluate_scores
     from trainer.data import user_item_lists
-    from trainer.results import metric_columns, write_results
 
     tables, config, dataset = load_tables_and_dataset(model_dir)
     train, val, test = (user_item_lists(dataset, split) for split in ("train", "val", "test"))
@@ -75,10 +76,20 @@ def run_two_towers(model_dir: Path, out: Path, *, epochs: int = 30, batch_size: 
                 "item": torch.cat([tables["collab_item"], tables["content_item"]], dim=1)}
     rows: dict[str, dict[str, float]] = {}
     for name, users, items in (("CLLM4Rec-Emb", features["user"], features["item"]), ("Two-Tower", None, None)):
+        start = time.perf_counter()
         model, history = train_two_tower(train, val, user_features=users, item_features=items, epochs=epochs,
                                          batch_size=batch_size, seed=seed, progress=progress)
         metrics = evaluate_scores(model.score_all, train, test, tuple(config.eval.recall_ks), tuple(config.eval.ndcg_ks))
-        rows[name] = {**metrics, "best_epoch": float(history.best_epoch)}
+        rows[name] = {**metrics, "best_epoch": float(history.best_epoch), "seconds": time.perf_counter() - start}
+    return rows, config
+
+
+def run_two_towers(model_dir: Path, out: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
+                   progress: bool = True) -> str:
+    """`two_tower_rows` written as results.md / results.json in `out`; returns the Markdown table."""
+    from trainer.results import write_results
+
+    rows, config = two_tower_rows(model_dir, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
     Path(out).mkdir(parents=True, exist_ok=True)
-    return write_results(Path(out), rows, metric_columns(config.eval.recall_ks, config.eval.ndcg_ks),
+    return write_results(Path(out), rows, config.eval.columns(),
                          {"model": str(model_dir), "epochs": epochs, "batch_size": batch_size, "seed": seed})

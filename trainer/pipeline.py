@@ -29,26 +29,17 @@ from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
 from trainer.build import RunParts, build_run, pick_device, pick_dtype, resolve_dataset
-from trainer.config import ConfigError, TrainConfig, config_to_dict, flatten
+from trainer.config import ABLATION_NAMES, RESUMABLE_KEYS, ConfigError, TrainConfig, config_to_dict, flatten
 from trainer.curves import plot_training_curves
 from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import Dist, init_distributed
 from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config, resolve_ds_config, want_deepspeed
 from trainer.evaluate import evaluate
 from trainer.loop import EpochProgress, run_epoch
-from trainer.results import metric_columns, write_results
+from trainer.results import write_results
 from trainer.tracking import PARENT_TAG, Tracker
 
 log = logging.getLogger(__name__)
-ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll",
-                  "ftall-lora": "LLM-FtAll (LoRA)", "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
-# Epoch budgets may change on resume (to extend a run); everything else must match the checkpoint.
-# The engine and world size are pinned by the identity (optimizer state is engine- and rank-specific).
-RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
-                  "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
-                  "data.dataset", "distributed", "checkpoint",
-                  "model.attention", "model.compile",
-                  "model.activation_checkpointing")  # the dataset itself is pinned by dataset_hash
 
 
 @dataclass(frozen=True)
@@ -313,7 +304,7 @@ class Recipe:
             return metrics
         val = self.validate("val", "rec")
         metrics.update({f"val_{k}": v for k, v in val.items()})
-        score = selection_score(val, metric_columns(self.config.eval.recall_ks, self.config.eval.ndcg_ks))
+        score = selection_score(val, self.config.eval.selection())
         metrics["val_selection"] = score
         if self.state["best_score"] is None or score > self.state["best_score"]:
             self.state.update(best_score=score, best_tag=unit.tag, bad_epochs=0)
@@ -376,7 +367,7 @@ class Recipe:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
                           tags={"model": self.model_name, "ablation": cfg.ablation, "dataset": self.parts.dataset.name,
                                 "engine": self.checkpoint_identity["engine"],
-                                **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {})})
+                                **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {}), **tracking.tags})
             tracker.log_dict(config_to_dict(cfg), "config.yaml")
             if isinstance(self.engine, DeepSpeedEngine):
                 tracker.log_dict(self.engine.ds_config, "deepspeed.json")
@@ -401,7 +392,7 @@ class Recipe:
             ranks = self.dist.all_gather(self.engine.stats())
             if not main:
                 return rows
-            table = write_results(self.out, rows, metric_columns(cfg.eval.recall_ks, cfg.eval.ndcg_ks),
+            table = write_results(self.out, rows, cfg.eval.columns(),
                                   {"dataset": self.parts.dataset.name, "dataset_hash": self.parts.dataset_hash,
                                    "backbone": self.parts.backbone_ref, "engine": self.checkpoint_identity["engine"],
                                    "ranks": ranks, "history": self.state["history"],

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 from data_prep.atomic import atomic_write_text
-
-
-def metric_columns(recall_ks: list[int], ndcg_ks: list[int]) -> list[str]:
-    return [f"recall@{k}" for k in recall_ks] + [f"ndcg@{k}" for k in ndcg_ks]
 
 
 def markdown_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
@@ -27,3 +24,15 @@ def write_results(out_dir: Path, rows: dict[str, dict[str, float]], columns: lis
     atomic_write_text(out_dir / "results.md", table)
     atomic_write_text(out_dir / "results.json", json.dumps({"models": rows, **extra}, indent=2, sort_keys=True) + "\n")
     return table
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], markdown: str, plot: Callable[[dict[str, Any], Path], Path],
+                 tracker) -> None:
+    """`<stem>.json`, `<stem>.md` and `<stem>.png` in `out` (each written atomically), then logged as
+    artifacts of `tracker`'s run (a `trainer.tracking.Tracker`; a no-op when it is disabled)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.md", markdown)
+    plot(report, out / f"{stem}.png")
+    for suffix in ("json", "md", "png"):
+        tracker.log_artifact(out / f"{stem}.{suffix}")

@@ -7,14 +7,13 @@ sweep's run); the sweep writes `<output_dir of name>-sweep/`: sweep.json, sweep.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from data_prep.atomic import atomic_file, atomic_write_text
+from data_prep.atomic import atomic_file
 from trainer.config import ConfigError, config_to_dict, flatten, load_config
-from trainer.results import metric_columns
+from trainer.results import write_report
 from trainer.tracking import Tracker
 
 ALIASES = {"lambda_c": "pretrain.lambda_c", "lambda_l": "pretrain.lambda_l"}
@@ -47,7 +46,7 @@ def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str],
     configs = [load_config(recipe, [*overrides, f"{key}={value}", f"name={run_name(base.name, key, value)}"])
                for value in values]  # every value checked before anything trains
     out = Path(f"{base.resolved_output_dir()}-sweep")
-    columns = metric_columns(base.eval.recall_ks, base.eval.ndcg_ks)
+    columns = base.eval.columns()
     rows: list[dict[str, Any]] = []
     tracking = base.tracking
     with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment,
@@ -63,12 +62,7 @@ def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str],
             rows.append(row)
             tracker.log_metrics({f"test_{c}": row[c] for c in columns}, step=index, parent=True)
         report = {"key": key, "values": values, "model": model, "metrics": columns, "rows": rows}
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "sweep.json", json.dumps(report, indent=2) + "\n")
-        atomic_write_text(out / "sweep.md", sweep_table(report))
-        plot_sweep(report, out / "sweep.png")
-        for name in ("sweep.json", "sweep.md", "sweep.png"):
-            tracker.log_artifact(out / name)
+        write_report(out, "sweep", report, sweep_table(report), plot_sweep, tracker)
     print(sweep_table(report))
     print(f"sweep: {out}")
     return report
