@@ -146,3 +146,10 @@ class UserItems:
         row_ids = torch.from_numpy(np.repeat(np.arange(sub.n_users), sub.lengths())).to(device)
         dense[row_ids, torch.from_numpy(sub.indices).to(device)] = 1
         return dense
+
+
+def first_occurrences(items: np.ndarray) -> np.ndarray:
+    """`items` without repeats, each kept at its first position: [3, 1, 3, 2] → [3, 1, 2]."""
+    items = np.asarray(items, dtype=np.int64)
+    _, first = np.unique(items, return_index=True)
+    return items[np.sort(first)]

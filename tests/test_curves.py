@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.curves import plot_training_curves
+from trainer.curves import plot_training_curves, validation_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +25,8 @@ def history() -> list[dict]:
         units.append({"unit": f"cstep-r{r:03d}-e000", "content_lm_loss": 5.0 - r / 10, "content_mr_loss": 0.1})
     for e in range(3):
         units.append({"unit": f"finetune-r000-e{e:03d}", "rec_lm_loss": 20.0 - e, "rec_mr_loss": 1.0 + e,
-                      "val_recall@20": 0.5 + e / 10, "val_ndcg@100": 0.3 + e / 20, "val_selection": 1.0})
+                      "val_recall@20": 0.5 + e / 10, "val_ndcg@100": 0.3 + e / 20, "val_selection": 1.0,
+                      "val_n_users_evaluated": 80.0})
     return units
 
 
@@ -43,3 +44,8 @@ def test_curves_without_finetuning_and_empty_history(tmp_path):
         plot_training_curves([], tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
 
+
+
+def test_validation_panel_plots_ranking_metrics_only():
+    # a count such as n_users_evaluated (hundreds) on the same axis would flatten the metric curves
+    assert validation_metrics(history()) == ["val_ndcg@100", "val_recall@20"]

@@ -513,6 +513,11 @@ def test_cli_train_recommend_evaluate(planted_dataset, tiny_llama, tmp_path, cap
     recs = pq.read_table(parquet).to_pydict()
     assert recs["user"] == ["u5"] * 3 and recs["rank"] == [1, 2, 3]
     assert set(recs) == {"user", "rank", "item", "score", "item_text"}
+    capsys.readouterr()
+    assert cli.main(["recommend", "--model", str(out / "model"), "--users", "u5", "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # a plain table: a header, one line per recommendation
+    assert lines[0].split() == ["user", "rank", "item", "score", "item_text"] and len(lines) == 4
+    assert lines[1].split()[:4] == ["u5", "1", recs["item"][0], f"{recs['score'][0]:.4f}"]
 
     assert cli.main(["evaluate", "--model", str(out / "model")]) == 0
     printed = capsys.readouterr().out
@@ -589,6 +594,29 @@ def test_pyfunc_model_round_trip(trained: Trained) -> None:
         model.predict(pd.DataFrame({"user": ["u7", "nobody"]}))
     with pytest.raises(MlflowException, match="unknown item id.*'no-such-item'"):
         model.predict(pd.DataFrame({"user": ["u7"], "history": [["no-such-item"]]}))
+    with pytest.raises(MlflowException, match="record 1: 'history' must be a list of item ids, got 'i3'"):
+        model.predict(pd.DataFrame({"user": ["u7", "u3"], "history": [None, "i3"]}))
+
+
+def test_extra_history_follows_the_training_items_in_the_prompt(trained: Trained, monkeypatch) -> None:
+    """A served user's prompt is its training items in their order, then the new history (a repeat of a
+    training item stays where it was); an empty history answers exactly as no history."""
+    from trainer.serving import Recommender
+
+    recommender = Recommender.load(trained.out / "model")
+    dataset, train = recommender.parts.dataset, recommender.parts.corpora.train
+    u7, u3 = dataset.user_raw.index("u7"), dataset.user_raw.index("u3")
+    assert recommender.recommend(["u7", "u3"], 5, [[], []]).equals(recommender.recommend(["u7", "u3"], 5))
+    new = next(j for j in range(N_ITEMS) if j not in train.row(u7))
+    prompts: list[list[int]] = []
+    scoring_batch = recommender.parts.corpora.scoring_batch
+    monkeypatch.setattr(recommender.parts.corpora, "scoring_batch",
+                        lambda users, prompt, seed, histories: prompts.extend(h.tolist() for h in histories)
+                        or scoring_batch(users, prompt, seed, histories))
+    again = dataset.item_raw[int(train.row(u7)[0])]
+    table = recommender.recommend(["u7", "u3"], 5, [[dataset.item_raw[new], again], []]).to_pydict()
+    assert sorted(prompts) == sorted([[*train.row(u7).tolist(), new], train.row(u3).tolist()])
+    assert dataset.item_raw[new] not in [i for u, i in zip(table["user"], table["item"]) if u == "u7"]
 
 
 @pytest.mark.slow
@@ -633,6 +661,12 @@ def test_served_model_answers_rest_requests(trained: Trained, tmp_path: Path) ->
         assert status == 400 and "no-such-item" in body["message"], body
         status, body = _post(url, {"dataframe_records": [{"user": "u3"}], "params": {"top_m": 3}})
         assert status == 200 and [r["item"] for r in body["predictions"]] == [w[2] for w in want[3:]]
+        # records with and without a history in one request (pandas gives the latter NaN)
+        status, body = _post(url, {"dataframe_records": [{"user": "u3"}, {"user": "u7", "history": [want[0][2]]}],
+                                   "params": {"top_m": 3}})
+        assert status == 200, body
+        assert [r["item"] for r in body["predictions"] if r["user"] == "u3"] == [w[2] for w in want[3:]]
+        assert want[0][2] not in [r["item"] for r in body["predictions"] if r["user"] == "u7"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

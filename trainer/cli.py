@@ -208,7 +208,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     table = recommend_saved(args.model, args.users, args.top, args.out)
     if args.out is None:
-        print(table)
+        print(table.to_pandas().to_string(index=False, max_colwidth=60, float_format="{:.4f}".format))
     return 0
 
 

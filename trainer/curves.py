@@ -17,6 +17,11 @@ def phase_of(unit: str) -> str:
     return unit.split("-", 1)[0]
 
 
+def validation_metrics(history: Sequence[dict[str, Any]]) -> list[str]:
+    """The ranking metrics among the history's validation keys (not counts such as val_n_users_evaluated)."""
+    return sorted({k for entry in history for k in entry if k.startswith(("val_recall@", "val_ndcg@"))})
+
+
 def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Write the curves of `history` (one dict per epoch unit: "unit" plus metrics) to `path` (PNG,
     atomically); returns `path`. Raises ValueError on an empty history."""
@@ -45,7 +50,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: s
                 axes.set_yscale("log")
             axes.legend(fontsize=8)
     finetune = [entry for entry in history if phase_of(entry["unit"]) == "finetune"]
-    metrics = sorted({k for entry in finetune for k in entry if k.startswith("val_") and k != "val_selection"})
+    metrics = validation_metrics(finetune)
     for key in metrics:
         val_axes.plot(range(1, len(finetune) + 1), [entry.get(key, float("nan")) for entry in finetune],
                       marker="o", markersize=3, label=key.removeprefix("val_"))

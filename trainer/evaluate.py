@@ -61,19 +61,22 @@ def recommend(
     """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first;
     users with fewer unseen items have trailing items PAD (-1) with score -inf.
 
-    histories: each user's items (indices) for the prompt and the exclusion; default: the training
-    items. Users are scored in batches of similar prompt length (little padding per forward pass);
+    histories: each user's items (indices, in prompt order) for the prompt and the exclusion; default:
+    the training items. Users are scored in batches of similar prompt length (little padding per forward pass);
     the rows come back in the order of `users`.
     """
     users = np.asarray(users)
-    # row b of `seen`: the items of users[b] (prompt and exclusion)
-    seen = corpora.train.subset(users) if histories is None else UserItems.from_lists(histories, corpora.train.n_items)
+    # row b of `seen`: the items of users[b], excluded from its answer; its prompt lists them in order
+    if histories is None:
+        seen = corpora.train.subset(users)
+        prompts = [seen.row(b) for b in range(len(users))]
+    else:
+        seen, prompts = UserItems.from_lists(histories, corpora.train.n_items), [np.asarray(h) for h in histories]
     order = np.argsort(seen.lengths(), kind="stable")
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
         picked = order[start : start + batch_size]
-        own = [seen.row(int(b)) for b in picked]
-        logits = engine.item_logits(corpora.scoring_batch(users[picked], prompt, seed, own)).float().cpu()
+        logits = engine.item_logits(corpora.scoring_batch(users[picked], prompt, seed, [prompts[b] for b in picked])).float().cpu()
         items = topk_excluding(logits, seen, picked, top_m)
         scores = logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
         out_items.append(items.numpy())

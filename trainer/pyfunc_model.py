@@ -36,14 +36,24 @@ class CLLM4RecRecommender(PythonModel):
         users = [str(u) for u in frame["user"]]
         histories = None
         if "history" in frame.columns:
-            histories = [[] if not isinstance(h, (list, tuple)) and pd.isna(h) else [str(i) for i in h]
-                         for h in frame["history"]]
+            histories = [_history(h, index) for index, h in enumerate(frame["history"])]
         top_m = int((params or {}).get("top_m", self.top_m))
         try:
             table = self.recommender.recommend(users, top_m, histories)
         except UnknownIdError as err:
             raise MlflowException(str(err), INVALID_PARAMETER_VALUE) from err
         return table.to_pandas()
+
+
+def _history(value, index: int) -> list[str]:
+    """A record's history as raw item ids: a list (or array) of ids; missing or null means none."""
+    import numpy as np
+
+    if value is None or isinstance(value, float) and value != value:  # absent from this record: NaN
+        return []
+    if isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(i, (str, int)) for i in value):
+        return [str(i) for i in value]
+    raise MlflowException(f"record {index}: 'history' must be a list of item ids, got {value!r}", INVALID_PARAMETER_VALUE)
 
 
 mlflow.models.set_model(CLLM4RecRecommender())

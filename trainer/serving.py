@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cllm4rec.interactions import first_occurrences
 from data_prep.atomic import atomic_file, atomic_folder
 from data_prep.errors import DataPrepError
 from trainer import checkpoint as ckpt
@@ -81,8 +82,8 @@ class Recommender:
     def recommend(self, raw_users: list[str] | None, top_m: int, histories: list[list[str]] | None = None) -> pa.Table:
         """Top-`top_m` unseen items for the given raw user ids (all users if None or empty), in that order.
 
-        histories: per user, raw item ids beyond the training data; they join the user's prompt and
-        are excluded from the answer. Returns a table with columns user, rank, item, score,
+        histories: per user, raw item ids beyond the training data, oldest first; they follow the
+        training items in the user's prompt (as the most recent) and are excluded from the answer. Returns a table with columns user, rank, item, score,
         item_text — raw ids, best first; users with fewer unseen items get fewer rows. Raises
         UnknownIdError naming any unknown user or item id.
         """
@@ -95,7 +96,7 @@ class Recommender:
             if len(histories) != len(users):
                 raise DataPrepError(f"{len(histories)} histories for {len(users)} users")
             train = self.parts.corpora.train
-            items_of = [np.union1d(train.row(int(u)), self._indices(list(h), "item"))
+            items_of = [first_occurrences(np.concatenate([train.row(int(u)), self._indices(list(h), "item")]))
                         for u, h in zip(users, histories)]
         items, scores = recommend(self.engine, self.parts.corpora, users, top_m, prompt=_prompt(self.config),
                                   seed=self.config.seed, batch_size=self.config.eval.batch_size, histories=items_of)
@@ -122,9 +123,11 @@ def recommend_saved(model_dir: Path, raw_users: list[str] | None, top_m: int, ou
 def pyfunc_signature(top_m: int):
     """Request: user (str), optional history (list of str); answer rows; param top_m (int)."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec("string", "user"), ColSpec(Array("string"), "history", required=False)])
+    # history: AnyType, checked by the model itself: MLflow's Array check refuses the NaN that pandas puts in
+    # records without a history when others in the same request have one
+    inputs = Schema([ColSpec("string", "user"), ColSpec(AnyType(), "history", required=False)])
     outputs = Schema([ColSpec("string", "user"), ColSpec("integer", "rank"), ColSpec("string", "item"),
                       ColSpec("float", "score"), ColSpec("string", "item_text")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("top_m", "long", top_m)]))
