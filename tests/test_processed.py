@@ -163,3 +163,14 @@ def test_crash_between_renames_recovers(tmp_path):
     recover(out)
     assert (out / "meta.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ds.") and "lock" not in p.name) == []
+
+
+def test_atomic_file_gets_ordinary_permissions(tmp_path):
+    """A file written through a (private) temp file ends up with the permissions of any new file under
+    the process's umask, so run folders on a shared filesystem stay readable by the team."""
+    from data_prep.atomic import atomic_write_text
+
+    atomic_write_text(tmp_path / "results.json", "{}")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
