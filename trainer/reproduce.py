@@ -74,7 +74,8 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
     rows: dict[str, dict[str, Any]] = {}
     with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment, store) as tracker:
         parent = tracker.start(f"{base.name}-reproduce", config_to_dict(base), tags={"reproduce": base.name})
-        total = len(configs) + 4
+        baseline_names = [n for n, on in (("Multi-VAE", base.baselines.multivae), ("EASE", base.baselines.ease)) if on]
+        total = len(configs) + 2 + len(baseline_names)
         for index, (ablation, config) in enumerate(configs.items()):
             name = ABLATION_NAMES[ablation]
             print(f"reproduce: row {index + 1}/{total} {name} -> {config.resolved_output_dir()}", flush=True)
@@ -83,8 +84,8 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
             rows[name] = {**train(config, resume=resume, progress=progress)[name], "run": str(config.resolved_output_dir())}
 
         model_dir = main.resolved_output_dir() / "model"
-        print(f"reproduce: rows {total - 3}-{total}/{total} CLLM4Rec-Emb and Two-Tower over {model_dir}, "
-              f"Multi-VAE and EASE", flush=True)
+        print(f"reproduce: rows {len(configs) + 1}-{total}/{total} CLLM4Rec-Emb and Two-Tower over {model_dir}"
+              + "".join(f", {n}" for n in baseline_names), flush=True)
         towers, _ = two_tower_rows(model_dir, epochs=two_tower_epochs, seed=base.seed, progress=progress)
         dataset = load_processed(resolve_dataset(main.data.dataset, main.data.split_seed))
         splits = [user_item_lists(dataset, s) for s in ("train", "val", "test")]
