@@ -4,18 +4,23 @@
 written as one folder, whole or not at all."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from safetensors.torch import save_file
+
+from cllm4rec.interactions import UserItems
 
 from data_prep.atomic import atomic_folder
 from data_prep.processed import ProcessedDataset, load_processed
 from trainer import checkpoint as ckpt
 from trainer.build import resolve_dataset
-from trainer.config import TrainConfig, config_from_dict
+from trainer.config import EvalConfig, TrainConfig, config_from_dict
+from trainer.data import user_item_lists
 from trainer.serving import UnknownIdError
 
 
@@ -56,22 +61,22 @@ def export_embeddings(model_dir: Path, out: Path) -> Path:
     return Path(out)
 
 
-def two_tower_rows(model_dir: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
-                   progress: bool = True) -> tuple[dict[str, dict[str, float]], TrainConfig]:
-    """({'CLLM4Rec-Emb': test metrics, 'Two-Tower': test metrics}, the model's config): two towers over the saved model's user
-    and item embeddings (collaborative and content concatenated), and over learned IDs only, trained on
-    the model's training split, selected on validation NDCG@100, scored on test with the run's metrics
-    (each row also holds its `best_epoch` and `seconds`)."""
-    import time
+def dataset_splits(dataset: ProcessedDataset) -> tuple[UserItems, UserItems, UserItems]:
+    """(train, validation, test) items per user of a processed dataset."""
+    return tuple(user_item_lists(dataset, split) for split in ("train", "val", "test"))
 
-    import torch
 
+def two_tower_rows(tables: dict[str, torch.Tensor], splits: tuple[UserItems, UserItems, UserItems], eval_cfg: EvalConfig,
+                   *, epochs: int = 30, batch_size: int = 1024, seed: int = 0, progress: bool = True
+                   ) -> dict[str, dict[str, float]]:
+    """{'CLLM4Rec-Emb': test metrics, 'Two-Tower': test metrics}: two towers over a saved model's user and
+    item embeddings (`tables`, collaborative and content concatenated), and over learned IDs only, trained
+    on the training split, selected on validation NDCG@100, scored on test with `eval_cfg`'s metrics (each
+    row also holds its `best_epoch` and `seconds`)."""
     from cllm4rec.baselines.two_tower import train_two_tower
     from cllm4rec.metrics import evaluate_scores
-    from trainer.data import user_item_lists
 
-    tables, config, dataset = load_tables_and_dataset(model_dir)
-    train, val, test = (user_item_lists(dataset, split) for split in ("train", "val", "test"))
+    train, val, test = splits
     features = {"user": torch.cat([tables["collab_user"], tables["content_user"]], dim=1),
                 "item": torch.cat([tables["collab_item"], tables["content_item"]], dim=1)}
     rows: dict[str, dict[str, float]] = {}
@@ -79,17 +84,19 @@ def two_tower_rows(model_dir: Path, *, epochs: int = 30, batch_size: int = 1024,
         start = time.perf_counter()
         model, history = train_two_tower(train, val, user_features=users, item_features=items, epochs=epochs,
                                          batch_size=batch_size, seed=seed, progress=progress)
-        metrics = evaluate_scores(model.score_all, train, test, tuple(config.eval.recall_ks), tuple(config.eval.ndcg_ks))
+        metrics = evaluate_scores(model.score_all, train, test, tuple(eval_cfg.recall_ks), tuple(eval_cfg.ndcg_ks))
         rows[name] = {**metrics, "best_epoch": float(history.best_epoch), "seconds": time.perf_counter() - start}
-    return rows, config
+    return rows
 
 
 def run_two_towers(model_dir: Path, out: Path, *, epochs: int = 30, batch_size: int = 1024, seed: int = 0,
                    progress: bool = True) -> str:
-    """`two_tower_rows` written as results.md / results.json in `out`; returns the Markdown table."""
+    """`two_tower_rows` of a saved model written as results.md / results.json in `out`; returns the Markdown table."""
     from trainer.results import write_results
 
-    rows, config = two_tower_rows(model_dir, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
+    tables, config, dataset = load_tables_and_dataset(model_dir)
+    rows = two_tower_rows(tables, dataset_splits(dataset), config.eval, epochs=epochs, batch_size=batch_size,
+                          seed=seed, progress=progress)
     Path(out).mkdir(parents=True, exist_ok=True)
     return write_results(Path(out), rows, config.eval.columns(),
                          {"model": str(model_dir), "epochs": epochs, "batch_size": batch_size, "seed": seed})

@@ -362,8 +362,7 @@ class Recipe:
         if main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         tracking = cfg.tracking
-        with Tracker(tracking.mlflow and main, tracking.tracking_uri, tracking.experiment,
-                     self.out.parent / "mlflow.db") as tracker:
+        with Tracker.of_config(cfg, enabled=main) as tracker:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
                           tags={"model": self.model_name, "ablation": cfg.ablation, "dataset": self.parts.dataset.name,
                                 "engine": self.checkpoint_identity["engine"],

@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.atomic import atomic_file
-from data_prep.processed import load_processed
-from trainer.build import resolve_dataset
 from trainer.config import ABLATION_NAMES, ConfigError, TrainConfig, config_to_dict, load_config
-from trainer.data import user_item_lists
 from trainer.distributed import launched_world_size
-from trainer.results import markdown_table, write_report
+from trainer.results import column_title, markdown_table, write_report
 from trainer.tracking import PARENT_TAG, Tracker
 
 DEFAULT_ABLATIONS = ("scratch", "cf", "ftall-lora", "fixord", "prerec")
@@ -60,7 +57,7 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
               two_tower_epochs: int = 30, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train and score every row, write the table files; returns table.json's content."""
     from trainer.baselines import run_baselines
-    from trainer.embeddings import two_tower_rows
+    from trainer.embeddings import dataset_splits, load_tables_and_dataset, two_tower_rows
     from trainer.pipeline import train
 
     if launched_world_size() > 1:
@@ -69,10 +66,8 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
     base, configs = row_configs(recipe, overrides, ablations)
     main = configs["none"]
     out = Path(f"{base.resolved_output_dir()}-reproduce")
-    tracking = base.tracking
-    store = base.resolved_output_dir().parent / "mlflow.db"
     rows: dict[str, dict[str, Any]] = {}
-    with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment, store) as tracker:
+    with Tracker.of_config(base) as tracker:
         parent = tracker.start(f"{base.name}-reproduce", config_to_dict(base), tags={"reproduce": base.name})
         baseline_names = [n for n, on in (("Multi-VAE", base.baselines.multivae), ("EASE", base.baselines.ease)) if on]
         total = len(configs) + 2 + len(baseline_names)
@@ -86,14 +81,14 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
         model_dir = main.resolved_output_dir() / "model"
         print(f"reproduce: rows {len(configs) + 1}-{total}/{total} CLLM4Rec-Emb and Two-Tower over {model_dir}"
               + "".join(f", {n}" for n in baseline_names), flush=True)
-        towers, _ = two_tower_rows(model_dir, epochs=two_tower_epochs, seed=base.seed, progress=progress)
-        dataset = load_processed(resolve_dataset(main.data.dataset, main.data.split_seed))
-        splits = [user_item_lists(dataset, s) for s in ("train", "val", "test")]
+        tables, _, dataset = load_tables_and_dataset(model_dir)  # the tables and the split, read once for every row
+        splits = dataset_splits(dataset)
+        towers = two_tower_rows(tables, splits, main.eval, epochs=two_tower_epochs, seed=base.seed, progress=progress)
         baselines = run_baselines(*splits, base.baselines, main.eval, base.seed, progress)
         for name, metrics in {**towers, **baselines}.items():
             params = ({"two_tower_epochs": two_tower_epochs, "embeddings_of": str(model_dir)} if name in towers
                       else {f"baselines.{k}": v for k, v in config_to_dict(base)["baselines"].items()})
-            with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment, store) as row:
+            with Tracker.of_config(base) as row:
                 row.start(name, {"dataset": main.data.dataset, "seed": base.seed, **params},
                           tags={"reproduce": base.name, "row": name, "model": name, **({PARENT_TAG: parent} if parent else {})})
                 row.log_metrics({f"test_{k}": v for k, v in metrics.items()}, parent=True)
@@ -133,7 +128,7 @@ def plot_table(report: dict[str, Any], path: Path) -> Path:
             axes.text(value, y, f" {value:.3f}", va="center", fontsize=7)
         axes.set_yticks(range(len(names)), names, fontsize=8)
         axes.invert_yaxis()
-        axes.set_title(column.replace("recall", "Recall").replace("ndcg", "NDCG"), fontsize=9)
+        axes.set_title(column_title(column), fontsize=9)
         axes.set_xlim(0, max([v for v in values if v == v] + [1e-6]) * 1.3)
     figure.suptitle(f"{report['dataset']}: CLLM4Rec, ablations and baselines (test split)", fontsize=10)
     with atomic_file(path) as tmp:

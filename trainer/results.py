@@ -8,9 +8,14 @@ from typing import Any, Callable
 from data_prep.atomic import atomic_write_text
 
 
+def column_title(column: str) -> str:
+    """'recall@20' → 'Recall@20', 'ndcg@100' → 'NDCG@100' (table headers and plot titles)."""
+    return column.replace("recall", "Recall").replace("ndcg", "NDCG")
+
+
 def markdown_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     """`| Model | Recall@20 | ... |` with one row per model, values to 4 decimals."""
-    header = "| Model | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in columns) + " |"
+    header = "| Model | " + " | ".join(map(column_title, columns)) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for name, metrics in rows.items():
         cells = [f"{metrics[c]:.4f}" if c in metrics else "–" for c in columns]

@@ -83,9 +83,9 @@ class Recommender:
         """Top-`top_m` unseen items for the given raw user ids (all users if None or empty), in that order.
 
         histories: per user, raw item ids beyond the training data, oldest first; they follow the
-        training items in the user's prompt (as the most recent) and are excluded from the answer. Returns a table with columns user, rank, item, score,
-        item_text — raw ids, best first; users with fewer unseen items get fewer rows. Raises
-        UnknownIdError naming any unknown user or item id.
+        training items in the user's prompt (as the most recent) and are excluded from the answer.
+        Returns a table with columns user, rank, item, score, item_text — raw ids, best first; users
+        with fewer unseen items get fewer rows. Raises UnknownIdError naming any unknown user or item id.
         """
         dataset = self.parts.dataset
         if top_m < 1:

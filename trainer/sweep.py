@@ -13,7 +13,7 @@ from typing import Any
 
 from data_prep.atomic import atomic_file
 from trainer.config import ConfigError, config_to_dict, flatten, load_config
-from trainer.results import write_report
+from trainer.results import column_title, write_report
 from trainer.tracking import Tracker
 
 ALIASES = {"lambda_c": "pretrain.lambda_c", "lambda_l": "pretrain.lambda_l"}
@@ -48,9 +48,7 @@ def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str],
     out = Path(f"{base.resolved_output_dir()}-sweep")
     columns = base.eval.columns()
     rows: list[dict[str, Any]] = []
-    tracking = base.tracking
-    with Tracker(tracking.mlflow, tracking.tracking_uri, tracking.experiment,
-                 base.resolved_output_dir().parent / "mlflow.db") as tracker:
+    with Tracker.of_config(base) as tracker:
         parent = tracker.start(f"{base.name}-sweep-{key}", {"sweep.key": key, "sweep.values": values, **config_to_dict(base)},
                                tags={"sweep": key})
         for index, (value, config) in enumerate(zip(values, configs)):
@@ -70,7 +68,7 @@ def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str],
 
 def sweep_table(report: dict[str, Any]) -> str:
     columns = report["metrics"]
-    lines = [f"| {report['key']} | run | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in columns) + " |",
+    lines = [f"| {report['key']} | run | " + " | ".join(map(column_title, columns)) + " |",
              "|---|---|" + "---|" * len(columns)]
     for row in report["rows"]:
         lines.append(f"| {row['value']} | {row['run']} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")

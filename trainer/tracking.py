@@ -90,6 +90,13 @@ class Tracker:
         self._client = mlflow.MlflowClient(tracking_uri=self._uri)
         self._experiment_id = self._get_or_create_experiment(experiment)
 
+    @classmethod
+    def of_config(cls, config: Any, enabled: bool = True) -> Tracker:
+        """The tracker a training config names (`config.tracking`; default store `<parent of output_dir>/mlflow.db`)."""
+        tracking = config.tracking
+        return cls(tracking.mlflow and enabled, tracking.tracking_uri, tracking.experiment,
+                   config.resolved_output_dir().parent / "mlflow.db")
+
     def _get_or_create_experiment(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it (with a local artifact root) if absent."""
         assert self._client is not None
