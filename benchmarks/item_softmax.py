@@ -3,23 +3,54 @@ autograd version and against its FLOP time, in one process.
 
     .venv/bin/python benchmarks/item_softmax.py
     .venv/bin/python benchmarks/item_softmax.py --shapes 64:1000000 --rows 512
+    .venv/bin/python benchmarks/item_softmax.py --scale 2 --baseline old_losses.py   # before / after
 
 For each K:J, `--rows` hidden rows [rows, K] with one target each (the next-item loss) and an item
-table [J, K], fp32. FLOP time = 6·K·J·rows at the median rate of a [rows, K] @ [K, 4096] fp32
-product measured here. Plain is skipped where its [rows, J] logits would exceed `--plain-max-gib`.
+table [J, K], fp32, entries N(0, scale²) (logits of std scale²·√K: a scale of 2 spreads them over
+hundreds, past the range where exp() is a normal float). FLOP time = 6·K·J·rows at the median rate
+of a [rows, K] @ [K, 4096] fp32 product measured here. Each time is the median of `--repeats` calls
+after one untimed, the variants' calls interleaved. `--baseline` also times the
+`item_softmax_nll_sum` of another copy of cllm4rec/losses.py (e.g. `git show REV:cllm4rec/losses.py`).
+Plain is skipped where its [rows, J] logits would exceed `--plain-max-gib`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import statistics
+import time
+from typing import Callable
 
 import torch
 
-from common import matmul_rate, seconds
+from common import matmul_rate
 
 
-def plain(hidden: torch.Tensor, table: torch.Tensor, items: torch.Tensor) -> None:
-    torch.nn.functional.cross_entropy(hidden @ table.t(), items, reduction="sum").backward()
+def plain(hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(hidden @ table.t(), items, reduction="sum")
+
+
+def load_kernel(path: str) -> Callable:
+    spec = importlib.util.spec_from_file_location("baseline_losses", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.item_softmax_nll_sum
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds per call of each function: one untimed call each, then `repeats` rounds
+    that time one call of every function, in an order that rotates from round to round."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    times = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -31,25 +62,35 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plain-max-gib", type=float, default=2.5)
+    parser.add_argument("--scale", type=float, default=0.1, help="std of the hidden and table entries")
+    parser.add_argument("--baseline", help="another cllm4rec/losses.py whose kernel is timed alongside")
     args = parser.parse_args()
-    print(f"\n{args.rows} rows, fp32, {os.cpu_count()} CPU threads, {args.repeats} timed calls after one untimed\n")
-    print("| K | items | FLOP time (s) | fused (s) | fused / FLOP time | plain (s) | plain / FLOP time |")
-    print("|---|---|---|---|---|---|---|")
+    kernels = {"fused": item_softmax_nll_sum}
+    if args.baseline:
+        kernels["baseline"] = load_kernel(args.baseline)
+    print(f"\n{args.rows} rows, fp32, entries of std {args.scale}, {os.cpu_count()} CPU threads, "
+          f"median of {args.repeats} interleaved calls after one untimed\n")
+    extra = " baseline (s) | baseline / fused |" if args.baseline else ""
+    print(f"| K | items | FLOP time (s) | fused (s) | fused / FLOP time |{extra} plain (s) | plain / FLOP time |")
+    print("|---" * (7 + 2 * bool(args.baseline)) + "|")
     gen = torch.Generator().manual_seed(0)
     for shape in args.shapes:
         dim, n_items = (int(x) for x in shape.split(":"))
-        hidden = (torch.randn(args.rows, dim, generator=gen) * 0.1).requires_grad_()
-        table = (torch.randn(n_items, dim, generator=gen) * 0.1).requires_grad_()
+        hidden = (torch.randn(args.rows, dim, generator=gen) * args.scale).requires_grad_()
+        table = (torch.randn(n_items, dim, generator=gen) * args.scale).requires_grad_()
         rows, items = torch.arange(args.rows), torch.randint(0, n_items, (args.rows,), generator=gen)
         flop_time = 6 * dim * n_items * args.rows / matmul_rate(args.rows, dim, 4096, torch.float32)
-        fused = seconds(lambda: item_softmax_nll_sum(hidden, table, rows, items).backward(), args.repeats)
         if args.rows * n_items * 4 / 2**30 <= args.plain_max_gib:
-            whole = seconds(lambda: plain(hidden, table, items), args.repeats)
-            plain_cells = f"{whole:.3f} | {whole / flop_time:.2f}"
+            kernels["plain"] = plain
         else:
-            plain_cells = "– | –"
-        print(f"| {dim} | {n_items:,} | {flop_time:.3f} | {fused:.3f} | {fused / flop_time:.2f} | {plain_cells} |", flush=True)
-
+            kernels.pop("plain", None)
+        took = interleaved_medians({name: lambda k=k: k(hidden, table, rows, items).backward()
+                                    for name, k in kernels.items()}, args.repeats)
+        cells = [f"{took['fused']:.3f}", f"{took['fused'] / flop_time:.2f}"]
+        if args.baseline:
+            cells += [f"{took['baseline']:.3f}", f"{took['baseline'] / took['fused']:.2f}"]
+        cells += [f"{took['plain']:.3f}", f"{took['plain'] / flop_time:.2f}"] if "plain" in took else ["–", "–"]
+        print(f"| {dim} | {n_items:,} | {flop_time:.3f} | " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

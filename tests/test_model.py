@@ -252,6 +252,39 @@ def test_fused_item_softmax_matches_the_plain_one(dtype, chunk_rows, targets, ca
         torch.testing.assert_close(g, w, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_item_softmax_with_logits_spread_past_the_exp_floor(dtype):
+    """Logits spanning over 800 (past the −87.3 below which an fp32 exp is subnormal, and
+    the −708 of fp64): the clamped exps leave loss and gradients equal to the plain ones."""
+    from cllm4rec.losses import item_softmax_nll_sum
+
+    gen = torch.Generator().manual_seed(2)
+    hidden = (torch.randn(7, 8, generator=gen, dtype=dtype) * 30).requires_grad_()
+    table = (torch.randn(300, 8, generator=gen, dtype=dtype) * 5).requires_grad_()
+    rows, items = torch.arange(7), torch.randint(0, 300, (7,), generator=gen)
+    logits = hidden.detach() @ table.detach().t()
+    assert float((logits.amax(1) - logits.amin(1)).min()) > 800
+    want = plain_item_softmax_nll(hidden, table, rows, items)
+    want_grads = torch.autograd.grad(want, (hidden, table))
+    got = item_softmax_nll_sum(hidden, table, rows, items, block_elements=300 * 3)
+    got_grads = torch.autograd.grad(got, (hidden, table))
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(got, want, **tol)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, **tol)
+
+
+def test_fused_item_softmax_of_no_rows_has_zero_gradients():
+    """A call without rows (a batch without item-space targets) gives zero gradients, not whatever
+    an unwritten buffer held."""
+    from cllm4rec.losses import item_softmax_nll_sum
+
+    table = torch.randn(30, 4).requires_grad_()
+    empty = torch.zeros(0, dtype=torch.long)
+    item_softmax_nll_sum(torch.zeros(0, 4, requires_grad=True), table, empty, empty).backward()
+    assert torch.equal(table.grad, torch.zeros(30, 4))
+
+
 def test_fused_item_softmax_without_gradients_and_in_bf16():
     """Under no_grad it only computes the loss; bf16 inputs are computed in fp32 and get bf16 gradients."""
     from cllm4rec.losses import item_softmax_nll_sum
