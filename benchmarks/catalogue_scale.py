@@ -5,9 +5,10 @@ optimizer state, for the collaborative (L-step) and the finetuning step on synth
     .venv/bin/python benchmarks/catalogue_scale.py --sizes tiny:10000 --variants fused --steps 2
 
 A size is BACKBONE:ITEMS with 100,000 users (--users). Each (size, variant, step) runs in its own
-process (for its own peak RSS; "built" is the resident memory before the first step), one after another; run nothing else meanwhile. Fixed batches: the L-step has
-8 documents of 64 items (512 main-part tokens, 522 in all); the finetuning step 32 users with 48
-prompt items and 12 target items each. The floor of a step = backbone FLOPs (forward + input-gradient
+process (for its own peak RSS; "built" is the resident memory before the first step), one after
+another; run nothing else meanwhile. Fixed batches: the L-step has 8 documents of 64 items (512
+main-part tokens, 522 in all; `--collab-docs`); the finetuning step 32 users (`--rec-users`) with
+48 prompt items and 12 target items each. The floor of a step = backbone FLOPs (forward + input-gradient
 backward: `common.backbone_flops_per_token`) at the rate of an [tokens, K] @ [K, 4K] product in the
 backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at the rate of an
 [512, K] @ [K, 4096] fp32 product, both measured in the worker process. "Adam" is one optimizer
@@ -32,8 +33,7 @@ from pathlib import Path
 from common import REPO, backbone_ref, gib
 
 DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:10000", "smollm2-135m:100000"]
-COLLAB_DOCS, COLLAB_ITEMS = 8, 64
-REC_USERS, REC_PROMPT, REC_TARGETS = 32, 48, 12
+COLLAB_ITEMS, REC_PROMPT, REC_TARGETS = 64, 48, 12  # items per L-step document; prompt and target items per user
 
 
 def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None):
@@ -82,13 +82,13 @@ def worker(args: argparse.Namespace) -> dict:
         engine.optimizer = per_tensor({"collab": model.table_parameters("collab"),
                                        "content": model.table_parameters("content")}, 1e-3, foreach=False)
     rng = np.random.default_rng(0)
-    users = rng.choice(args.users, size=REC_USERS, replace=False)
+    users = rng.choice(args.users, size=max(args.collab_docs, args.rec_users), replace=False)
     collab = pad_documents(tok.encode_documents(
-        [(interaction_prompt(int(u)), [Items(rng.choice(args.items, COLLAB_ITEMS, replace=False))]) for u in users[:COLLAB_DOCS]]))
-    prompts = tok.encode_segments([recommendation_prompt(int(u), rng.choice(args.items, REC_PROMPT, replace=False)) for u in users])
+        [(interaction_prompt(int(u)), [Items(rng.choice(args.items, COLLAB_ITEMS, replace=False))]) for u in users[:args.collab_docs]]))
+    prompts = tok.encode_segments([recommendation_prompt(int(u), rng.choice(args.items, REC_PROMPT, replace=False)) for u in users[:args.rec_users]])
     rec = pad_documents([Document(x, len(x)) for x in prompts])
-    rec["target_rows"] = torch.arange(REC_USERS).repeat_interleave(REC_TARGETS)
-    rec["target_items"] = torch.tensor(rng.choice(args.items, REC_USERS * REC_TARGETS), dtype=torch.long)
+    rec["target_rows"] = torch.arange(args.rec_users).repeat_interleave(REC_TARGETS)
+    rec["target_items"] = torch.tensor(rng.choice(args.items, args.rec_users * REC_TARGETS), dtype=torch.long)
 
     built_rss = current_rss_bytes()  # runtime, backbone, tables and batches, before any step
     decoder, dim = model.decoder, model.dim
@@ -96,7 +96,7 @@ def worker(args: argparse.Namespace) -> dict:
     out = {"backbone": args.backbone, "items": args.items, "users": args.users,
            "variant": args.variant + ("+compile" if args.compile else "") + ("+ckpt" if args.activation_checkpointing else ""),
            "dtype": str(dtype).removeprefix("torch."), "dim": dim, "head_gflops": head_rate / 1e9, "steps": {}}
-    for task, batch, rows in (("collab", collab, COLLAB_DOCS * COLLAB_ITEMS), ("rec", rec, REC_USERS)):
+    for task, batch, rows in (("collab", collab, args.collab_docs * COLLAB_ITEMS), ("rec", rec, args.rec_users)):
         if task != args.task:
             continue
         tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
@@ -122,7 +122,8 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
     name, items = size.split(":")
     out = folder / f"{name}-{items}-{variant}-{task}.json"
     command = [sys.executable, __file__, "--worker", "--backbone", backbone_ref(name, folder), "--items", items,
-               "--users", str(args.users), "--variant", variant, "--task", task, "--steps", str(args.steps),
+               "--users", str(args.users), "--collab-docs", str(args.collab_docs),
+               "--rec-users", str(args.rec_users), "--variant", variant, "--task", task, "--steps", str(args.steps),
                "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else []),
                *(["--activation-checkpointing"] if args.activation_checkpointing else [])]
     started = time.perf_counter()
@@ -138,6 +139,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["fused", "plain"], choices=["fused", "plain"])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per task (after one untimed)")
+    parser.add_argument("--collab-docs", type=int, default=8, help="documents of 64 items in the L-step batch")
+    parser.add_argument("--rec-users", type=int, default=32, help="users (48 prompt + 12 target items) in the finetuning batch")
     parser.add_argument("--dtype", default="auto", help="backbone dtype: auto (bf16 where the CPU has it), float32, bfloat16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
     parser.add_argument("--activation-checkpointing", action="store_true",
@@ -155,7 +158,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="catalogue-bench-"))
     results = [run(size, variant, task, args, folder) for size in args.sizes for variant in args.variants
                for task in ("collab", "rec")]
-    print(f"\n{args.users:,} users; L-step {COLLAB_DOCS}x{COLLAB_ITEMS} items, finetuning {REC_USERS} users; "
+    print(f"\n{args.users:,} users; L-step {args.collab_docs}x{COLLAB_ITEMS} items, finetuning {args.rec_users} users; "
           f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
     print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | Adam (s) | head fp32 GFLOP/s | backbone GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

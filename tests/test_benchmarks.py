@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end on toy sizes and print their tables (no timing is asserted:
+the figures themselves live in docs/performance.md)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of the markdown tables in `output`, as lists of cells."""
+    rows = [line.strip("|").split("|") for line in output.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows if not row[0].strip().startswith(("K", "backbone"))]
+
+
+def test_item_softmax_benchmark_times_a_baseline_alongside():
+    out = run_benchmark("item_softmax.py", "--shapes", "8:300", "16:500", "--rows", "6", "--repeats", "2",
+                        "--scale", "3", "--baseline", str(ROOT / "cllm4rec" / "losses.py"))
+    rows = table_rows(out)
+    assert [row[:2] for row in rows] == [["8", "300"], ["16", "500"]]
+    assert all(len(row) == 9 and float(row[4]) > 0 and float(row[6]) > 0 and float(row[8]) > 0 for row in rows)  # ratios
+    assert "entries of std 3.0" in out
+
+
+@pytest.mark.slow
+def test_catalogue_scale_benchmark_with_a_chosen_batch():
+    out = run_benchmark("catalogue_scale.py", "--sizes", "tiny:2000", "--variants", "fused", "plain", "--users", "500",
+                        "--steps", "1", "--collab-docs", "3", "--rec-users", "5", timeout=600)
+    assert "L-step 3x64 items, finetuning 5 users" in out
+    steps = [row for row in table_rows(out) if len(row) == 10]
+    memory = [row for row in table_rows(out) if len(row) == 10 and row[-1] in ("yes", "NO")]
+    timed = [row for row in steps if row not in memory]
+    assert sorted((row[2], row[3]) for row in timed) == [("fused", "collab"), ("fused", "rec"),
+                                                          ("plain", "collab"), ("plain", "rec")]
+    assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in timed)
+    assert len(memory) == 4
