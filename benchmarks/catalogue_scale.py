@@ -11,7 +11,10 @@ main-part tokens, 522 in all; `--collab-docs`); the finetuning step 32 users (`-
 48 prompt items and 12 target items each. The floor of a step = backbone FLOPs (forward + input-gradient
 backward: `common.backbone_flops_per_token`) at the rate of an [tokens, K] @ [K, 4K] product in the
 backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at the rate of an
-[512, K] @ [K, 4096] fp32 product, both measured in the worker process. "Adam" is one optimizer
+[512, K] @ [K, 4096] fp32 product, both measured in the worker process just before and just after
+the timed steps; the floor uses the best rate any worker of the invocation measured for the same
+shapes (this VM's bf16 rate has two modes 3x apart, so one worker's measurements may all be slow).
+The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). "Adam" is one optimizer
 step over the trained tables alone (memory-bound, not part of the FLOP floor).
 
 Variants: "fused" is the shipped path (fused item softmax, fused Adam); "plain" is the reference
@@ -92,23 +95,25 @@ def worker(args: argparse.Namespace) -> dict:
 
     built_rss = current_rss_bytes()  # runtime, backbone, tables and batches, before any step
     decoder, dim = model.decoder, model.dim
-    head_rate = matmul_rate(512, dim, 4096, torch.float32)
     out = {"backbone": args.backbone, "items": args.items, "users": args.users,
            "variant": args.variant + ("+compile" if args.compile else "") + ("+ckpt" if args.activation_checkpointing else ""),
-           "dtype": str(dtype).removeprefix("torch."), "dim": dim, "head_gflops": head_rate / 1e9, "steps": {}}
+           "dtype": str(dtype).removeprefix("torch."), "dim": dim, "steps": {}}
     for task, batch, rows in (("collab", collab, args.collab_docs * COLLAB_ITEMS), ("rec", rec, args.rec_users)):
         if task != args.task:
             continue
         tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
-        backbone_rate = matmul_rate(tokens, dim, 4 * dim, dtype)
         backbone_flops = backbone_flops_per_token(decoder, seq_len) * tokens
         head_flops = 6 * dim * args.items * rows
-        floor = backbone_flops / backbone_rate + head_flops / head_rate
         engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
+        rates = [(matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32))]
         step = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps)
+        rates.append((matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32)))
+        backbone_rate, head_rate = (max(r) for r in zip(*rates))  # this VM's rate drifts: the better one
+        floor = backbone_flops / backbone_rate + head_flops / head_rate
         adam = seconds(lambda: engine.optimizer.step(), 2)
         out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
                               "tokens": tokens, "softmax_rows": rows, "backbone_gflops": backbone_rate / 1e9,
+                              "head_gflops": head_rate / 1e9, "gflops_before_after": [[r / 1e9 for r in pair] for pair in rates],
                               "backbone_tflop": backbone_flops / 1e12, "head_tflop": head_flops / 1e12}
     tables = sum(t.numel() * t.element_size() for t in model.id_tables().values())
     state = sum(v.numel() * v.element_size() for s in engine.optimizer.state.values() for v in s.values()
@@ -131,6 +136,26 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
     result = json.loads(out.read_text())
     result["name"], result["wall_s"] = name, time.perf_counter() - started
     return result
+
+
+def floors_at_best_rates(results: list[dict]) -> None:
+    """Recompute every step's floor at the best rates that any worker of this invocation measured for
+    the same product shapes (the bf16 rate of this VM has two modes 3x apart, stable for minutes, so
+    one worker's own measurements can both fall in the slow one). Keeps `own_floor_seconds`."""
+    def shapes(r: dict, s: dict) -> tuple[tuple, tuple]:  # the backbone's and the head's product
+        return (r["backbone"], r["dtype"], s["tokens"]), (r["backbone"], r["dim"])
+
+    steps = [(r, s) for r in results for s in r["steps"].values()]
+    best: dict[tuple, float] = {}
+    for r, s in steps:
+        for shape, rate in zip(shapes(r, s), (s["backbone_gflops"], s["head_gflops"])):
+            best[shape] = max(best.get(shape, 0.0), rate)
+    for r, s in steps:
+        backbone_shape, head_shape = shapes(r, s)
+        s["own_floor_seconds"] = s["floor_seconds"]
+        s["backbone_gflops"], s["head_gflops"] = best[backbone_shape], best[head_shape]
+        s["floor_seconds"] = s["backbone_tflop"] * 1e3 / s["backbone_gflops"] + s["head_tflop"] * 1e3 / s["head_gflops"]
+        s["ratio"] = s["seconds"] / s["floor_seconds"]
 
 
 def main() -> None:
@@ -158,6 +183,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="catalogue-bench-"))
     results = [run(size, variant, task, args, folder) for size in args.sizes for variant in args.variants
                for task in ("collab", "rec")]
+    floors_at_best_rates(results)
     print(f"\n{args.users:,} users; L-step {args.collab_docs}x{COLLAB_ITEMS} items, finetuning {args.rec_users} users; "
           f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
     print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | Adam (s) | head fp32 GFLOP/s | backbone GFLOP/s |")
@@ -165,7 +191,7 @@ def main() -> None:
     for r in results:
         for task, s in r["steps"].items():
             print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
-                  f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | {r['head_gflops']:.0f} | "
+                  f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | {s['head_gflops']:.0f} | "
                   f"{s['backbone_gflops']:.0f} |")
     print("\n| backbone | items | path | step | tables (GiB) | Adam state (GiB) | built (GiB) | peak RSS (GiB) | "
           "tables + state + 2 GiB | within |")

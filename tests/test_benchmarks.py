@@ -43,5 +43,27 @@ def test_catalogue_scale_benchmark_with_a_chosen_batch():
     timed = [row for row in steps if row not in memory]
     assert sorted((row[2], row[3]) for row in timed) == [("fused", "collab"), ("fused", "rec"),
                                                           ("plain", "collab"), ("plain", "rec")]
-    assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in timed)
+    assert all(float(row[6]) > 0 for row in timed)  # step / floor
     assert len(memory) == 4
+
+
+def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from catalogue_scale import floors_at_best_rates
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def result(items: int, tokens: int, backbone_gflops: float, head_gflops: float) -> dict:
+        step = {"seconds": 2.0, "tokens": tokens, "backbone_tflop": 1.0, "head_tflop": 0.2, "floor_seconds": 9.0,
+                "backbone_gflops": backbone_gflops, "head_gflops": head_gflops}
+        return {"backbone": "b", "dtype": "bfloat16", "dim": 64, "items": items, "steps": {"collab": step}}
+
+    results = [result(10, 500, 1000.0, 100.0), result(20, 500, 2000.0, 50.0), result(30, 900, 500.0, 80.0)]
+    floors_at_best_rates(results)
+    steps = [r["steps"]["collab"] for r in results]
+    assert [s["backbone_gflops"] for s in steps] == [2000.0, 2000.0, 500.0]  # 900 tokens: another shape
+    assert [s["head_gflops"] for s in steps] == [100.0, 100.0, 100.0]  # the head's shape depends on K only
+    assert steps[0]["floor_seconds"] == pytest.approx(1e3 / 2000 + 0.2e3 / 100)
+    assert steps[2]["ratio"] == pytest.approx(2.0 / (1e3 / 500 + 0.2e3 / 100))
+    assert all(s["own_floor_seconds"] == 9.0 for s in steps)
