@@ -14,8 +14,8 @@ backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at
 [512, K] @ [K, 4096] fp32 product, both measured in the worker process just before and just after
 the timed steps; the floor uses the best rate any worker of the invocation measured for the same
 shapes (this VM's bf16 rate has two modes 3x apart, so one worker's measurements may all be slow).
-The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). "Adam" is one optimizer
-step over the trained tables alone (memory-bound, not part of the FLOP floor).
+The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). "Adam"
+is one optimizer step over the trained tables alone (memory-bound, not part of the FLOP floor).
 
 Variants: "fused" is the shipped path (fused item softmax, fused Adam); "plain" is the reference
 it replaced (whole [rows, J] logits through autograd, per-tensor Adam). `--compile` runs the
@@ -105,9 +105,12 @@ def worker(args: argparse.Namespace) -> dict:
         backbone_flops = backbone_flops_per_token(decoder, seq_len) * tokens
         head_flops = 6 * dim * args.items * rows
         engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
-        rates = [(matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32))]
+        def backbone_and_head_rates() -> tuple[float, float]:
+            return matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32)
+
+        rates = [backbone_and_head_rates()]
         step = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps)
-        rates.append((matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32)))
+        rates.append(backbone_and_head_rates())
         backbone_rate, head_rate = (max(r) for r in zip(*rates))  # this VM's rate drifts: the better one
         floor = backbone_flops / backbone_rate + head_flops / head_rate
         adam = seconds(lambda: engine.optimizer.step(), 2)
