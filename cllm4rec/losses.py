@@ -64,7 +64,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         h, w = hidden.to(dtype), table.to(dtype)
         n_rows, n_items = h.shape[0], w.shape[0]
-        counts = torch.bincount(rows, minlength=n_rows).to(dtype)[:, None]  # c_r [M, 1]
+        counts = torch.bincount(rows, minlength=n_rows).to(dtype)  # c_r [M]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h) if need_h else None
         new_w = torch.empty_like if n_rows else torch.zeros_like  # the first row chunk writes every row
@@ -92,9 +92,9 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
             top = peaks.amax(dim=0)  # [n]
             relative = torch.exp(peaks - top)  # exp(peak_b − max_r) [B, n]
             total = (sums * relative).sum(dim=0)  # Σ_j exp(logit − max_r) [n]
-            lse_sum += (c[:, 0] * (top + total.log())).sum()
+            lse_sum += (c * (top + total.log())).sum()
             if need_h or need_w:
-                factors = relative.mul_(c[:, 0] / total)  # c_r·exp(peak_b − lse_r) [B, n]
+                factors = relative.mul_(c / total)  # c_r·exp(peak_b − lse_r) [B, n]
                 factors.masked_fill_(factors < least_factor, 0.0)
                 grad_part = grad_h[r0 : r0 + chunk] if need_h else None
                 for b, s0 in enumerate(starts):
@@ -102,11 +102,8 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
                     probs = blocks[b].mul_(factors[b, :, None])
                     if need_h:
                         grad_part.addmm_(probs, rows_w)
-                    if need_w:
-                        if r0 == 0:
-                            torch.mm(probs.t(), part, out=grad_w[s0 : s0 + width])
-                        else:
-                            grad_w[s0 : s0 + width].addmm_(probs.t(), part)
+                    if need_w:  # beta 0: the first chunk overwrites (the buffer is not zeroed)
+                        grad_w[s0 : s0 + width].addmm_(probs.t(), part, beta=float(r0 > 0))
         if need_h:
             grad_h.index_add_(0, rows, w[items], alpha=-1)
         if need_w:
