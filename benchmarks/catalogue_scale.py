@@ -17,8 +17,11 @@ shapes (this VM's bf16 rate has two modes 3x apart, so one worker's measurements
 The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). "Adam"
 is one optimizer step over the trained tables alone (memory-bound, not part of the FLOP floor).
 
-Variants: "fused" is the shipped path (fused item softmax, fused Adam); "plain" is the reference
-it replaced (whole [rows, J] logits through autograd, per-tensor Adam). `--compile` runs the
+Variants: "fused" is the shipped path (fused item softmax, fused Adam, table gradients in kept
+buffers); "plain" is the reference it replaced (whole [rows, J] logits through autograd, per-tensor
+Adam, autograd's fresh table gradients). `--compare-kept-gradients` also times the fused path's
+steps with autograd's fresh table gradients instead of the kept buffers (cllm4rec/table_gradients.py),
+interleaved in the same worker (then each s/step is the median of the interleaved steps). `--compile` runs the
 backbone body through torch.compile (model.compile; an untimed first step compiles),
 `--activation-checkpointing` recomputes each backbone layer in backward (model.activation_checkpointing).
 """
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from common import REPO, backbone_ref, gib
 
@@ -39,7 +43,7 @@ DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:1000
 COLLAB_ITEMS, REC_PROMPT, REC_TARGETS = 64, 48, 12  # items per L-step document; prompt and target items per user
 
 
-def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None):
+def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None, sink=None):
     """The reference the fused kernel replaced: whole [M, J] logits, log-softmax and autograd."""
     import torch
 
@@ -62,7 +66,8 @@ def worker(args: argparse.Namespace) -> dict:
     from cllm4rec.model import CLLM4Rec
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
     from cllm4rec.tokenization import Document, IdTokenizer
-    from common import backbone_flops_per_token, matmul_rate, seconds
+    from cllm4rec.table_gradients import TableGradients
+    from common import backbone_flops_per_token, interleaved_medians, matmul_rate, seconds
     from data_prep.assets import resolve_backbone
     from trainer.build import pick_attention, pick_dtype
     from trainer.data import pad_documents
@@ -78,7 +83,7 @@ def worker(args: argparse.Namespace) -> dict:
         model.enable_activation_checkpointing()
     if args.compile:
         model.compile_backbone()
-    engine = PlainEngine(model, 1e-3, 1e-3)
+    engine = PlainEngine(model, 1e-3, 1e-3, kept_gradients=args.variant != "plain")
     if args.variant == "plain":
         cllm4rec.model.item_softmax_nll_sum = plain_item_softmax_nll_sum
         per_tensor = type("PerTensorAdam", (SkipInactiveGroups, torch.optim.Adam), {})
@@ -108,13 +113,24 @@ def worker(args: argparse.Namespace) -> dict:
         def backbone_and_head_rates() -> tuple[float, float]:
             return matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32)
 
+        def step_with(sink: TableGradients | None) -> Callable[[], object]:
+            def run_step() -> None:
+                engine.table_gradients = model.table_gradients = sink
+                engine.train_step(task, dict(batch), task)
+            return run_step
+
         rates = [backbone_and_head_rates()]
-        step = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps)
+        if args.compare_kept_gradients and args.variant == "fused":  # the same steps with fresh gradients, interleaved
+            compared = interleaved_medians({"kept": step_with(engine.table_gradients), "fresh": step_with(None)}, args.steps)
+            step, fresh_gradients = compared["kept"], compared["fresh"]
+        else:
+            step, fresh_gradients = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps), None
         rates.append(backbone_and_head_rates())
         backbone_rate, head_rate = (max(r) for r in zip(*rates))  # this VM's rate drifts: the better one
         floor = backbone_flops / backbone_rate + head_flops / head_rate
         adam = seconds(lambda: engine.optimizer.step(), 2)
         out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
+                              "fresh_gradients_seconds": fresh_gradients,
                               "tokens": tokens, "softmax_rows": rows, "backbone_gflops": backbone_rate / 1e9,
                               "head_gflops": head_rate / 1e9, "gflops_before_after": [[r / 1e9 for r in pair] for pair in rates],
                               "backbone_tflop": backbone_flops / 1e12, "head_tflop": head_flops / 1e12}
@@ -133,6 +149,7 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
                "--users", str(args.users), "--collab-docs", str(args.collab_docs),
                "--rec-users", str(args.rec_users), "--variant", variant, "--task", task, "--steps", str(args.steps),
                "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else []),
+               *(["--compare-kept-gradients"] if args.compare_kept_gradients else []),
                *(["--activation-checkpointing"] if args.activation_checkpointing else [])]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, timeout=3600)
@@ -173,6 +190,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute backbone layers in backward (model.activation_checkpointing)")
+    parser.add_argument("--compare-kept-gradients", action="store_true",
+                        help="fused path: also time each step with autograd's fresh table gradients instead of the "
+                             "kept buffers (cllm4rec/table_gradients.py), interleaved in the same worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
@@ -196,6 +216,14 @@ def main() -> None:
             print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
                   f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | {s['head_gflops']:.0f} | "
                   f"{s['backbone_gflops']:.0f} |")
+    compared = [(r, task, s) for r in results for task, s in r["steps"].items() if s["fresh_gradients_seconds"]]
+    if compared:
+        print("\nTable gradients in kept buffers vs autograd's fresh ones, same worker, steps interleaved:\n")
+        print("| backbone | items | step | kept s/step | fresh s/step | kept / fresh |")
+        print("|---|---|---|---|---|---|")
+        for r, task, s in compared:
+            print(f"| {r['name']} | {r['items']:,} | {task} | {s['seconds']:.3f} | {s['fresh_gradients_seconds']:.3f} | "
+                  f"{s['seconds'] / s['fresh_gradients_seconds']:.2f} |")
     print("\n| backbone | items | path | step | tables (GiB) | Adam state (GiB) | built (GiB) | peak RSS (GiB) | "
           "tables + state + 2 GiB | within |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -44,6 +44,21 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds per call of each function: one untimed call each, then `repeats` rounds
+    that time one call of every function, in an order that rotates from round to round."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    times = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 10, trials: int = 5) -> float:
     """FLOP/s of an [m, k] @ [k, n] product in `dtype` on this process's threads: the median of
     `trials` timings of `repeats` products (single timings on a shared VM stray by 2x either way)."""

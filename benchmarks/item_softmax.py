@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
-import time
 from typing import Callable
 
 import torch
 
-from common import matmul_rate
+from common import interleaved_medians, matmul_rate
 
 
 def plain(hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -36,21 +34,6 @@ def load_kernel(path: str) -> Callable:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.item_softmax_nll_sum
-
-
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall seconds per call of each function: one untimed call each, then `repeats` rounds
-    that time one call of every function, in an order that rotates from round to round."""
-    names = list(calls)
-    for name in names:
-        calls[name]()
-    times = {name: [] for name in names}
-    for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cllm4rec.table_gradients import TableGradients
+
 
 LOGIT_BLOCK_ELEMENTS = 1 << 27  # fp32 logits held at once (512 MiB): [rows, J] is never built whole
 CACHE_BLOCK_ELEMENTS = 1 << 19  # one [rows, items] block worked on while it sits in cache (2 MiB)
@@ -29,7 +31,8 @@ def workspace(elements: int, device: torch.device, dtype: torch.dtype) -> torch.
 
 
 def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_rows: torch.Tensor,
-                         target_items: torch.Tensor, block_elements: int = LOGIT_BLOCK_ELEMENTS) -> torch.Tensor:
+                         target_items: torch.Tensor, block_elements: int = LOGIT_BLOCK_ELEMENTS,
+                         sink: TableGradients | None = None) -> torch.Tensor:
     """Σ over target pairs (r, j) of −log softmax(hidden @ item_tableᵀ)[r, j]: every item-space loss.
 
     hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32, or fp64 when given);
@@ -37,8 +40,10 @@ def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_
     one pair per row (target_rows = arange(M)); the multinomial likelihood of finetuning (SPEC 7)
     has a user's whole masked-off set on its row. Returns the scalar sum. Computed by
     `FusedItemSoftmaxNLL`: exact, 6·K·J FLOPs per row, at most `block_elements` logits in memory.
+    With a `sink`, the table's gradient is written into the sink's kept buffer for the table and handed
+    to the sink in backward (cllm4rec/table_gradients.py) instead of being returned to autograd.
     """
-    return FusedItemSoftmaxNLL.apply(hidden, item_table, target_rows, target_items, block_elements)
+    return FusedItemSoftmaxNLL.apply(hidden, item_table, target_rows, target_items, block_elements, sink)
 
 
 class FusedItemSoftmaxNLL(torch.autograd.Function):
@@ -60,15 +65,19 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor,
-                block_elements: int) -> torch.Tensor:
+                block_elements: int, sink: TableGradients | None) -> torch.Tensor:
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         h, w = hidden.to(dtype), table.to(dtype)
         n_rows, n_items = h.shape[0], w.shape[0]
         counts = torch.bincount(rows, minlength=n_rows).to(dtype)  # c_r [M]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h) if need_h else None
-        new_w = torch.empty_like if n_rows else torch.zeros_like  # the first row chunk writes every row
-        grad_w = new_w(w, memory_format=torch.contiguous_format) if need_w else None
+        kept = sink.take(table) if sink is not None and need_w and table.dtype == dtype else None
+        grad_w = None  # the first row chunk writes every row: no zero fill unless there are no rows
+        if need_w:
+            grad_w = kept if kept is not None else torch.empty_like(w, memory_format=torch.contiguous_format)
+            if not n_rows:
+                grad_w.zero_()
         chunk = max(1, min(n_rows, block_elements // max(n_items, 1)))
         width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
         starts = list(range(0, n_items, width))
@@ -110,6 +119,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
             grad_w.index_add_(0, items, h[rows], alpha=-1)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, table.dtype)
+        ctx.table, ctx.sink = table, (sink if kept is not None else None)
         return lse_sum - (h[rows] * w[items]).sum()
 
     @staticmethod
@@ -118,8 +128,14 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
         graph twice therefore fails autograd's saved-tensor version check instead of giving wrong sums."""
         grad_h, grad_w = ctx.saved_tensors
         scale = grad_out.to(grad_h.dtype if grad_h is not None else grad_w.dtype)
-        return (None if grad_h is None else grad_h.mul_(scale).to(ctx.dtypes[0]),
-                None if grad_w is None else grad_w.mul_(scale).to(ctx.dtypes[1]), None, None, None)
+        if grad_h is not None:
+            grad_h = grad_h.mul_(scale).to(ctx.dtypes[0])
+        if grad_w is not None:
+            grad_w = grad_w.mul_(scale).to(ctx.dtypes[1])
+            if ctx.sink is not None:  # the table's gradient goes to the sink, not to autograd
+                ctx.sink.add_dense(ctx.table, grad_w)
+                grad_w = None
+        return grad_h, grad_w, None, None, None, None
 
 
 def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

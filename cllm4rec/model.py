@@ -28,6 +28,7 @@ from cllm4rec.losses import (
     squared_norm_sum,
     vocab_cross_entropy_sum,
 )
+from cllm4rec.table_gradients import TableGradients, gather_rows
 
 TableSet = Literal["collab", "content"]
 TABLE_NAMES = ("collab_user", "collab_item", "content_user", "content_item")
@@ -43,9 +44,10 @@ class TableRows(NamedTuple):
     vectors: torch.Tensor  # [U, K] fp32, differentiable
 
     @classmethod
-    def gather(cls, table: torch.Tensor, rows: torch.Tensor) -> "TableRows":
+    def gather(cls, table: torch.Tensor, rows: torch.Tensor, sink: TableGradients | None = None) -> "TableRows":
+        """`sink`: where the rows' gradient goes instead of a dense table gradient (table_gradients.py)."""
         index, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
-        return cls(index, inverse, counts, table[index].float())
+        return cls(index, inverse, counts, gather_rows(table, index, sink))
 
 
 class IdRows(NamedTuple):
@@ -111,6 +113,8 @@ class CLLM4Rec(nn.Module):
                 p.requires_grad_(False)
         self.compiled_decoder: Callable[..., Any] | None = None  # set by `compile_backbone`
         self.checkpointed_layers: list[nn.Module] = []  # set by `enable_activation_checkpointing`
+        # set by a single-process trainer that calls its `apply()` after each backward (table_gradients.py)
+        self.table_gradients: TableGradients | None = None
         self.train(False)
 
     def enable_activation_checkpointing(self) -> None:
@@ -190,7 +194,8 @@ class CLLM4Rec(nn.Module):
         """The ID tokens of ids [B, T] and their rows of table set `which`."""
         upos, users, ipos, items = self._id_positions(ids)
         user_table, item_table = self.tables(which)
-        return IdRows(upos, TableRows.gather(user_table, users), ipos, TableRows.gather(item_table, items))
+        return IdRows(upos, TableRows.gather(user_table, users, self.table_gradients),
+                      ipos, TableRows.gather(item_table, items, self.table_gradients))
 
     def embed(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None) -> torch.Tensor:
         """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
@@ -263,7 +268,8 @@ class CLLM4Rec(nn.Module):
         if task == "score":
             return {"logits": self.last_position_item_logits(hidden, lengths)}
         if task == "rec":
-            lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items)
+            lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
+                                          sink=self.table_gradients)
             lm_count = torch.tensor(float(input_ids.shape[0]))
         elif task in ("collab", "content"):
             mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
@@ -271,7 +277,8 @@ class CLLM4Rec(nn.Module):
             targets = input_ids[:, 1:][mask]
             if task == "collab":
                 positions = torch.arange(targets.shape[0], device=targets.device)
-                lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users)
+                lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users,
+                                              sink=self.table_gradients)
             else:
                 logits = self.backbone.get_output_embeddings()(selected)
                 lm_sum = vocab_cross_entropy_sum(logits, targets)

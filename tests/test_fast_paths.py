@@ -12,7 +12,7 @@ from cllm4rec.model import CLLM4Rec
 from cllm4rec.templates import Items, Text, biography_prompt, interaction_prompt, recommendation_prompt
 from cllm4rec.tokenization import Document, IdTokenizer
 from trainer.data import bucket_batches, pad_documents
-from trainer.engine import TableSetAdam
+from trainer.engine import PlainEngine, TableSetAdam
 
 N_USERS, N_ITEMS = 7, 30
 
@@ -106,6 +106,31 @@ def test_fused_adam_equals_the_per_tensor_adam():
     for n in ("a", "b"):
         torch.testing.assert_close(fused[n].detach(), plain[n].detach(), rtol=1e-6, atol=1e-6)
     assert torch.equal(fused["c"].detach(), start["c"])
+
+
+def test_kept_table_gradients_train_as_autograd_does(tiny_llama):
+    """PlainEngine builds the tables' gradients in kept buffers (head gradient written in, gathered rows
+    added after backward) = autograd's fresh gradients: the same gradients and tables through 11 steps
+    of every kind, table sets alternating, each batch on other users than the one before (a row of the
+    last step left in a kept buffer would show), 1e-6."""
+    (fast, tok), (reference, _) = build(tiny_llama), build(tiny_llama)
+    engines = [PlainEngine(fast, 0.05, 0.02), PlainEngine(reference, 0.05, 0.02, kept_gradients=False)]
+    assert reference.table_gradients is None
+    data = batches(tok)
+    schedule = [("collab", "collab")] * 3 + [("content", "content")] * 2 + [("collab", "collab"), ("rec", "rec"),
+                ("rec", "rec"), ("content", "rec_content"), ("rec", "rec"), ("collab", "collab")]
+    kept = []
+    for task, step in schedule:
+        for engine in engines:
+            engine.train_step(task, dict(data[task]), step)
+        which = "content" if task == "content" else "collab"
+        for got, want in zip(fast.tables(which), reference.tables(which)):
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-6, atol=1e-7, msg=f"{step}: gradient")
+        for name, table in fast.id_tables().items():
+            torch.testing.assert_close(table, reference.id_tables()[name], rtol=1e-6, atol=1e-6, msg=f"{step}: {name}")
+        kept.append([t.grad.data_ptr() for t in fast.tables(which)])
+    assert kept[0] == kept[1] == kept[2]  # the same two buffers from step to step (user: rows; item: head)
+    assert sorted(map(id, fast.table_gradients.buffers)) == sorted(map(id, fast.tables("collab")))  # content's dropped
 
 
 def test_bucketing_keeps_padding_under_ten_percent():

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from cllm4rec.model import CLLM4Rec, TABLE_NAMES
+from cllm4rec.table_gradients import TableGradients
 from trainer.checkpoint import CheckpointError, restore_optimizer, save_optimizer
 from trainer.config import ConfigError
 from trainer.build import load_weights
@@ -171,11 +172,19 @@ class Engine:
 class PlainEngine(Engine):
     """Forward / backward / step in one process (no launcher, no process group)."""
 
-    def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float):
+    def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float, *, kept_gradients: bool = True):
+        """kept_gradients: the tables' gradients are built in dense buffers kept from step to step
+        (cllm4rec/table_gradients.py) instead of autograd's fresh ones."""
         super().__init__(pretrain_lr, finetune_lr)
         self.model = model
         self.device = model.collab_item.device
         self.optimizer = self.build_optimizer(model, pretrain_lr)
+        self.table_gradients = model.table_gradients = TableGradients() if kept_gradients else None
+
+    def activate(self, step: str) -> None:
+        super().activate(step)
+        if self.table_gradients is not None:  # kept buffers only for the tables this step trains
+            self.table_gradients.keep_only(self.model.table_parameters(STEPS[step][0]))
 
     def forward(self, task: str, batch: Batch, **kwargs: Any) -> dict[str, torch.Tensor]:
         if task != "score":
@@ -185,6 +194,8 @@ class PlainEngine(Engine):
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.table_gradients is not None:
+            self.table_gradients.apply()
         self.optimizer.step()
 
     def set_train(self, mode: bool) -> None:
@@ -266,6 +277,7 @@ class DeepSpeedEngine(Engine):
         super().__init__(pretrain_lr, finetune_lr)
         self.dist, self.device = dist, device
         self.ds_config = ds_config
+        model.table_gradients = None  # ZeRO-3 takes the tables' gradients through autograd's own hooks
         self.bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
         exact = model.id_tables() if self.bf16 else None  # fp32 values, before bf16 rounds them
         zero = ds_config.get("zero_optimization", {})
