@@ -36,9 +36,17 @@ class TableGradients:
         self.dense: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # (table, its head gradient)
         self.rows: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (table, index, grad)
 
+    def check_applied(self) -> None:
+        """Raise if a backward pass handed over gradients that `apply()` never put into `.grad` (they
+        would be lost silently): called by every forward that uses this sink."""
+        if self.dense or self.rows:
+            raise RuntimeError("TableGradients: the last backward's table gradients were never applied; call "
+                               "apply() after backward() and before the optimizer step (PlainEngine does)")
+
     def take(self, table: torch.nn.Parameter) -> torch.Tensor | None:
         """The table's buffer, to be overwritten whole by a head gradient and handed back through
         `add_dense` (contents undefined); None if a head gradient already holds it this step."""
+        self.check_applied()
         if id(table) in self.taken:
             return None
         self.taken.add(id(table))
@@ -115,4 +123,5 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor, sink: TableGradients |
     """Rows [U, K] (fp32) of `table`; their gradient goes to `sink` when one is given and the table trains."""
     if sink is None or not (table.requires_grad and torch.is_grad_enabled()):
         return table[index].float()
+    sink.check_applied()
     return GatherRows.apply(table, index, sink)

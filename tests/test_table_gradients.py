@@ -3,6 +3,7 @@ autograd's fresh ones, whatever mix of head gradients, gathered rows and other a
 has, and whatever the previous step left in the buffers (fp64, exact up to summation order: 1e-12)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cllm4rec.losses import item_softmax_nll_sum
@@ -70,3 +71,15 @@ def test_a_rows_only_step_after_a_head_step_zeroes_the_whole_buffer():
     step_loss(table, sink, head=0, rows=[3]).backward()
     sink.apply()
     assert torch.count_nonzero(table.grad.abs().sum(dim=1)) == 1  # only row 3 is left
+
+
+def test_a_forward_after_an_unapplied_backward_is_an_error():
+    """Gradients handed to the sink but never applied would be lost silently: the next forward says so."""
+    table = torch.nn.Parameter(torch.randn(J, K, dtype=torch.float64))
+    sink = TableGradients()
+    step_loss(table, sink, head=1, rows=[2]).backward()
+    for head, rows in ((1, []), (0, [3])):
+        with pytest.raises(RuntimeError, match="never applied; call apply"):
+            step_loss(table, sink, head=head, rows=rows)
+    sink.apply()
+    step_loss(table, sink, head=1, rows=[3]).backward()  # fine once applied
