@@ -115,13 +115,13 @@ def worker(args: argparse.Namespace) -> dict:
 
         def step_with(sink: TableGradients | None) -> Callable[[], object]:
             def run_step() -> None:
-                engine.table_gradients = model.table_gradients = sink
+                model.table_gradients = sink
                 engine.train_step(task, dict(batch), task)
             return run_step
 
         rates = [backbone_and_head_rates()]
         if args.compare_kept_gradients and args.variant == "fused":  # the same steps with fresh gradients, interleaved
-            compared = interleaved_medians({"kept": step_with(engine.table_gradients), "fresh": step_with(None)}, args.steps)
+            compared = interleaved_medians({"kept": step_with(model.table_gradients), "fresh": step_with(None)}, args.steps)
             step, fresh_gradients = compared["kept"], compared["fresh"]
         else:
             step, fresh_gradients = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps), None

@@ -32,7 +32,7 @@ class TableGradients:
     def __init__(self) -> None:
         self.buffers: dict[torch.nn.Parameter, torch.Tensor] = {}
         self.dirty: dict[torch.nn.Parameter, list[torch.Tensor] | None] = {}  # rows written since zeroed
-        self.taken: set[int] = set()  # id() of tables whose buffer a head gradient holds until `apply()`
+        self.taken: set[torch.nn.Parameter] = set()  # tables whose buffer a head gradient holds until `apply()`
         self.dense: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # (table, its head gradient)
         self.rows: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (table, index, grad)
 
@@ -47,9 +47,9 @@ class TableGradients:
         """The table's buffer, to be overwritten whole by a head gradient and handed back through
         `add_dense` (contents undefined); None if a head gradient already holds it this step."""
         self.check_applied()
-        if id(table) in self.taken:
+        if table in self.taken:
             return None
-        self.taken.add(id(table))
+        self.taken.add(table)
         self.dirty[table] = ALL_ROWS
         return self._buffer(table)
 

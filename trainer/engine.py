@@ -179,12 +179,12 @@ class PlainEngine(Engine):
         self.model = model
         self.device = model.collab_item.device
         self.optimizer = self.build_optimizer(model, pretrain_lr)
-        self.table_gradients = model.table_gradients = TableGradients() if kept_gradients else None
+        model.table_gradients = TableGradients() if kept_gradients else None
 
     def activate(self, step: str) -> None:
         super().activate(step)
-        if self.table_gradients is not None:  # kept buffers only for the tables this step trains
-            self.table_gradients.keep_only(self.model.table_parameters(STEPS[step][0]))
+        if self.model.table_gradients is not None:  # kept buffers only for the tables this step trains
+            self.model.table_gradients.keep_only(self.model.table_parameters(STEPS[step][0]))
 
     def forward(self, task: str, batch: Batch, **kwargs: Any) -> dict[str, torch.Tensor]:
         if task != "score":
@@ -194,8 +194,8 @@ class PlainEngine(Engine):
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.table_gradients is not None:
-            self.table_gradients.apply()
+        if self.model.table_gradients is not None:
+            self.model.table_gradients.apply()
         self.optimizer.step()
 
     def set_train(self, mode: bool) -> None:
