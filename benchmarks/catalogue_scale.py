@@ -18,10 +18,12 @@ The table shows those best rates; the JSON keeps each worker's own (`gflops_befo
 is one optimizer step over the trained tables alone (memory-bound, not part of the FLOP floor).
 
 Variants: "fused" is the shipped path (fused item softmax, fused Adam, table gradients in kept
-buffers); "plain" is the reference it replaced (whole [rows, J] logits through autograd, per-tensor
-Adam, autograd's fresh table gradients). `--compare-kept-gradients` also times the fused path's
-steps with autograd's fresh table gradients instead of the kept buffers (cllm4rec/table_gradients.py),
-interleaved in the same worker (then each s/step is the median of the interleaved steps). `--compile` runs the
+buffers, fused RMSNorm); "plain" is the reference it replaced (whole [rows, J] logits through autograd,
+per-tensor Adam, autograd's fresh table gradients, transformers' RMSNorm modules). `--compare WHAT` also
+times the fused path's steps with one part of it undone, the two interleaved in the same worker (then
+each s/step is the median of the interleaved steps): `kept-gradients` against autograd's fresh table
+gradients (cllm4rec/table_gradients.py), `fused-norm` against transformers' RMSNorm modules
+(cllm4rec/rms_norm.py). `--compile` runs the
 backbone body through torch.compile (model.compile; an untimed first step compiles),
 `--activation-checkpointing` recomputes each backbone layer in backward (model.activation_checkpointing).
 """
@@ -64,6 +66,7 @@ def worker(args: argparse.Namespace) -> dict:
     import cllm4rec.model
     from cllm4rec.backbone import load_backbone
     from cllm4rec.model import CLLM4Rec
+    from cllm4rec.rms_norm import LLAMA_STYLE_RMS_NORMS, fuse_rms_norms
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
     from cllm4rec.tokenization import Document, IdTokenizer
     from cllm4rec.table_gradients import TableGradients
@@ -77,6 +80,10 @@ def worker(args: argparse.Namespace) -> dict:
     dtype = pick_dtype(args.dtype, torch.device("cpu"))
     backbone, hf_tok = load_backbone(resolve_backbone(args.backbone, progress=False), dtype=dtype,
                                      attention=pick_attention("auto", torch.device("cpu")))
+    norms = {"transformers": [(n, m) for n, m in backbone.named_modules() if type(m).__name__ in LLAMA_STYLE_RMS_NORMS]}
+    if args.variant != "plain":  # model.fused_norm, as trainer/build.py does by default
+        fuse_rms_norms(backbone)
+    norms["fused"] = [(n, backbone.get_submodule(n)) for n, _ in norms["transformers"]]
     model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0)
     tok = IdTokenizer(hf_tok, model.vocab_rows, args.users, args.items)
     if args.activation_checkpointing:
@@ -113,24 +120,29 @@ def worker(args: argparse.Namespace) -> dict:
         def backbone_and_head_rates() -> tuple[float, float]:
             return matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32)
 
-        def step_with(sink: TableGradients | None) -> Callable[[], object]:
+        def step_with(sink: TableGradients | None, norm: str = "fused") -> Callable[[], object]:
             def run_step() -> None:
                 model.table_gradients = sink
+                for name, module in norms[norm]:
+                    parent, _, attribute = name.rpartition(".")
+                    setattr(backbone.get_submodule(parent), attribute, module)
                 engine.train_step(task, dict(batch), task)
             return run_step
 
         rates = [backbone_and_head_rates()]
-        if args.compare_kept_gradients and args.variant == "fused":  # the same steps with fresh gradients, interleaved
-            compared = interleaved_medians({"kept": step_with(model.table_gradients), "fresh": step_with(None)}, args.steps)
-            step, fresh_gradients = compared["kept"], compared["fresh"]
+        undone = {"kept-gradients": step_with(None), "fused-norm": step_with(model.table_gradients, "transformers")}
+        if args.compare and args.variant == "fused":  # the same steps with one part undone, interleaved
+            compared = interleaved_medians({"shipped": step_with(model.table_gradients), "undone": undone[args.compare]},
+                                           args.steps)
+            step, undone_seconds = compared["shipped"], compared["undone"]
         else:
-            step, fresh_gradients = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps), None
+            step, undone_seconds = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps), None
         rates.append(backbone_and_head_rates())
         backbone_rate, head_rate = (max(r) for r in zip(*rates))  # this VM's rate drifts: the better one
         floor = backbone_flops / backbone_rate + head_flops / head_rate
         adam = seconds(lambda: engine.optimizer.step(), 2)
         out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
-                              "fresh_gradients_seconds": fresh_gradients,
+                              "undone_seconds": undone_seconds,
                               "tokens": tokens, "softmax_rows": rows, "backbone_gflops": backbone_rate / 1e9,
                               "head_gflops": head_rate / 1e9, "gflops_before_after": [[r / 1e9 for r in pair] for pair in rates],
                               "backbone_tflop": backbone_flops / 1e12, "head_tflop": head_flops / 1e12}
@@ -149,7 +161,7 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
                "--users", str(args.users), "--collab-docs", str(args.collab_docs),
                "--rec-users", str(args.rec_users), "--variant", variant, "--task", task, "--steps", str(args.steps),
                "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else []),
-               *(["--compare-kept-gradients"] if args.compare_kept_gradients else []),
+               *(["--compare", args.compare] if args.compare else []),
                *(["--activation-checkpointing"] if args.activation_checkpointing else [])]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, timeout=3600)
@@ -190,9 +202,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute backbone layers in backward (model.activation_checkpointing)")
-    parser.add_argument("--compare-kept-gradients", action="store_true",
-                        help="fused path: also time each step with autograd's fresh table gradients instead of the "
-                             "kept buffers (cllm4rec/table_gradients.py), interleaved in the same worker")
+    parser.add_argument("--compare", choices=["kept-gradients", "fused-norm"],
+                        help="fused path: also time each step with this part undone (autograd's fresh table gradients; "
+                             "transformers' RMSNorm modules), interleaved in the same worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
@@ -216,14 +228,14 @@ def main() -> None:
             print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
                   f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | {s['head_gflops']:.0f} | "
                   f"{s['backbone_gflops']:.0f} |")
-    compared = [(r, task, s) for r in results for task, s in r["steps"].items() if s["fresh_gradients_seconds"]]
+    compared = [(r, task, s) for r in results for task, s in r["steps"].items() if s["undone_seconds"]]
     if compared:
-        print("\nTable gradients in kept buffers vs autograd's fresh ones, same worker, steps interleaved:\n")
-        print("| backbone | items | step | kept s/step | fresh s/step | kept / fresh |")
+        print(f"\nThe shipped step vs the same with {args.compare} undone, same worker, steps interleaved:\n")
+        print(f"| backbone | items | step | shipped s/step | without {args.compare} s/step | shipped / without |")
         print("|---|---|---|---|---|---|")
         for r, task, s in compared:
-            print(f"| {r['name']} | {r['items']:,} | {task} | {s['seconds']:.3f} | {s['fresh_gradients_seconds']:.3f} | "
-                  f"{s['seconds'] / s['fresh_gradients_seconds']:.2f} |")
+            print(f"| {r['name']} | {r['items']:,} | {task} | {s['seconds']:.3f} | {s['undone_seconds']:.3f} | "
+                  f"{s['seconds'] / s['undone_seconds']:.2f} |")
     print("\n| backbone | items | path | step | tables (GiB) | Adam state (GiB) | built (GiB) | peak RSS (GiB) | "
           "tables + state + 2 GiB | within |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -12,7 +12,8 @@ vocabulary head on every position for the content step, which uses it). Useful r
 (non-padding) tokens / training seconds; raw rate = B·T / dense seconds; both over the same shapes.
 Padding of a whole epoch is given for the shipped length-bucketed batches and for random batches.
 `--attentions eager sdpa` compares the backbone's attention kernels (model.attention), `--compile
-false true` the eager and the torch.compile'd backbone (model.compile; the untimed first step compiles).
+false true` the eager and the torch.compile'd backbone (model.compile; the untimed first step compiles),
+`--fused-norm false true` transformers' RMSNorm modules and the fused one (model.fused_norm).
 Run nothing else meanwhile.
 """
 from __future__ import annotations
@@ -72,13 +73,15 @@ def dense_step(model, shape: tuple[int, int], vocab_head: bool, gen: torch.Gener
     loss.backward()
 
 
-def measure(backbone: str, dtype: str, attention: str, compile_backbone: bool, steps: int, folder: Path) -> list[dict]:
+def measure(backbone: str, dtype: str, attention: str, compile_backbone: bool, fused_norm: bool, steps: int,
+            folder: Path) -> list[dict]:
     from trainer.build import build_run
     from trainer.config import load_config
     from trainer.engine import PlainEngine
 
     config = load_config("quick", [f"model.backbone={backbone}", f"model.dtype={dtype}", f"model.attention={attention}",
-                                   f"model.compile={str(compile_backbone).lower()}", "tracking.mlflow=false", f"output_dir={folder / 'run'}"])
+                                   f"model.compile={str(compile_backbone).lower()}", f"model.fused_norm={str(fused_norm).lower()}",
+                                   "tracking.mlflow=false", f"output_dir={folder / 'run'}"])
     parts = build_run(config)
     engine = PlainEngine(parts.model, config.pretrain.lr, config.finetune.lr)
     gen = torch.Generator().manual_seed(0)
@@ -100,7 +103,8 @@ def measure(backbone: str, dtype: str, attention: str, compile_backbone: bool, s
                 real, padded = real + int(batch["lengths"].sum()), padded + shape[0] * shape[1]
         rows.append({"backbone": backbone, "dtype": dtype, "task": task, "useful_tps": real / train_s,
                      "raw_tps": padded / dense_s, "batch_padding": 1 - real / padded, "tokens": real,
-                     "attention": parts.model.backbone.config._attn_implementation + ("+compile" if compile_backbone else ""),
+                     "attention": parts.model.backbone.config._attn_implementation + ("+compile" if compile_backbone else "")
+                     + ("" if fused_norm else "+hf-norm"),
                      **{f"epoch_padding_{k}": v for k, v in epoch_padding(parts, config, task).items()}})
     return rows
 
@@ -113,12 +117,15 @@ def main() -> None:
                         help="backbone attention kernels to compare (model.attention)")
     parser.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"],
                         help="model.compile values to compare (true: the first step of the first task compiles)")
+    parser.add_argument("--fused-norm", nargs="+", default=["true"], choices=["false", "true"],
+                        help="model.fused_norm values to compare (false: transformers' RMSNorm modules)")
     parser.add_argument("--steps", type=int, default=4, help="timed batches per step and dtype")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="throughput-bench-"))
     rows = [row for name in args.backbones for dtype in args.dtypes for attention in args.attentions
-            for compiled in args.compile
-            for row in measure(backbone_ref(name, folder), dtype, attention, compiled == "true", args.steps, folder)]
+            for compiled in args.compile for fused in args.fused_norm
+            for row in measure(backbone_ref(name, folder), dtype, attention, compiled == "true", fused == "true",
+                               args.steps, folder)]
     names = {backbone_ref(n, folder): n for n in args.backbones}
     print(f"\nML-100K, quick recipe batches, {args.steps} timed batches per step, {os.cpu_count()} CPU threads\n")
     print("| backbone | dtype | kernels | step | useful tok/s | raw dense tok/s | useful / raw | padding (timed batches) |")

@@ -36,7 +36,7 @@ def test_item_softmax_benchmark_times_a_baseline_alongside():
 @pytest.mark.slow
 def test_catalogue_scale_benchmark_with_a_chosen_batch():
     out = run_benchmark("catalogue_scale.py", "--sizes", "tiny:2000", "--variants", "fused", "plain", "--users", "500",
-                        "--steps", "1", "--collab-docs", "3", "--rec-users", "5", "--compare-kept-gradients", timeout=600)
+                        "--steps", "1", "--collab-docs", "3", "--rec-users", "5", "--compare", "kept-gradients", timeout=600)
     assert "L-step 3x64 items, finetuning 5 users" in out
     compared = [row for row in table_rows(out) if len(row) == 6]
     assert [row[2] for row in compared] == ["collab", "rec"] and all(float(row[5]) > 0 for row in compared)

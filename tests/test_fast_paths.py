@@ -9,6 +9,7 @@ import torch
 
 from cllm4rec.backbone import load_backbone
 from cllm4rec.model import CLLM4Rec
+from cllm4rec.rms_norm import fuse_rms_norms
 from cllm4rec.templates import Items, Text, biography_prompt, interaction_prompt, recommendation_prompt
 from cllm4rec.tokenization import Document, IdTokenizer
 from trainer.data import bucket_batches, pad_documents
@@ -17,8 +18,11 @@ from trainer.engine import PlainEngine, TableSetAdam
 N_USERS, N_ITEMS = 7, 30
 
 
-def build(folder, dtype=torch.float32, attention=None) -> tuple[CLLM4Rec, IdTokenizer]:
+def build(folder, dtype=torch.float32, attention=None, fused_norm=True) -> tuple[CLLM4Rec, IdTokenizer]:
+    """A model over the backbone in `folder`, its RMSNorms fused as trainer/build.py does by default."""
     backbone, hf_tok = load_backbone(folder, dtype=dtype, attention=attention)
+    if fused_norm:
+        fuse_rms_norms(backbone)
     model = CLLM4Rec(backbone, N_USERS, N_ITEMS, seed=0, init_std=0.5)
     return model, IdTokenizer(hf_tok, model.vocab_rows, N_USERS, N_ITEMS)
 
@@ -195,6 +199,14 @@ def test_eager_attention_equals_sdpa(backbone, request):
     sdpa, _ = build(folder, attention="sdpa")
     assert eager.backbone.config._attn_implementation == "eager" and sdpa.backbone.config._attn_implementation == "sdpa"
     assert_same_training_step(sdpa, eager, tok, 1e-5)
+
+
+def test_fused_rms_norm_trains_as_transformers_norm(tiny_llama):
+    """model.fused_norm: every task's loss and table gradients equal those through transformers'
+    LlamaRMSNorm modules (fp32, 1e-6)."""
+    reference, tok = build(tiny_llama, fused_norm=False)
+    fused, _ = build(tiny_llama)
+    assert_same_training_step(reference, fused, tok, 1e-6)
 
 
 def test_attention_follows_the_config(planted_dataset, tiny_llama, tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from cllm4rec.backbone import load_backbone
 from cllm4rec.model import CLLM4Rec
+from cllm4rec.rms_norm import fuse_rms_norms
 from cllm4rec.tokenization import IdTokenizer
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer.config import ModelConfig, TrainConfig
@@ -69,6 +70,9 @@ def build_backbone(cfg: ModelConfig, dtype: torch.dtype, device: torch.device = 
     ref = resolve_backbone(cfg.backbone)
     backbone, hf_tokenizer = load_backbone(ref, dtype=dtype, random_init=cfg.random_init,
                                            attention=pick_attention(cfg.attention, device))
+    if cfg.fused_norm:
+        fused = fuse_rms_norms(backbone)
+        log.debug("fused %d RMSNorm modules", fused)
     if cfg.train_backbone == "lora":
         from peft import LoraConfig, get_peft_model
 
