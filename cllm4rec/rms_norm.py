@@ -9,8 +9,12 @@ weight Parameter and names, so state dicts, checkpoints, LoRA and ZeRO-3 partiti
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 # Classes computing weight * (x_fp32 * rsqrt(mean(x²) + eps)).to(x.dtype); Gemma's (1 + weight) is not one.
 LLAMA_STYLE_RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "MixtralRMSNorm"})
@@ -59,11 +63,31 @@ class FusedRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
+def computes_the_same(module: nn.Module) -> bool:
+    """Whether `module` gives the fused function's output, bit for bit, on a probe batch (drawn from a
+    private generator: the global random stream is left as it was)."""
+    weight = module.weight
+    probe = torch.randn(3, weight.shape[-1], generator=torch.Generator().manual_seed(0)).mul_(3)
+    probe = probe.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        return torch.equal(module(probe), RMSNormFunction.apply(probe, weight, module.variance_epsilon))
+
+
 def fuse_rms_norms(model: nn.Module) -> int:
     """Replace every LLaMA-style RMSNorm module of `model` by a `FusedRMSNorm` sharing its weight.
-    Returns how many were replaced (0 for backbones without one, e.g. GPT-2's LayerNorms)."""
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module).__name__ in LLAMA_STYLE_RMS_NORMS]
+    Returns how many were replaced (0 for backbones without one, e.g. GPT-2's LayerNorms). A class
+    whose forward does not match the fused one on a probe (say, a later transformers release that
+    changed it) is left as it is, with a warning."""
+    candidates = [(name, module) for name, module in model.named_modules()
+                  if type(module).__name__ in LLAMA_STYLE_RMS_NORMS]
+    matching: dict[type, bool] = {}
+    for _, module in candidates:
+        if type(module) not in matching:
+            matching[type(module)] = computes_the_same(module)
+            if not matching[type(module)]:
+                log.warning("%s does not compute LLaMA's RMSNorm here; its modules keep transformers' forward",
+                            type(module).__name__)
+    targets = [(name, module) for name, module in candidates if matching[type(module)]]
     for name, module in targets:
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

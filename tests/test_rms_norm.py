@@ -80,8 +80,9 @@ def test_function_leaves_an_fp32_input_untouched():
     assert torch.equal(x, before)
 
 
-def test_fuse_swaps_every_llama_norm_and_keeps_weights_and_names(tiny_llama, tiny_gpt2):
-    backbone, _ = load_backbone(str(tiny_llama), dtype=torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fuse_swaps_every_llama_norm_and_keeps_weights_and_names(tiny_llama, tiny_gpt2, dtype):
+    backbone, _ = load_backbone(str(tiny_llama), dtype=dtype)
     names, weights = list(backbone.state_dict()), [p for p in backbone.parameters()]
     ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -107,3 +108,22 @@ def test_fused_norm_follows_the_config(planted_dataset, tiny_llama, tmp_path):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, tmp_path, **{"model.fused_norm": value}))
         norms = [m for m in build_run(config).model.backbone.modules() if "RMSNorm" in type(m).__name__]
         assert norms and all(type(m) is kind for m in norms)
+
+
+def test_a_norm_class_that_computes_something_else_is_left_alone(caplog):
+    """A class on the list whose forward differs (here Gemma's (1 + weight) scaling under a LLaMA name)
+    keeps its own forward, with a warning; the global random stream is not drawn from."""
+    class LlamaRMSNorm(torch.nn.Module):  # noqa: N801 - the name is what the swap looks for
+        def __init__(self):
+            super().__init__()
+            self.weight, self.variance_epsilon = torch.nn.Parameter(torch.zeros(8)), 1e-6
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon) * (1 + self.weight)
+
+    model = torch.nn.Sequential(LlamaRMSNorm(), LlamaRMSNorm())
+    state = torch.get_rng_state()
+    assert fuse_rms_norms(model) == 0
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(type(m) is LlamaRMSNorm for m in model)
+    assert "does not compute LLaMA's RMSNorm" in caplog.text
