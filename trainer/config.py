@@ -70,7 +70,7 @@ class ModelConfig:
     fused_norm: bool = True
     """LLaMA-family backbones (SmolLM2, Llama, Mistral, Qwen2): each RMSNorm runs as one autograd function
     with a hand-written backward (cllm4rec/rms_norm.py) instead of transformers' chain of elementwise ops —
-    the same forward bit for bit, gradients equal to rounding (tested); SmolLM2's finetuning step ~9%
+    the same forward bit for bit, gradients equal to rounding (tested); SmolLM2's finetuning step 11–12%
     faster on a CPU ([performance.md](performance.md)). No effect on other backbones (GPT-2)."""
     compile: bool = False
     """`torch.compile` the backbone body (inductor, dynamic shapes; plain engine only — an error under
