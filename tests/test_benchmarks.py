@@ -40,12 +40,12 @@ def test_catalogue_scale_benchmark_with_a_chosen_batch():
     assert "L-step 3x64 items, finetuning 5 users" in out
     compared = [row for row in table_rows(out) if len(row) == 6]
     assert [row[2] for row in compared] == ["collab", "rec"] and all(float(row[5]) > 0 for row in compared)
-    steps = [row for row in table_rows(out) if len(row) == 10]
+    timed = [row for row in table_rows(out) if len(row) == 11]
     memory = [row for row in table_rows(out) if len(row) == 10 and row[-1] in ("yes", "NO")]
-    timed = [row for row in steps if row not in memory]
     assert sorted((row[2], row[3]) for row in timed) == [("fused", "collab"), ("fused", "rec"),
                                                           ("plain", "collab"), ("plain", "rec")]
     assert all(float(row[6]) > 0 for row in timed)  # step / floor
+    assert "| Adam (s) | Adam / floor |" in out and all(float(row[8]) > 0 for row in timed)
     assert len(memory) == 4
 
 
