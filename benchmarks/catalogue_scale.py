@@ -125,8 +125,7 @@ def worker(args: argparse.Namespace) -> dict:
             def run_step() -> None:
                 model.table_gradients = sink
                 for name, module in norms[norm]:
-                    parent, _, attribute = name.rpartition(".")
-                    setattr(backbone.get_submodule(parent), attribute, module)
+                    backbone.set_submodule(name, module)
                 engine.train_step(task, dict(batch), task)
             return run_step
 

@@ -90,7 +90,5 @@ def fuse_rms_norms(model: nn.Module) -> int:
                             type(module).__name__)
     targets = [(name, module) for name, module in candidates if matching[type(module)]]
     for name, module in targets:
-        parent_name, _, attribute = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attribute, FusedRMSNorm(module.weight, module.variance_epsilon))
+        model.set_submodule(name, FusedRMSNorm(module.weight, module.variance_epsilon))
     return len(targets)
