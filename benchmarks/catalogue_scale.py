@@ -14,25 +14,30 @@ backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at
 [512, K] @ [K, 4096] fp32 product, both measured in the worker process just before and just after
 the timed steps; the floor uses the best rate any worker of the invocation measured for the same
 shapes (this VM's bf16 rate has two modes 3x apart, so one worker's measurements may all be slow).
-The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). "Adam"
-is one optimizer step over the trained tables alone (memory-bound, not part of the FLOP floor); where
+The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). s/step
+is the median of the timed steps. Both products are also timed briefly between every two timed
+steps: "ratio at adjacent rates" is the median over steps of step time / the floor at the mean of
+the rates measured just before and just after that step (the hardware's rate at that moment, so
+the mode the VM was in cancels out; the JSON keeps each step's time and rates). "Adam" is one
+optimizer step over the trained tables alone (memory-bound, not part of the FLOP floor); where
 "Adam / floor" exceeds 0.3, that pass alone keeps the step above 1.3x its floor.
 
 Variants: "fused" is the shipped path (fused item softmax, fused Adam, table gradients in kept
-buffers, fused RMSNorm); "plain" is the reference it replaced (whole [rows, J] logits through autograd,
-per-tensor Adam, autograd's fresh table gradients, transformers' RMSNorm modules). `--compare WHAT` also
-times the fused path's steps with one part of it undone, the two interleaved in the same worker (then
-each s/step is the median of the interleaved steps): `kept-gradients` against autograd's fresh table
-gradients (cllm4rec/table_gradients.py), `fused-norm` against transformers' RMSNorm modules
-(cllm4rec/rms_norm.py). `--compile` runs the
-backbone body through torch.compile (model.compile; an untimed first step compiles),
-`--activation-checkpointing` recomputes each backbone layer in backward (model.activation_checkpointing).
+buffers, fused RMSNorm); "plain" is the reference it replaced (whole [rows, J] logits through
+autograd, per-tensor Adam, autograd's fresh table gradients, transformers' RMSNorm modules).
+`--compare WHAT` also times the fused path's steps with one part of it undone, the two interleaved
+in the same worker: `kept-gradients` against autograd's fresh table gradients
+(cllm4rec/table_gradients.py), `fused-norm` against transformers' RMSNorm modules
+(cllm4rec/rms_norm.py). `--compile` runs the backbone body through torch.compile (model.compile; an
+untimed first step compiles), `--activation-checkpointing` recomputes each backbone layer in
+backward (model.activation_checkpointing).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +76,7 @@ def worker(args: argparse.Namespace) -> dict:
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
     from cllm4rec.tokenization import Document, IdTokenizer
     from cllm4rec.table_gradients import TableGradients
-    from common import backbone_flops_per_token, interleaved_medians, matmul_rate, seconds
+    from common import backbone_flops_per_token, matmul_rate, product_rate_probe, seconds
     from data_prep.assets import resolve_backbone
     from trainer.build import pick_attention, pick_dtype
     from trainer.data import pad_documents
@@ -129,19 +134,27 @@ def worker(args: argparse.Namespace) -> dict:
                 engine.train_step(task, dict(batch), task)
             return run_step
 
+        probes = product_rate_probe(tokens, dim, 4 * dim, dtype), product_rate_probe(512, dim, 4096, torch.float32)
+
+        def probe() -> tuple[float, float]:  # a quick look at both rates between two timed steps
+            return probes[0](), probes[1]()
+
         rates = [backbone_and_head_rates()]
         undone = {"kept-gradients": step_with(None), "fused-norm": step_with(model.table_gradients, "transformers")}
+        calls = {"shipped": step_with(model.table_gradients)}
         if args.compare and args.variant == "fused":  # the same steps with one part undone, interleaved
-            compared = interleaved_medians({"shipped": step_with(model.table_gradients), "undone": undone[args.compare]},
-                                           args.steps)
-            step, undone_seconds = compared["shipped"], compared["undone"]
-        else:
-            step, undone_seconds = seconds(lambda: engine.train_step(task, dict(batch), task), args.steps), None
+            calls["undone"] = undone[args.compare]
+        timed = probed_steps(calls, args.steps, probe)
         rates.append(backbone_and_head_rates())
         backbone_rate, head_rate = (max(r) for r in zip(*rates))  # this VM's rate drifts: the better one
         floor = backbone_flops / backbone_rate + head_flops / head_rate
+        step = statistics.median(t for t, _, _ in timed["shipped"])
+        undone_seconds = statistics.median(t for t, _, _ in timed["undone"]) if "undone" in timed else None
+        own_ratio = statistics.median(t / (backbone_flops / b + head_flops / h) for t, b, h in timed["shipped"])
         adam = seconds(lambda: engine.optimizer.step(), 2)
         out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
+                              "ratio_at_adjacent_rates": own_ratio,
+                              "steps_seconds_and_adjacent_gflops": [[t, b / 1e9, h / 1e9] for t, b, h in timed["shipped"]],
                               "undone_seconds": undone_seconds,
                               "tokens": tokens, "softmax_rows": rows, "backbone_gflops": backbone_rate / 1e9,
                               "head_gflops": head_rate / 1e9, "gflops_before_after": [[r / 1e9 for r in pair] for pair in rates],
@@ -152,6 +165,28 @@ def worker(args: argparse.Namespace) -> dict:
     out.update(table_bytes=tables, optimizer_state_bytes=state, peak_rss_bytes=peak_rss_mib() * 2**20,
                built_rss_bytes=built_rss)
     return out
+
+
+def probed_steps(calls: dict[str, Callable[[], object]], repeats: int,
+                 probe: Callable[[], tuple[float, float]]) -> dict[str, list[tuple[float, float, float]]]:
+    """Time `repeats` rounds of one call of each function (order rotating between rounds, after one
+    untimed call each), with `probe` (the backbone's and the head's reference product rates, FLOP/s)
+    run between every two timed calls. Each call → [(seconds, backbone rate, head rate)], the rates
+    the mean of the probes just before and just after it: the rate the hardware gave at that moment."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    timed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+    before = probe()
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            took = time.perf_counter() - start
+            after = probe()
+            timed[name].append((took, (before[0] + after[0]) / 2, (before[1] + after[1]) / 2))
+            before = after
+    return timed
 
 
 def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Path) -> dict:
@@ -221,13 +256,13 @@ def main() -> None:
     floors_at_best_rates(results)
     print(f"\n{args.users:,} users; L-step {args.collab_docs}x{COLLAB_ITEMS} items, finetuning {args.rec_users} users; "
           f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
-    print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | Adam (s) | Adam / floor | "
-          "head fp32 GFLOP/s | backbone GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | ratio at adjacent rates | Adam (s) | "
+          "Adam / floor | head fp32 GFLOP/s | backbone GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for task, s in r["steps"].items():
             print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
-                  f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['adam_seconds']:.3f} | "
+                  f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['ratio_at_adjacent_rates']:.2f} | {s['adam_seconds']:.3f} | "
                   f"{s['adam_seconds'] / s['floor_seconds']:.2f} | {s['head_gflops']:.0f} | {s['backbone_gflops']:.0f} |")
     compared = [(r, task, s) for r in results for task, s in r["steps"].items() if s["undone_seconds"]]
     if compared:

@@ -67,6 +67,26 @@ def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 10, t
     return 2 * m * k * n / statistics.median(seconds(lambda: a @ b, repeats) for _ in range(trials))
 
 
+def product_rate_probe(m: int, k: int, n: int, dtype: torch.dtype, timings: int = 3) -> Callable[[], float]:
+    """A quick look at the [m, k] @ [k, n] product rate in `dtype` (FLOP/s), for use between timed
+    steps: operands and output are made once; each call runs the product once untimed (caches, pages),
+    then `timings` times, and returns the best of those rates (a rate caught low would flatter a
+    ratio to its floor; the best errs the other way)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
+
+    def probe() -> float:
+        torch.mm(a, b, out=out)
+        fastest = float("inf")
+        for _ in range(timings):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            fastest = min(fastest, time.perf_counter() - start)
+        return 2 * m * k * n / fastest
+    return probe
+
+
 def backbone_flops_per_token(decoder: torch.nn.Module, seq_len: int) -> float:
     """FLOPs per token of one forward + input-gradient backward of a frozen decoder (no weight
     gradients): 4 × its non-embedding matrix parameters (2 forward, 2 backward) + attention scores and

@@ -51,11 +51,14 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
 
     With c_r target pairs on row r, loss = Σ_r c_r·lse_r − Σ_pairs logit_rj and the gradient of the
     logits is c_r·p_r − (the row's one-hots), so d/dh_r = c_r Σ_j p_rj w_j − Σ_pairs w_j and
-    d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in chunks of block_elements / J; a chunk's item
-    axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max, exp in place,
-    block sum. Pass 2, per block: scale the stored exps into c_r·p_r by one factor per (row, block)
-    and multiply them into both gradients (2·K FLOPs each, twice). Each logit is built and
-    exponentiated once, nothing is recomputed in backward (which only scales the stored gradients).
+    d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in equal chunks of at most block_elements / J;
+    a chunk's item axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max,
+    exp in place, block sum. Pass 2, per block: multiply the stored exps e into both gradients (2·K
+    FLOPs each, twice); c_r·p_r = f_rb·e with one factor f per (row, block), which scales either the
+    block in place or, where 2·K is under the block's width, the small [rows, K] operands instead:
+    grad_h += f·(e @ w_block), grad_w_block += eᵀ @ (f·h).
+    Each logit is built and exponentiated once, nothing is recomputed in backward (which only scales
+    the stored gradients).
 
     No subnormal float is made (on a CPU each costs ~50× a normal one: logits spread over more than
     ~87 made a call 10× slower): a logit more than d = −2·ln(eps) below its block's max (31.8 in fp32)
@@ -78,15 +81,17 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
             grad_w = kept if kept is not None else torch.empty_like(w, memory_format=torch.contiguous_format)
             if not n_rows:
                 grad_w.zero_()
-        chunk = max(1, min(n_rows, block_elements // max(n_items, 1)))
-        width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
+        most = max(1, block_elements // max(n_items, 1))  # rows whose logits fit in memory at once
+        n_chunks = max(1, math.ceil(n_rows / most))  # row chunks of equal sizes (±1): no thin last one
+        bounds = [n_rows * i // n_chunks for i in range(n_chunks + 1)]
+        width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // max(1, math.ceil(n_rows / n_chunks))))
         starts = list(range(0, n_items, width))
         # no subnormals (see above): exps clamped at e^−depth = eps², factors under least_factor dropped
         depth = -2 * math.log(torch.finfo(dtype).eps)
         least_factor = torch.finfo(dtype).tiny * math.exp(2 * depth)
         lse_sum = h.new_zeros(())
-        for r0 in range(0, n_rows, chunk):
-            part, c = h[r0 : r0 + chunk], counts[r0 : r0 + chunk]
+        for r0, r1 in zip(bounds, bounds[1:]):
+            part, c = h[r0:r1], counts[r0:r1]
             n = part.shape[0]
             store = workspace(len(starts) * n * width, h.device, dtype).view(len(starts), n * width)
             peaks, sums = h.new_empty(len(starts), n), h.new_empty(len(starts), n)  # per (block, row)
@@ -105,14 +110,19 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
             if need_h or need_w:
                 factors = relative.mul_(c / total)  # c_r·exp(peak_b − lse_r) [B, n]
                 factors.masked_fill_(factors < least_factor, 0.0)
-                grad_part = grad_h[r0 : r0 + chunk] if need_h else None
+                grad_part = grad_h[r0:r1] if need_h else None
+                scale_operands = 2 * h.shape[1] < width  # scale [n, K] twice rather than the [n, width] block
+                mixed = h.new_empty(n, h.shape[1]) if need_h and scale_operands else None  # e @ w_block
                 for b, s0 in enumerate(starts):
-                    rows_w = w[s0 : s0 + width]
-                    probs = blocks[b].mul_(factors[b, :, None])
-                    if need_h:
-                        grad_part.addmm_(probs, rows_w)
+                    rows_w, scale = w[s0 : s0 + width], factors[b, :, None]
+                    # the block's exps, and the rows of h they multiply: one of the two scaled by f
+                    exps, rows_h = (blocks[b], part * scale) if scale_operands else (blocks[b].mul_(scale), part)
+                    if need_h and scale_operands:
+                        grad_part.addcmul_(torch.mm(exps, rows_w, out=mixed), scale)
+                    elif need_h:
+                        grad_part.addmm_(exps, rows_w)
                     if need_w:  # beta 0: the first chunk overwrites (the buffer is not zeroed)
-                        grad_w[s0 : s0 + width].addmm_(probs.t(), part, beta=float(r0 > 0))
+                        grad_w[s0 : s0 + width].addmm_(exps.t(), rows_h, beta=float(r0 > 0))
         if need_h:
             grad_h.index_add_(0, rows, w[items], alpha=-1)
         if need_w:

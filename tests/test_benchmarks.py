@@ -40,21 +40,43 @@ def test_catalogue_scale_benchmark_with_a_chosen_batch():
     assert "L-step 3x64 items, finetuning 5 users" in out
     compared = [row for row in table_rows(out) if len(row) == 6]
     assert [row[2] for row in compared] == ["collab", "rec"] and all(float(row[5]) > 0 for row in compared)
-    timed = [row for row in table_rows(out) if len(row) == 11]
+    timed = [row for row in table_rows(out) if len(row) == 12]
     memory = [row for row in table_rows(out) if len(row) == 10 and row[-1] in ("yes", "NO")]
     assert sorted((row[2], row[3]) for row in timed) == [("fused", "collab"), ("fused", "rec"),
                                                           ("plain", "collab"), ("plain", "rec")]
-    assert all(float(row[6]) > 0 for row in timed)  # step / floor
-    assert "| Adam (s) | Adam / floor |" in out and all(float(row[8]) > 0 for row in timed)
+    assert all(float(row[6]) > 0 and float(row[7]) > 0 for row in timed)  # step / floor, at best and adjacent rates
+    assert "| Adam (s) | Adam / floor |" in out and all(float(row[9]) > 0 for row in timed)
     assert len(memory) == 4
 
 
-def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes():
+def catalogue_scale():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from catalogue_scale import floors_at_best_rates
+        import catalogue_scale
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return catalogue_scale
+
+
+def test_catalogue_scale_pairs_each_step_with_the_rates_probed_around_it():
+    log, probes = [], iter([(100.0, 10.0), (300.0, 30.0), (500.0, 50.0), (700.0, 70.0), (900.0, 90.0)])
+
+    def call(name: str):
+        return lambda: log.append(name)
+
+    def probe() -> tuple[float, float]:
+        log.append("probe")
+        return next(probes)
+
+    timed = catalogue_scale().probed_steps({"a": call("a"), "b": call("b")}, 2, probe)
+    assert log == ["a", "b", "probe", "a", "probe", "b", "probe", "b", "probe", "a", "probe"]
+    assert [(b, h) for _, b, h in timed["a"]] == [(200.0, 20.0), (800.0, 80.0)]  # the probes either side
+    assert [(b, h) for _, b, h in timed["b"]] == [(400.0, 40.0), (600.0, 60.0)]
+    assert all(t >= 0 for runs in timed.values() for t, _, _ in runs)
+
+
+def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes():
+    floors_at_best_rates = catalogue_scale().floors_at_best_rates
 
     def result(items: int, tokens: int, backbone_gflops: float, head_gflops: float) -> dict:
         step = {"seconds": 2.0, "tokens": tokens, "backbone_tflop": 1.0, "head_tflop": 0.2, "floor_seconds": 9.0,
