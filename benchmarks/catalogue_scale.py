@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import REPO, backbone_ref, gib
+from common import REPO, backbone_ref, gib, probed_steps
 
 DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:10000", "smollm2-135m:100000"]
 COLLAB_ITEMS, REC_PROMPT, REC_TARGETS = 64, 48, 12  # items per L-step document; prompt and target items per user
@@ -165,28 +165,6 @@ def worker(args: argparse.Namespace) -> dict:
     out.update(table_bytes=tables, optimizer_state_bytes=state, peak_rss_bytes=peak_rss_mib() * 2**20,
                built_rss_bytes=built_rss)
     return out
-
-
-def probed_steps(calls: dict[str, Callable[[], object]], repeats: int,
-                 probe: Callable[[], tuple[float, float]]) -> dict[str, list[tuple[float, float, float]]]:
-    """Time `repeats` rounds of one call of each function (order rotating between rounds, after one
-    untimed call each), with `probe` (the backbone's and the head's reference product rates, FLOP/s)
-    run between every two timed calls. Each call → [(seconds, backbone rate, head rate)], the rates
-    the mean of the probes just before and just after it: the rate the hardware gave at that moment."""
-    names = list(calls)
-    for name in names:
-        calls[name]()
-    timed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
-    before = probe()
-    for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            start = time.perf_counter()
-            calls[name]()
-            took = time.perf_counter() - start
-            after = probe()
-            timed[name].append((took, (before[0] + after[0]) / 2, (before[1] + after[1]) / 2))
-            before = after
-    return timed
 
 
 def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Path) -> dict:

@@ -44,19 +44,31 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall seconds per call of each function: one untimed call each, then `repeats` rounds
-    that time one call of every function, in an order that rotates from round to round."""
+def probed_steps(calls: dict[str, Callable[[], object]], repeats: int,
+                 probe: Callable[[], tuple[float, ...]] = tuple) -> dict[str, list[tuple[float, ...]]]:
+    """Time `repeats` rounds of one call of each function (after one untimed call each; the order
+    rotates from round to round), running `probe` between every two timed calls. Each function →
+    [(seconds, *rates)] per call, the rates the mean of what `probe` returned just before and just
+    after that call (catalogue_scale probes product rates: the hardware's rate at that moment)."""
     names = list(calls)
     for name in names:
         calls[name]()
-    times = {name: [] for name in names}
+    timed: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
+    before = probe()
     for round_ in range(repeats):
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             start = time.perf_counter()
             calls[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            took = time.perf_counter() - start
+            after = probe()
+            timed[name].append((took, *((x + y) / 2 for x, y in zip(before, after))))
+            before = after
+    return timed
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds per call of each function, timed interleaved by `probed_steps` (no probe)."""
+    return {name: statistics.median(t for t, *_ in runs) for name, runs in probed_steps(calls, repeats).items()}
 
 
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 10, trials: int = 5) -> float:

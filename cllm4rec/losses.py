@@ -84,7 +84,8 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
         most = max(1, block_elements // max(n_items, 1))  # rows whose logits fit in memory at once
         n_chunks = max(1, math.ceil(n_rows / most))  # row chunks of equal sizes (±1): no thin last one
         bounds = [n_rows * i // n_chunks for i in range(n_chunks + 1)]
-        width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // max(1, math.ceil(n_rows / n_chunks))))
+        chunk = max(1, math.ceil(n_rows / n_chunks))  # the largest chunk's rows
+        width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
         starts = list(range(0, n_items, width))
         # no subnormals (see above): exps clamped at e^−depth = eps², factors under least_factor dropped
         depth = -2 * math.log(torch.finfo(dtype).eps)
