@@ -8,17 +8,22 @@ A size is BACKBONE:ITEMS with 100,000 users (--users). Each (size, variant, step
 process (for its own peak RSS; "built" is the resident memory before the first step), one after
 another; run nothing else meanwhile. Fixed batches: the L-step has 8 documents of 64 items (512
 main-part tokens, 522 in all; `--collab-docs`); the finetuning step 32 users (`--rec-users`) with
-48 prompt items and 12 target items each. The floor of a step = backbone FLOPs (forward + input-gradient
-backward: `common.backbone_flops_per_token`) at the rate of an [tokens, K] @ [K, 4K] product in the
-backbone dtype + 6·K·J FLOPs per item-softmax row (main-part token or user) at the rate of an
-[512, K] @ [K, 4096] fp32 product, both measured in the worker process just before and just after
-the timed steps; the floor uses the best rate any worker of the invocation measured for the same
-shapes (this VM's bf16 rate has two modes 3x apart, so one worker's measurements may all be slow).
-The table shows those best rates; the JSON keeps each worker's own (`gflops_before_after`). s/step
-is the median of the timed steps. Both products are also timed briefly between every two timed
-steps: "ratio at adjacent rates" is the median over steps of step time / the floor at the mean of
-the rates measured just before and just after that step (the hardware's rate at that moment, so
-the mode the VM was in cancels out; the JSON keeps each step's time and rates). "Adam" is one
+48 prompt items and 12 target items each. The floor of a step is the time of its three kinds of
+multiply-adds, each at the rate of a reference product in its own dtype:
+- backbone FLOPs (forward + input-gradient backward: `common.backbone_flops_per_token`) at the rate of an
+  [tokens, K] @ [K, 4K] product in the backbone dtype;
+- the item logits, 2·K·J FLOPs per item-softmax row (main-part token or user), at the rate of an
+  [512, K] @ [K, 4096] fp32 product;
+- the item head's two gradient products, 4·K·J FLOPs per row, at the rate of the same product in the head's
+  gradient dtype (model.head_gradient_dtype: bf16 with a bf16 backbone unless `--head-gradient-dtype`).
+The rates are measured in the worker process just before and just after the timed steps; the floor uses
+the best rate any worker of the invocation measured for the same product (this VM's bf16 rate has two
+modes 3x apart, so one worker's measurements may all be slow). The table shows those best rates; the
+JSON keeps each worker's own (`gflops_before_after`). s/step is the median of the timed steps. The
+products are also timed briefly between every two timed steps: "ratio at adjacent rates" is the median
+over steps of step time / the floor at the mean of the rates measured just before and just after that
+step (the hardware's rate at that moment, so the mode the VM was in cancels out; the JSON keeps each
+step's time and rates). "Adam" is one
 optimizer step over the trained tables alone (memory-bound, not part of the FLOP floor); where
 "Adam / floor" exceeds 0.3, that pass alone keeps the step above 1.3x its floor.
 
@@ -28,8 +33,9 @@ autograd, per-tensor Adam, autograd's fresh table gradients, transformers' RMSNo
 `--compare WHAT` also times the fused path's steps with one part of it undone, the two interleaved
 in the same worker: `kept-gradients` against autograd's fresh table gradients
 (cllm4rec/table_gradients.py), `fused-norm` against transformers' RMSNorm modules
-(cllm4rec/rms_norm.py). `--compile` runs the backbone body through torch.compile (model.compile; an
-untimed first step compiles), `--activation-checkpointing` recomputes each backbone layer in
+(cllm4rec/rms_norm.py), `bf16-head` against the item head's gradient products in fp32
+(model.head_gradient_dtype). `--compile` runs the backbone body through torch.compile (model.compile;
+an untimed first step compiles), `--activation-checkpointing` recomputes each backbone layer in
 backward (model.activation_checkpointing).
 """
 from __future__ import annotations
@@ -43,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from common import REPO, backbone_ref, gib, probed_steps
 
@@ -51,7 +57,7 @@ DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:1000
 COLLAB_ITEMS, REC_PROMPT, REC_TARGETS = 64, 48, 12  # items per L-step document; prompt and target items per user
 
 
-def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None, sink=None):
+def plain_item_softmax_nll_sum(hidden, table, rows, items, block_elements=None, sink=None, gradient_dtype=None):
     """The reference the fused kernel replaced: whole [M, J] logits, log-softmax and autograd."""
     import torch
 
@@ -65,12 +71,17 @@ def current_rss_bytes() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
 
+def product_name(m: int, k: int, n: int, dtype) -> str:
+    return f"[{m}, {k}] @ [{k}, {n}] {str(dtype).removeprefix('torch.')}"
+
+
 def worker(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
     import cllm4rec.model
     from cllm4rec.backbone import load_backbone
+    from cllm4rec.losses import NARROW_PRODUCTS_MIN_ROWS
     from cllm4rec.model import CLLM4Rec
     from cllm4rec.rms_norm import LLAMA_STYLE_RMS_NORMS, fuse_rms_norms
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
@@ -78,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict:
     from cllm4rec.table_gradients import TableGradients
     from common import backbone_flops_per_token, matmul_rate, product_rate_probe, seconds
     from data_prep.assets import resolve_backbone
-    from trainer.build import pick_attention, pick_dtype
+    from trainer.build import pick_attention, pick_dtype, pick_head_gradient_dtype
     from trainer.data import pad_documents
     from trainer.engine import PlainEngine, SkipInactiveGroups, peak_rss_mib
 
@@ -90,7 +101,12 @@ def worker(args: argparse.Namespace) -> dict:
     if args.variant != "plain":  # model.fused_norm, as trainer/build.py does by default
         fuse_rms_norms(backbone)
     norms["fused"] = [(n, backbone.get_submodule(n)) for n, _ in norms["transformers"]]
-    model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0)
+    # the plain path's whole-logits head has no gradient products of its own: fp32 through autograd
+    head_dtype = pick_head_gradient_dtype(args.head_gradient_dtype, dtype) if args.variant != "plain" else torch.float32
+    softmax_rows = args.collab_docs * COLLAB_ITEMS if args.task == "collab" else args.rec_users
+    # what the products run in: the kernel keeps fp32 for calls of fewer rows (cllm4rec/losses.py)
+    products_dtype = head_dtype if softmax_rows >= NARROW_PRODUCTS_MIN_ROWS else torch.float32
+    model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0, head_gradient_dtype=head_dtype)
     tok = IdTokenizer(hf_tok, model.vocab_rows, args.users, args.items)
     if args.activation_checkpointing:
         model.enable_activation_checkpointing()
@@ -114,51 +130,60 @@ def worker(args: argparse.Namespace) -> dict:
     built_rss = current_rss_bytes()  # runtime, backbone, tables and batches, before any step
     decoder, dim = model.decoder, model.dim
     out = {"backbone": args.backbone, "items": args.items, "users": args.users,
-           "variant": args.variant + ("+compile" if args.compile else "") + ("+ckpt" if args.activation_checkpointing else ""),
+           "variant": args.variant + ("+compile" if args.compile else "") + ("+ckpt" if args.activation_checkpointing else "")
+           + ("+bf16-head" if products_dtype == torch.bfloat16 else ""),
            "dtype": str(dtype).removeprefix("torch."), "dim": dim, "steps": {}}
-    for task, batch, rows in (("collab", collab, args.collab_docs * COLLAB_ITEMS), ("rec", rec, args.rec_users)):
-        if task != args.task:
-            continue
-        tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
-        backbone_flops = backbone_flops_per_token(decoder, seq_len) * tokens
-        head_flops = 6 * dim * args.items * rows
-        engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
-        def backbone_and_head_rates() -> tuple[float, float]:
-            return matmul_rate(tokens, dim, 4 * dim, dtype), matmul_rate(512, dim, 4096, torch.float32)
+    task, rows = args.task, softmax_rows
+    batch = collab if task == "collab" else rec
+    tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
+    # each kind of multiply-add: (FLOPs, the reference product [m, k] @ [k, n] in a dtype timed for its rate)
+    parts = {"backbone": (backbone_flops_per_token(decoder, seq_len) * tokens, (tokens, dim, 4 * dim, dtype)),
+             "logits": (2 * dim * args.items * rows, (512, dim, 4096, torch.float32)),
+             "gradients": (4 * dim * args.items * rows, (512, dim, 4096, products_dtype))}
+    products = list(dict.fromkeys(product for _, product in parts.values()))  # the distinct ones
 
-        def step_with(sink: TableGradients | None, norm: str = "fused") -> Callable[[], object]:
-            def run_step() -> None:
-                model.table_gradients = sink
-                for name, module in norms[norm]:
-                    backbone.set_submodule(name, module)
-                engine.train_step(task, dict(batch), task)
-            return run_step
+    def floor_at(rates: Sequence[float]) -> float:  # seconds; rates in FLOP/s, one per product
+        rate_of = dict(zip(products, rates))
+        return sum(flops / rate_of[product] for flops, product in parts.values())
 
-        probes = product_rate_probe(tokens, dim, 4 * dim, dtype), product_rate_probe(512, dim, 4096, torch.float32)
+    engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
 
-        def probe() -> tuple[float, float]:  # a quick look at both rates between two timed steps
-            return probes[0](), probes[1]()
+    def step_with(sink: TableGradients | None, norm: str = "fused", head: torch.dtype = head_dtype) -> Callable[[], object]:
+        def run_step() -> None:
+            model.table_gradients, model.head_gradient_dtype = sink, head
+            for name, module in norms[norm]:
+                backbone.set_submodule(name, module)
+            engine.train_step(task, dict(batch), task)
+        return run_step
 
-        rates = [backbone_and_head_rates()]
-        undone = {"kept-gradients": step_with(None), "fused-norm": step_with(model.table_gradients, "transformers")}
-        calls = {"shipped": step_with(model.table_gradients)}
-        if args.compare and args.variant == "fused":  # the same steps with one part undone, interleaved
-            calls["undone"] = undone[args.compare]
-        timed = probed_steps(calls, args.steps, probe)
-        rates.append(backbone_and_head_rates())
-        backbone_rate, head_rate = (max(r) for r in zip(*rates))  # this VM's rate drifts: the better one
-        floor = backbone_flops / backbone_rate + head_flops / head_rate
-        step = statistics.median(t for t, _, _ in timed["shipped"])
-        undone_seconds = statistics.median(t for t, _, _ in timed["undone"]) if "undone" in timed else None
-        own_ratio = statistics.median(t / (backbone_flops / b + head_flops / h) for t, b, h in timed["shipped"])
-        adam = seconds(lambda: engine.optimizer.step(), 2)
-        out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
-                              "ratio_at_adjacent_rates": own_ratio,
-                              "steps_seconds_and_adjacent_gflops": [[t, b / 1e9, h / 1e9] for t, b, h in timed["shipped"]],
-                              "undone_seconds": undone_seconds,
-                              "tokens": tokens, "softmax_rows": rows, "backbone_gflops": backbone_rate / 1e9,
-                              "head_gflops": head_rate / 1e9, "gflops_before_after": [[r / 1e9 for r in pair] for pair in rates],
-                              "backbone_tflop": backbone_flops / 1e12, "head_tflop": head_flops / 1e12}
+    probes = [product_rate_probe(*product) for product in products]
+
+    def probe() -> tuple[float, ...]:  # a quick look at every rate between two timed steps
+        return tuple(p() for p in probes)
+
+    rates = [[matmul_rate(*product) for product in products]]
+    undone = {"kept-gradients": step_with(None), "fused-norm": step_with(model.table_gradients, "transformers"),
+              "bf16-head": step_with(model.table_gradients, head=torch.float32)}
+    calls = {"shipped": step_with(model.table_gradients)}
+    if args.compare and args.variant == "fused":  # the same steps with one part undone, interleaved
+        calls["undone"] = undone[args.compare]
+    timed = probed_steps(calls, args.steps, probe)
+    rates.append([matmul_rate(*product) for product in products])
+    best = [max(r) for r in zip(*rates)]  # this VM's rate drifts: the better one
+    floor = floor_at(best)
+    step = statistics.median(t for t, *_ in timed["shipped"])
+    undone_seconds = statistics.median(t for t, *_ in timed["undone"]) if "undone" in timed else None
+    own_ratio = statistics.median(t / floor_at(r) for t, *r in timed["shipped"])
+    adam = seconds(lambda: engine.optimizer.step(), 2)
+    out["steps"][task] = {"seconds": step, "floor_seconds": floor, "ratio": step / floor, "adam_seconds": adam,
+                          "ratio_at_adjacent_rates": own_ratio,
+                          "parts": {name: {"tflop": flops / 1e12, "product": product_name(*product),
+                                           "gflops": best[products.index(product)] / 1e9}
+                                    for name, (flops, product) in parts.items()},
+                          "products": [product_name(*product) for product in products],
+                          "steps_seconds_and_adjacent_gflops": [[t, *(x / 1e9 for x in r)] for t, *r in timed["shipped"]],
+                          "gflops_before_after": [[x / 1e9 for x in r] for r in rates],
+                          "undone_seconds": undone_seconds, "tokens": tokens, "softmax_rows": rows}
     tables = sum(t.numel() * t.element_size() for t in model.id_tables().values())
     state = sum(v.numel() * v.element_size() for s in engine.optimizer.state.values() for v in s.values()
                 if torch.is_tensor(v))
@@ -173,7 +198,7 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
     command = [sys.executable, __file__, "--worker", "--backbone", backbone_ref(name, folder), "--items", items,
                "--users", str(args.users), "--collab-docs", str(args.collab_docs),
                "--rec-users", str(args.rec_users), "--variant", variant, "--task", task, "--steps", str(args.steps),
-               "--dtype", args.dtype, "--out", str(out), *(["--compile"] if args.compile else []),
+               "--dtype", args.dtype, "--head-gradient-dtype", args.head_gradient_dtype, "--out", str(out), *(["--compile"] if args.compile else []),
                *(["--compare", args.compare] if args.compare else []),
                *(["--activation-checkpointing"] if args.activation_checkpointing else [])]
     started = time.perf_counter()
@@ -185,21 +210,19 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
 
 def floors_at_best_rates(results: list[dict]) -> None:
     """Recompute every step's floor at the best rates that any worker of this invocation measured for
-    the same product shapes (the bf16 rate of this VM has two modes 3x apart, stable for minutes, so
-    one worker's own measurements can both fall in the slow one). Keeps `own_floor_seconds`."""
-    def shapes(r: dict, s: dict) -> tuple[tuple, tuple]:  # the backbone's and the head's product
-        return (r["backbone"], r["dtype"], s["tokens"]), (r["backbone"], r["dim"])
-
-    steps = [(r, s) for r in results for s in r["steps"].values()]
-    best: dict[tuple, float] = {}
-    for r, s in steps:
-        for shape, rate in zip(shapes(r, s), (s["backbone_gflops"], s["head_gflops"])):
-            best[shape] = max(best.get(shape, 0.0), rate)
-    for r, s in steps:
-        backbone_shape, head_shape = shapes(r, s)
+    the same product (the bf16 rate of this VM has two modes 3x apart, stable for minutes, so one
+    worker's own measurements can both fall in the slow one). Keeps `own_floor_seconds`."""
+    steps = [(r["backbone"], s) for r in results for s in r["steps"].values()]
+    best: dict[tuple[str, str], float] = {}
+    for backbone, s in steps:
+        for part in s["parts"].values():
+            key = backbone, part["product"]
+            best[key] = max(best.get(key, 0.0), part["gflops"])
+    for backbone, s in steps:
+        for part in s["parts"].values():
+            part["gflops"] = best[backbone, part["product"]]
         s["own_floor_seconds"] = s["floor_seconds"]
-        s["backbone_gflops"], s["head_gflops"] = best[backbone_shape], best[head_shape]
-        s["floor_seconds"] = s["backbone_tflop"] * 1e3 / s["backbone_gflops"] + s["head_tflop"] * 1e3 / s["head_gflops"]
+        s["floor_seconds"] = sum(part["tflop"] * 1e3 / part["gflops"] for part in s["parts"].values())
         s["ratio"] = s["seconds"] / s["floor_seconds"]
 
 
@@ -212,12 +235,14 @@ def main() -> None:
     parser.add_argument("--collab-docs", type=int, default=8, help="documents of 64 items in the L-step batch")
     parser.add_argument("--rec-users", type=int, default=32, help="users (48 prompt + 12 target items) in the finetuning batch")
     parser.add_argument("--dtype", default="auto", help="backbone dtype: auto (bf16 where the CPU has it), float32, bfloat16")
+    parser.add_argument("--head-gradient-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the item head's gradient products (model.head_gradient_dtype; auto: bf16 with a bf16 backbone)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute backbone layers in backward (model.activation_checkpointing)")
-    parser.add_argument("--compare", choices=["kept-gradients", "fused-norm"],
+    parser.add_argument("--compare", choices=["kept-gradients", "fused-norm", "bf16-head"],
                         help="fused path: also time each step with this part undone (autograd's fresh table gradients; "
-                             "transformers' RMSNorm modules), interleaved in the same worker")
+                             "transformers' RMSNorm modules; fp32 head gradient products), interleaved in the same worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
@@ -235,13 +260,14 @@ def main() -> None:
     print(f"\n{args.users:,} users; L-step {args.collab_docs}x{COLLAB_ITEMS} items, finetuning {args.rec_users} users; "
           f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
     print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | ratio at adjacent rates | Adam (s) | "
-          "Adam / floor | head fp32 GFLOP/s | backbone GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "Adam / floor | GFLOP/s: backbone / logits / head gradients |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for task, s in r["steps"].items():
+            rates = " / ".join(f"{part['gflops']:.0f}" for part in s["parts"].values())
             print(f"| {r['name']} ({r['dtype']}) | {r['items']:,} | {r['variant']} | {task} | {s['seconds']:.3f} | "
                   f"{s['floor_seconds']:.3f} | {s['ratio']:.2f} | {s['ratio_at_adjacent_rates']:.2f} | {s['adam_seconds']:.3f} | "
-                  f"{s['adam_seconds'] / s['floor_seconds']:.2f} | {s['head_gflops']:.0f} | {s['backbone_gflops']:.0f} |")
+                  f"{s['adam_seconds'] / s['floor_seconds']:.2f} | {rates} |")
     compared = [(r, task, s) for r in results for task, s in r["steps"].items() if s["undone_seconds"]]
     if compared:
         print(f"\nThe shipped step vs the same with {args.compare} undone, same worker, steps interleaved:\n")

@@ -4,11 +4,14 @@ autograd version and against its FLOP time, in one process.
     .venv/bin/python benchmarks/item_softmax.py
     .venv/bin/python benchmarks/item_softmax.py --shapes 64:1000000 --rows 512
     .venv/bin/python benchmarks/item_softmax.py --scale 2 --baseline old_losses.py   # before / after
+    .venv/bin/python benchmarks/item_softmax.py --gradient-dtype bfloat16 --baseline cllm4rec/losses.py  # bf16 / fp32
 
 For each K:J, `--rows` hidden rows [rows, K] with one target each (the next-item loss) and an item
 table [J, K], fp32, entries N(0, scale²) (logits of std scale²·√K: a scale of 2 spreads them over
-hundreds, past the range where exp() is a normal float). FLOP time = 6·K·J·rows at the median rate
-of a [rows, K] @ [K, 4096] fp32 product measured here. Each time is the median of `--repeats` calls
+hundreds, past the range where exp() is a normal float). FLOP time = 2·K·J·rows (the logits) at the
+median rate of a [rows, K] @ [K, 4096] fp32 product measured here + 4·K·J·rows (the two gradient
+products) at the rate of that product in `--gradient-dtype` (the fused kernel's; a baseline runs with
+its own default, fp32). Each time is the median of `--repeats` calls
 after one untimed, the variants' calls interleaved. `--baseline` also times the
 `item_softmax_nll_sum` of another copy of cllm4rec/losses.py (e.g. `git show REV:cllm4rec/losses.py`).
 Plain is skipped where its [rows, J] logits would exceed `--plain-max-gib`.
@@ -47,11 +50,15 @@ def main() -> None:
     parser.add_argument("--plain-max-gib", type=float, default=2.5)
     parser.add_argument("--scale", type=float, default=0.1, help="std of the hidden and table entries")
     parser.add_argument("--baseline", help="another cllm4rec/losses.py whose kernel is timed alongside")
+    parser.add_argument("--gradient-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the fused kernel's gradient products (item_softmax_nll_sum's gradient_dtype)")
     args = parser.parse_args()
-    kernels = {"fused": item_softmax_nll_sum}
+    gradient_dtype = getattr(torch, args.gradient_dtype)
+    kernels = {"fused": lambda *xs: item_softmax_nll_sum(*xs, gradient_dtype=gradient_dtype)}
     if args.baseline:
         kernels["baseline"] = load_kernel(args.baseline)
-    print(f"\n{args.rows} rows, fp32, entries of std {args.scale}, {os.cpu_count()} CPU threads, "
+    print(f"\n{args.rows} rows, fp32 (fused: {args.gradient_dtype} gradient products), entries of std {args.scale}, "
+          f"{os.cpu_count()} CPU threads, "
           f"median of {args.repeats} interleaved calls after one untimed\n")
     extra = " baseline (s) | baseline / fused |" if args.baseline else ""
     print(f"| K | items | FLOP time (s) | fused (s) | fused / FLOP time |{extra} plain (s) | plain / FLOP time |")
@@ -62,7 +69,8 @@ def main() -> None:
         hidden = (torch.randn(args.rows, dim, generator=gen) * args.scale).requires_grad_()
         table = (torch.randn(n_items, dim, generator=gen) * args.scale).requires_grad_()
         rows, items = torch.arange(args.rows), torch.randint(0, n_items, (args.rows,), generator=gen)
-        flop_time = 6 * dim * n_items * args.rows / matmul_rate(args.rows, dim, 4096, torch.float32)
+        flop_time = (2 * dim * n_items * args.rows / matmul_rate(args.rows, dim, 4096, torch.float32)
+                     + 4 * dim * n_items * args.rows / matmul_rate(args.rows, dim, 4096, gradient_dtype))
         if args.rows * n_items * 4 / 2**30 <= args.plain_max_gib:
             kernels["plain"] = plain
         else:

@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from cllm4rec.table_gradients import TableGradients
 
 
-LOGIT_BLOCK_ELEMENTS = 1 << 27  # fp32 logits held at once (512 MiB): [rows, J] is never built whole
-CACHE_BLOCK_ELEMENTS = 1 << 19  # one [rows, items] block worked on while it sits in cache (2 MiB)
+LOGIT_BLOCK_BYTES = 1 << 29  # stored exps held at once (512 MiB): [rows, J] logits are never built whole
+CACHE_BLOCK_ELEMENTS = 1 << 19  # one [rows, items] fp32 block worked on while it sits in cache (2 MiB)
+# a narrower gradient dtype from this many rows on: with fewer, converting the table's blocks to it costs
+# more than the narrower products save (bf16 on a 2-core AMX CPU: 1.08–1.10x slower at 32 rows, 0.82–0.85x at 64)
+NARROW_PRODUCTS_MIN_ROWS = 64
 _WORKSPACE: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
@@ -31,19 +34,39 @@ def workspace(elements: int, device: torch.device, dtype: torch.dtype) -> torch.
 
 
 def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_rows: torch.Tensor,
-                         target_items: torch.Tensor, block_elements: int = LOGIT_BLOCK_ELEMENTS,
-                         sink: TableGradients | None = None) -> torch.Tensor:
+                         target_items: torch.Tensor, block_elements: int | None = None,
+                         sink: TableGradients | None = None, gradient_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Σ over target pairs (r, j) of −log softmax(hidden @ item_tableᵀ)[r, j]: every item-space loss.
 
     hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32, or fp64 when given);
     the targets are COO pairs target_rows [P] / target_items [P]. The item-space next-token loss has
     one pair per row (target_rows = arange(M)); the multinomial likelihood of finetuning (SPEC 7)
     has a user's whole masked-off set on its row. Returns the scalar sum. Computed by
-    `FusedItemSoftmaxNLL`: exact, 6·K·J FLOPs per row, at most `block_elements` logits in memory.
-    With a `sink`, the table's gradient is written into the sink's kept buffer for the table and handed
-    to the sink in backward (cllm4rec/table_gradients.py) instead of being returned to autograd.
+    `FusedItemSoftmaxNLL`: 6·K·J FLOPs per row, at most `block_elements` exps stored at once (None:
+    512 MiB of them). The loss is exact in the compute dtype. `gradient_dtype` (None: the compute dtype;
+    or bf16) is the dtype of the two gradient products' operands, 4·K·J of those FLOPs, in calls of at
+    least NARROW_PRODUCTS_MIN_ROWS rows: bf16 runs them at bf16 speed (a bf16 backbone's hidden states
+    are bf16 already), the sums still accumulated in the compute dtype, with gradients ~0.1% (relative
+    norm) from the exact ones. With a `sink`, the table's gradient is written into the sink's kept
+    buffer for the table and handed to the sink in backward (cllm4rec/table_gradients.py) instead of
+    being returned to autograd.
     """
-    return FusedItemSoftmaxNLL.apply(hidden, item_table, target_rows, target_items, block_elements, sink)
+    if gradient_dtype not in (None, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"gradient_dtype must be None, bfloat16, float32 or float64, got {gradient_dtype} "
+                         "(float16 cannot hold the exps down to the clamp at eps² of fp32)")
+    return FusedItemSoftmaxNLL.apply(hidden, item_table, target_rows, target_items, block_elements, sink,
+                                     gradient_dtype)
+
+
+def add_product(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool, out: torch.Tensor) -> None:
+    """target (+)= a @ b: in one addmm where a has target's dtype, else through `out` (a's narrower
+    dtype; CPU products have no wider output) and one add or copy into target."""
+    if a.dtype == target.dtype:
+        target.addmm_(a, b, beta=float(accumulate))
+    elif accumulate:
+        target.add_(torch.mm(a, b, out=out))
+    else:
+        target.copy_(torch.mm(a, b, out=out))
 
 
 class FusedItemSoftmaxNLL(torch.autograd.Function):
@@ -53,9 +76,11 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
     logits is c_r·p_r − (the row's one-hots), so d/dh_r = c_r Σ_j p_rj w_j − Σ_pairs w_j and
     d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in equal chunks of at most block_elements / J;
     a chunk's item axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max,
-    exp in place, block sum. Pass 2, per block: multiply the stored exps e into both gradients (2·K
-    FLOPs each, twice); c_r·p_r = f_rb·e with one factor f per (row, block), which scales either the
-    block in place or, where 2·K is under the block's width, the small [rows, K] operands instead:
+    exp in place, block sum, all in the compute dtype; the exps e are stored (rounded to the gradient
+    dtype where that is narrower). Pass 2, per block: multiply the stored exps into both gradients (2·K
+    FLOPs each, twice, operands in the gradient dtype, each product added into a compute-dtype sum);
+    c_r·p_r = f_rb·e with one factor f per (row, block), which scales either the block in place or,
+    where 2·K is under the block's width, the small [rows, K] operands instead:
     grad_h += f·(e @ w_block), grad_w_block += eᵀ @ (f·h).
     Each logit is built and exponentiated once, nothing is recomputed in backward (which only scales
     the stored gradients).
@@ -68,8 +93,13 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor,
-                block_elements: int, sink: TableGradients | None) -> torch.Tensor:
+                block_elements: int | None, sink: TableGradients | None,
+                gradient_dtype: torch.dtype | None) -> torch.Tensor:
         dtype = torch.promote_types(hidden.dtype, torch.float32)
+        narrow = gradient_dtype is not None and hidden.shape[0] >= NARROW_PRODUCTS_MIN_ROWS
+        stored = gradient_dtype if narrow else dtype  # the gradient products' operands, the stored exps among them
+        if block_elements is None:
+            block_elements = LOGIT_BLOCK_BYTES // stored.itemsize
         h, w = hidden.to(dtype), table.to(dtype)
         n_rows, n_items = h.shape[0], w.shape[0]
         counts = torch.bincount(rows, minlength=n_rows).to(dtype)  # c_r [M]
@@ -94,16 +124,19 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
         for r0, r1 in zip(bounds, bounds[1:]):
             part, c = h[r0:r1], counts[r0:r1]
             n = part.shape[0]
-            store = workspace(len(starts) * n * width, h.device, dtype).view(len(starts), n * width)
+            store = workspace(len(starts) * n * width, h.device, stored).view(len(starts), n * width)
+            # a narrower stored dtype: exps made in one cache-sized compute-dtype block, then stored rounded
+            scratch = workspace(n * width, h.device, dtype) if stored != dtype else None
             peaks, sums = h.new_empty(len(starts), n), h.new_empty(len(starts), n)  # per (block, row)
             blocks = []
             for b, s0 in enumerate(starts):
                 rows_w = w[s0 : s0 + width]
-                block = store[b, : n * rows_w.shape[0]].view(n, rows_w.shape[0])
+                kept_block = store[b, : n * rows_w.shape[0]].view(n, rows_w.shape[0])
+                block = kept_block if scratch is None else scratch[: kept_block.numel()].view_as(kept_block)
                 torch.mm(part, rows_w.t(), out=block)
                 torch.amax(block, dim=1, out=peaks[b])
                 torch.sum(block.sub_(peaks[b, :, None]).clamp_(min=-depth).exp_(), dim=1, out=sums[b])
-                blocks.append(block)
+                blocks.append(kept_block if scratch is None else kept_block.copy_(block))
             top = peaks.amax(dim=0)  # [n]
             relative = torch.exp(peaks - top)  # exp(peak_b − max_r) [B, n]
             total = (sums * relative).sum(dim=0)  # Σ_j exp(logit − max_r) [n]
@@ -113,17 +146,20 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
                 factors.masked_fill_(factors < least_factor, 0.0)
                 grad_part = grad_h[r0:r1] if need_h else None
                 scale_operands = 2 * h.shape[1] < width  # scale [n, K] twice rather than the [n, width] block
-                mixed = h.new_empty(n, h.shape[1]) if need_h and scale_operands else None  # e @ w_block
+                part_stored = part.to(stored)
+                to_h = h.new_empty(n, h.shape[1], dtype=stored)  # e @ w_block
+                to_w = h.new_empty(width, h.shape[1], dtype=stored)  # eᵀ @ h
                 for b, s0 in enumerate(starts):
-                    rows_w, scale = w[s0 : s0 + width], factors[b, :, None]
+                    rows_w, scale = w[s0 : s0 + width].to(stored), factors[b, :, None]
                     # the block's exps, and the rows of h they multiply: one of the two scaled by f
-                    exps, rows_h = (blocks[b], part * scale) if scale_operands else (blocks[b].mul_(scale), part)
+                    exps, rows_h = ((blocks[b], (part * scale).to(stored)) if scale_operands
+                                    else (blocks[b].mul_(scale), part_stored))
                     if need_h and scale_operands:
-                        grad_part.addcmul_(torch.mm(exps, rows_w, out=mixed), scale)
+                        grad_part.addcmul_(torch.mm(exps, rows_w, out=to_h), scale)
                     elif need_h:
-                        grad_part.addmm_(exps, rows_w)
-                    if need_w:  # beta 0: the first chunk overwrites (the buffer is not zeroed)
-                        grad_w[s0 : s0 + width].addmm_(exps.t(), rows_h, beta=float(r0 > 0))
+                        add_product(grad_part, exps, rows_w, True, to_h)
+                    if need_w:  # the first chunk overwrites (the buffer is not zeroed)
+                        add_product(grad_w[s0 : s0 + width], exps.t(), rows_h, r0 > 0, to_w[: rows_w.shape[0]])
         if need_h:
             grad_h.index_add_(0, rows, w[items], alpha=-1)
         if need_w:
@@ -146,7 +182,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
             if ctx.sink is not None:  # the table's gradient goes to the sink, not to autograd
                 ctx.sink.add_dense(ctx.table, grad_w)
                 grad_w = None
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,8 @@ class CLLM4Rec(nn.Module):
     content_init "collab" (default) starts the content tables AT the collaborative ones — the mean of
     their conditional prior N(z^l, λ_c⁻¹I), so the MR term starts at 0 instead of at ~2Kσ² per ID,
     which would otherwise dominate the LM losses for hundreds of epochs; "random" draws them
-    independently.
+    independently. `head_gradient_dtype` is the dtype of the item head's gradient products (None: fp32,
+    exact; bf16 with a bf16 backbone: see `item_softmax_nll_sum`).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class CLLM4Rec(nn.Module):
         backbone_trainable: bool = False,
         backbone_dropout: bool = False,
         content_init: str = "collab",
+        head_gradient_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -97,6 +99,7 @@ class CLLM4Rec(nn.Module):
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.lambda_c, self.lambda_l = float(lambda_c), float(lambda_l)
         self.backbone_trainable, self.backbone_dropout = backbone_trainable, backbone_dropout
+        self.head_gradient_dtype = head_gradient_dtype
         std = float(words.detach().float().std()) if init_std is None else float(init_std)
         generator = torch.Generator().manual_seed(seed)
         for name in TABLE_NAMES:
@@ -269,7 +272,7 @@ class CLLM4Rec(nn.Module):
             return {"logits": self.last_position_item_logits(hidden, lengths)}
         if task == "rec":
             lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
-                                          sink=self.table_gradients)
+                                          sink=self.table_gradients, gradient_dtype=self.head_gradient_dtype)
             lm_count = torch.tensor(float(input_ids.shape[0]))
         elif task in ("collab", "content"):
             mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
@@ -278,7 +281,7 @@ class CLLM4Rec(nn.Module):
             if task == "collab":
                 positions = torch.arange(targets.shape[0], device=targets.device)
                 lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users,
-                                              sink=self.table_gradients)
+                                              sink=self.table_gradients, gradient_dtype=self.head_gradient_dtype)
             else:
                 logits = self.backbone.get_output_embeddings()(selected)
                 lm_sum = vocab_cross_entropy_sum(logits, targets)

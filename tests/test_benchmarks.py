@@ -26,25 +26,27 @@ def table_rows(output: str) -> list[list[str]]:
 
 def test_item_softmax_benchmark_times_a_baseline_alongside():
     out = run_benchmark("item_softmax.py", "--shapes", "8:300", "16:500", "--rows", "6", "--repeats", "2",
-                        "--scale", "3", "--baseline", str(ROOT / "cllm4rec" / "losses.py"))
+                        "--scale", "3", "--baseline", str(ROOT / "cllm4rec" / "losses.py"), "--gradient-dtype", "bfloat16")
     rows = table_rows(out)
     assert [row[:2] for row in rows] == [["8", "300"], ["16", "500"]]
     assert all(len(row) == 9 and float(row[4]) > 0 and float(row[6]) > 0 and float(row[8]) > 0 for row in rows)  # ratios
-    assert "entries of std 3.0" in out
+    assert "entries of std 3.0" in out and "bfloat16 gradient products" in out
 
 
 @pytest.mark.slow
 def test_catalogue_scale_benchmark_with_a_chosen_batch():
     out = run_benchmark("catalogue_scale.py", "--sizes", "tiny:2000", "--variants", "fused", "plain", "--users", "500",
-                        "--steps", "1", "--collab-docs", "3", "--rec-users", "5", "--compare", "kept-gradients", timeout=600)
+                        "--steps", "1", "--collab-docs", "3", "--rec-users", "5", "--compare", "bf16-head", timeout=600)
     assert "L-step 3x64 items, finetuning 5 users" in out
     compared = [row for row in table_rows(out) if len(row) == 6]
     assert [row[2] for row in compared] == ["collab", "rec"] and all(float(row[5]) > 0 for row in compared)
-    timed = [row for row in table_rows(out) if len(row) == 12]
+    timed = [row for row in table_rows(out) if len(row) == 11]
     memory = [row for row in table_rows(out) if len(row) == 10 and row[-1] in ("yes", "NO")]
-    assert sorted((row[2], row[3]) for row in timed) == [("fused", "collab"), ("fused", "rec"),
-                                                          ("plain", "collab"), ("plain", "rec")]
+    # "fused+bf16-head" where the CPU has bf16 (model.head_gradient_dtype=auto)
+    assert sorted((row[2].split("+")[0], row[3]) for row in timed) == [("fused", "collab"), ("fused", "rec"),
+                                                                        ("plain", "collab"), ("plain", "rec")]
     assert all(float(row[6]) > 0 and float(row[7]) > 0 for row in timed)  # step / floor, at best and adjacent rates
+    assert all(len(row[10].split(" / ")) == 3 for row in timed)  # the rates of backbone, logits and head gradients
     assert "| Adam (s) | Adam / floor |" in out and all(float(row[9]) > 0 for row in timed)
     assert len(memory) == 4
 
@@ -78,16 +80,19 @@ def test_catalogue_scale_pairs_each_step_with_the_rates_probed_around_it():
 def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes():
     floors_at_best_rates = catalogue_scale().floors_at_best_rates
 
-    def result(items: int, tokens: int, backbone_gflops: float, head_gflops: float) -> dict:
-        step = {"seconds": 2.0, "tokens": tokens, "backbone_tflop": 1.0, "head_tflop": 0.2, "floor_seconds": 9.0,
-                "backbone_gflops": backbone_gflops, "head_gflops": head_gflops}
-        return {"backbone": "b", "dtype": "bfloat16", "dim": 64, "items": items, "steps": {"collab": step}}
+    def result(tokens: int, backbone_gflops: float, logits_gflops: float, gradients: str, gradients_gflops: float) -> dict:
+        parts = {"backbone": {"tflop": 1.0, "product": f"[{tokens}, 64] @ [64, 256] bfloat16", "gflops": backbone_gflops},
+                 "logits": {"tflop": 0.1, "product": "[512, 64] @ [64, 4096] float32", "gflops": logits_gflops},
+                 "gradients": {"tflop": 0.2, "product": f"[512, 64] @ [64, 4096] {gradients}", "gflops": gradients_gflops}}
+        return {"backbone": "b", "steps": {"collab": {"seconds": 2.0, "floor_seconds": 9.0, "parts": parts}}}
 
-    results = [result(10, 500, 1000.0, 100.0), result(20, 500, 2000.0, 50.0), result(30, 900, 500.0, 80.0)]
+    results = [result(500, 1000.0, 100.0, "bfloat16", 300.0), result(500, 2000.0, 50.0, "bfloat16", 400.0),
+               result(900, 500.0, 80.0, "float32", 90.0)]
     floors_at_best_rates(results)
     steps = [r["steps"]["collab"] for r in results]
-    assert [s["backbone_gflops"] for s in steps] == [2000.0, 2000.0, 500.0]  # 900 tokens: another shape
-    assert [s["head_gflops"] for s in steps] == [100.0, 100.0, 100.0]  # the head's shape depends on K only
-    assert steps[0]["floor_seconds"] == pytest.approx(1e3 / 2000 + 0.2e3 / 100)
-    assert steps[2]["ratio"] == pytest.approx(2.0 / (1e3 / 500 + 0.2e3 / 100))
+    rates = [[part["gflops"] for part in s["parts"].values()] for s in steps]
+    # 900 tokens: another backbone product; fp32 head gradients share the logits' product, best of 100, 50, 80, 90
+    assert rates == [[2000.0, 100.0, 400.0], [2000.0, 100.0, 400.0], [500.0, 100.0, 100.0]]
+    assert steps[0]["floor_seconds"] == pytest.approx(1e3 / 2000 + 0.1e3 / 100 + 0.2e3 / 400)
+    assert steps[2]["ratio"] == pytest.approx(2.0 / (1e3 / 500 + 0.1e3 / 100 + 0.2e3 / 100))
     assert all(s["own_floor_seconds"] == 9.0 for s in steps)
