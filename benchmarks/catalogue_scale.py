@@ -81,7 +81,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     import cllm4rec.model
     from cllm4rec.backbone import load_backbone
-    from cllm4rec.losses import NARROW_PRODUCTS_MIN_ROWS
+    from cllm4rec.losses import products_dtype
     from cllm4rec.model import CLLM4Rec
     from cllm4rec.rms_norm import LLAMA_STYLE_RMS_NORMS, fuse_rms_norms
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
@@ -103,9 +103,9 @@ def worker(args: argparse.Namespace) -> dict:
     norms["fused"] = [(n, backbone.get_submodule(n)) for n, _ in norms["transformers"]]
     # the plain path's whole-logits head has no gradient products of its own: fp32 through autograd
     head_dtype = pick_head_gradient_dtype(args.head_gradient_dtype, dtype) if args.variant != "plain" else torch.float32
-    softmax_rows = args.collab_docs * COLLAB_ITEMS if args.task == "collab" else args.rec_users
-    # what the products run in: the kernel keeps fp32 for calls of fewer rows (cllm4rec/losses.py)
-    products_dtype = head_dtype if softmax_rows >= NARROW_PRODUCTS_MIN_ROWS else torch.float32
+    task = args.task
+    rows = args.collab_docs * COLLAB_ITEMS if task == "collab" else args.rec_users  # item-softmax rows
+    gradients_dtype = products_dtype(rows, torch.float32, head_dtype)  # what the kernel runs them in
     model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0, head_gradient_dtype=head_dtype)
     tok = IdTokenizer(hf_tok, model.vocab_rows, args.users, args.items)
     if args.activation_checkpointing:
@@ -131,15 +131,14 @@ def worker(args: argparse.Namespace) -> dict:
     decoder, dim = model.decoder, model.dim
     out = {"backbone": args.backbone, "items": args.items, "users": args.users,
            "variant": args.variant + ("+compile" if args.compile else "") + ("+ckpt" if args.activation_checkpointing else "")
-           + ("+bf16-head" if products_dtype == torch.bfloat16 else ""),
+           + ("+bf16-head" if gradients_dtype == torch.bfloat16 else ""),
            "dtype": str(dtype).removeprefix("torch."), "dim": dim, "steps": {}}
-    task, rows = args.task, softmax_rows
     batch = collab if task == "collab" else rec
     tokens, seq_len = int(batch["lengths"].sum()), int(batch["input_ids"].shape[1])
     # each kind of multiply-add: (FLOPs, the reference product [m, k] @ [k, n] in a dtype timed for its rate)
     parts = {"backbone": (backbone_flops_per_token(decoder, seq_len) * tokens, (tokens, dim, 4 * dim, dtype)),
              "logits": (2 * dim * args.items * rows, (512, dim, 4096, torch.float32)),
-             "gradients": (4 * dim * args.items * rows, (512, dim, 4096, products_dtype))}
+             "gradients": (4 * dim * args.items * rows, (512, dim, 4096, gradients_dtype))}
     products = list(dict.fromkeys(product for _, product in parts.values()))  # the distinct ones
 
     def floor_at(rates: Sequence[float]) -> float:  # seconds; rates in FLOP/s, one per product

@@ -69,8 +69,9 @@ def main() -> None:
         hidden = (torch.randn(args.rows, dim, generator=gen) * args.scale).requires_grad_()
         table = (torch.randn(n_items, dim, generator=gen) * args.scale).requires_grad_()
         rows, items = torch.arange(args.rows), torch.randint(0, n_items, (args.rows,), generator=gen)
-        flop_time = (2 * dim * n_items * args.rows / matmul_rate(args.rows, dim, 4096, torch.float32)
-                     + 4 * dim * n_items * args.rows / matmul_rate(args.rows, dim, 4096, gradient_dtype))
+        rate = {d: matmul_rate(args.rows, dim, 4096, d) for d in {torch.float32, gradient_dtype}}
+        flop_time = (2 * dim * n_items * args.rows / rate[torch.float32]
+                     + 4 * dim * n_items * args.rows / rate[gradient_dtype])
         if args.rows * n_items * 4 / 2**30 <= args.plain_max_gib:
             kernels["plain"] = plain
         else:

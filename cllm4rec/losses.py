@@ -58,6 +58,12 @@ def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_
                                      gradient_dtype)
 
 
+def products_dtype(n_rows: int, dtype: torch.dtype, gradient_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a call's gradient products run in: `gradient_dtype` from NARROW_PRODUCTS_MIN_ROWS rows
+    on, else the compute dtype `dtype`."""
+    return gradient_dtype if gradient_dtype is not None and n_rows >= NARROW_PRODUCTS_MIN_ROWS else dtype
+
+
 def add_product(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool, out: torch.Tensor) -> None:
     """target (+)= a @ b: in one addmm where a has target's dtype, else through `out` (a's narrower
     dtype; CPU products have no wider output) and one add or copy into target."""
@@ -96,8 +102,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
                 block_elements: int | None, sink: TableGradients | None,
                 gradient_dtype: torch.dtype | None) -> torch.Tensor:
         dtype = torch.promote_types(hidden.dtype, torch.float32)
-        narrow = gradient_dtype is not None and hidden.shape[0] >= NARROW_PRODUCTS_MIN_ROWS
-        stored = gradient_dtype if narrow else dtype  # the gradient products' operands, the stored exps among them
+        stored = products_dtype(hidden.shape[0], dtype, gradient_dtype)  # the products' operands, stored exps among them
         if block_elements is None:
             block_elements = LOGIT_BLOCK_BYTES // stored.itemsize
         h, w = hidden.to(dtype), table.to(dtype)
