@@ -34,7 +34,8 @@ autograd, per-tensor Adam, autograd's fresh table gradients, transformers' RMSNo
 in the same worker: `kept-gradients` against autograd's fresh table gradients
 (cllm4rec/table_gradients.py), `fused-norm` against transformers' RMSNorm modules
 (cllm4rec/rms_norm.py), `bf16-head` against the item head's gradient products in fp32
-(model.head_gradient_dtype). `--compile` runs the backbone body through torch.compile (model.compile;
+(model.head_gradient_dtype), `losses` against the item softmax of another copy of cllm4rec/losses.py
+(`--baseline-losses FILE`, e.g. `git show REV:cllm4rec/losses.py > FILE`). `--compile` runs the backbone body through torch.compile (model.compile;
 an untimed first step compiles), `--activation-checkpointing` recomputes each backbone layer in
 backward (model.activation_checkpointing).
 """
@@ -51,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common import REPO, backbone_ref, gib, probed_steps
+from common import REPO, backbone_ref, gib, load_losses, probed_steps
 
 DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:10000", "smollm2-135m:100000"]
 COLLAB_ITEMS, REC_PROMPT, REC_TARGETS = 64, 48, 12  # items per L-step document; prompt and target items per user
@@ -147,9 +148,13 @@ def worker(args: argparse.Namespace) -> dict:
 
     engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
 
-    def step_with(sink: TableGradients | None, norm: str = "fused", head: torch.dtype = head_dtype) -> Callable[[], object]:
+    shipped_kernel = cllm4rec.model.item_softmax_nll_sum
+
+    def step_with(sink: TableGradients | None, norm: str = "fused", head: torch.dtype = head_dtype,
+                  kernel: Callable = shipped_kernel) -> Callable[[], object]:
         def run_step() -> None:
             model.table_gradients, model.head_gradient_dtype = sink, head
+            cllm4rec.model.item_softmax_nll_sum = kernel
             for name, module in norms[norm]:
                 backbone.set_submodule(name, module)
             engine.train_step(task, dict(batch), task)
@@ -161,11 +166,12 @@ def worker(args: argparse.Namespace) -> dict:
         return tuple(p() for p in probes)
 
     rates = [[matmul_rate(*product) for product in products]]
-    undone = {"kept-gradients": step_with(None), "fused-norm": step_with(model.table_gradients, "transformers"),
-              "bf16-head": step_with(model.table_gradients, head=torch.float32)}
+    undone = {"kept-gradients": lambda: step_with(None), "fused-norm": lambda: step_with(model.table_gradients, "transformers"),
+              "bf16-head": lambda: step_with(model.table_gradients, head=torch.float32),
+              "losses": lambda: step_with(model.table_gradients, kernel=load_losses(args.baseline_losses).item_softmax_nll_sum)}
     calls = {"shipped": step_with(model.table_gradients)}
     if args.compare and args.variant == "fused":  # the same steps with one part undone, interleaved
-        calls["undone"] = undone[args.compare]
+        calls["undone"] = undone[args.compare]()
     timed = probed_steps(calls, args.steps, probe)
     rates.append([matmul_rate(*product) for product in products])
     best = [max(r) for r in zip(*rates)]  # this VM's rate drifts: the better one
@@ -199,6 +205,7 @@ def run(size: str, variant: str, task: str, args: argparse.Namespace, folder: Pa
                "--rec-users", str(args.rec_users), "--variant", variant, "--task", task, "--steps", str(args.steps),
                "--dtype", args.dtype, "--head-gradient-dtype", args.head_gradient_dtype, "--out", str(out), *(["--compile"] if args.compile else []),
                *(["--compare", args.compare] if args.compare else []),
+               *(["--baseline-losses", str(Path(args.baseline_losses).resolve())] if args.baseline_losses else []),
                *(["--activation-checkpointing"] if args.activation_checkpointing else [])]
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, timeout=3600)
@@ -239,9 +246,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone body (model.compile)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute backbone layers in backward (model.activation_checkpointing)")
-    parser.add_argument("--compare", choices=["kept-gradients", "fused-norm", "bf16-head"],
+    parser.add_argument("--compare", choices=["kept-gradients", "fused-norm", "bf16-head", "losses"],
                         help="fused path: also time each step with this part undone (autograd's fresh table gradients; "
-                             "transformers' RMSNorm modules; fp32 head gradient products), interleaved in the same worker")
+                             "transformers' RMSNorm modules; fp32 head gradient products; the item softmax of "
+                             "--baseline-losses), interleaved in the same worker")
+    parser.add_argument("--baseline-losses", help="another copy of cllm4rec/losses.py, for --compare losses")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
@@ -249,6 +258,8 @@ def main() -> None:
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if (args.compare == "losses") != bool(args.baseline_losses):
+        parser.error("--compare losses and --baseline-losses FILE go together")
     if args.worker:
         Path(args.out).write_text(json.dumps(worker(args), indent=2))
         return

@@ -2,9 +2,11 @@
 frozen backbone, timing. Each benchmark script imports this file from its own folder."""
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -33,6 +35,15 @@ def tiny_backbone(folder: Path) -> Path:
 def backbone_ref(name: str, folder: Path) -> str:
     """'tiny' → a tiny backbone written under `folder`; anything else is passed through."""
     return str(tiny_backbone(folder / "tiny")) if name == "tiny" else name
+
+
+def load_losses(path: str) -> ModuleType:
+    """Another copy of cllm4rec/losses.py (e.g. `git show REV:cllm4rec/losses.py`), loaded as its own
+    module: a baseline kernel timed beside the current one."""
+    spec = importlib.util.spec_from_file_location("baseline_losses", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -5,13 +5,14 @@ autograd version and against its FLOP time, in one process.
     .venv/bin/python benchmarks/item_softmax.py --shapes 64:1000000 --rows 512
     .venv/bin/python benchmarks/item_softmax.py --scale 2 --baseline old_losses.py   # before / after
     .venv/bin/python benchmarks/item_softmax.py --gradient-dtype bfloat16 --baseline cllm4rec/losses.py  # bf16 / fp32
+    .venv/bin/python benchmarks/item_softmax.py --gradient-dtype bfloat16 --baseline-gradient-dtype bfloat16 --baseline old_losses.py
 
 For each K:J, `--rows` hidden rows [rows, K] with one target each (the next-item loss) and an item
 table [J, K], fp32, entries N(0, scale²) (logits of std scale²·√K: a scale of 2 spreads them over
 hundreds, past the range where exp() is a normal float). FLOP time = 2·K·J·rows (the logits) at the
 median rate of a [rows, K] @ [K, 4096] fp32 product measured here + 4·K·J·rows (the two gradient
-products) at the rate of that product in `--gradient-dtype` (the fused kernel's; a baseline runs with
-its own default, fp32). Each time is the median of `--repeats` calls
+products) at the rate of that product in `--gradient-dtype` (the fused kernel's; a baseline's are in
+`--baseline-gradient-dtype`, fp32 unless set). Each time is the median of `--repeats` calls
 after one untimed, the variants' calls interleaved. `--baseline` also times the
 `item_softmax_nll_sum` of another copy of cllm4rec/losses.py (e.g. `git show REV:cllm4rec/losses.py`).
 Plain is skipped where its [rows, J] logits would exceed `--plain-max-gib`.
@@ -19,24 +20,15 @@ Plain is skipped where its [rows, J] logits would exceed `--plain-max-gib`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-from typing import Callable
 
 import torch
 
-from common import interleaved_medians, matmul_rate
+from common import interleaved_medians, load_losses, matmul_rate
 
 
 def plain(hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(hidden @ table.t(), items, reduction="sum")
-
-
-def load_kernel(path: str) -> Callable:
-    spec = importlib.util.spec_from_file_location("baseline_losses", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.item_softmax_nll_sum
 
 
 def main() -> None:
@@ -52,12 +44,17 @@ def main() -> None:
     parser.add_argument("--baseline", help="another cllm4rec/losses.py whose kernel is timed alongside")
     parser.add_argument("--gradient-dtype", default="float32", choices=["float32", "bfloat16"],
                         help="the fused kernel's gradient products (item_softmax_nll_sum's gradient_dtype)")
+    parser.add_argument("--baseline-gradient-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the baseline kernel's gradient products")
     args = parser.parse_args()
     gradient_dtype = getattr(torch, args.gradient_dtype)
     kernels = {"fused": lambda *xs: item_softmax_nll_sum(*xs, gradient_dtype=gradient_dtype)}
     if args.baseline:
-        kernels["baseline"] = load_kernel(args.baseline)
-    print(f"\n{args.rows} rows, fp32 (fused: {args.gradient_dtype} gradient products), entries of std {args.scale}, "
+        baseline = load_losses(args.baseline).item_softmax_nll_sum  # older copies may predate gradient_dtype: passed only when bf16
+        narrow = {"gradient_dtype": torch.bfloat16} if args.baseline_gradient_dtype == "bfloat16" else {}
+        kernels["baseline"] = lambda *xs: baseline(*xs, **narrow)
+    baseline_note = f", baseline: {args.baseline_gradient_dtype}" if args.baseline else ""
+    print(f"\n{args.rows} rows, fp32 (fused: {args.gradient_dtype} gradient products{baseline_note}), entries of std {args.scale}, "
           f"{os.cpu_count()} CPU threads, "
           f"median of {args.repeats} interleaved calls after one untimed\n")
     extra = " baseline (s) | baseline / fused |" if args.baseline else ""

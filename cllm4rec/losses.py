@@ -16,6 +16,7 @@ from cllm4rec.table_gradients import TableGradients
 
 
 LOGIT_BLOCK_BYTES = 1 << 29  # stored exps held at once (512 MiB): [rows, J] logits are never built whole
+LOG2_E = 1 / math.log(2)  # exp(x) = exp2(log2(e)·x)
 CACHE_BLOCK_ELEMENTS = 1 << 19  # one [rows, items] fp32 block worked on while it sits in cache (2 MiB)
 # a narrower gradient dtype from this many rows on: with fewer, converting the table's blocks to it costs
 # more than the narrower products save (bf16 on a 2-core AMX CPU: 1.08–1.10x slower at 32 rows, 0.82–0.85x at 64)
@@ -82,8 +83,9 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
     logits is c_r·p_r − (the row's one-hots), so d/dh_r = c_r Σ_j p_rj w_j − Σ_pairs w_j and
     d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in equal chunks of at most block_elements / J;
     a chunk's item axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max,
-    exp in place, block sum, all in the compute dtype; the exps e are stored (rounded to the gradient
-    dtype where that is narrower). Pass 2, per block: multiply the stored exps into both gradients (2·K
+    exp in place (as exp2 of log2(e)·(logit − max): within an ulp of exp's value, and 2–3× faster than
+    torch's exp on the development CPU, docs/performance.md), block sum, all in the compute dtype; the exps e are stored (rounded to
+    the gradient dtype where that is narrower). Pass 2, per block: multiply the stored exps into both gradients (2·K
     FLOPs each, twice, operands in the gradient dtype, each product added into a compute-dtype sum);
     c_r·p_r = f_rb·e with one factor f per (row, block), which scales either the block in place or,
     where 2·K is under the block's width, the small [rows, K] operands instead:
@@ -140,7 +142,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
                 block = kept_block if scratch is None else scratch[: kept_block.numel()].view_as(kept_block)
                 torch.mm(part, rows_w.t(), out=block)
                 torch.amax(block, dim=1, out=peaks[b])
-                torch.sum(block.sub_(peaks[b, :, None]).clamp_(min=-depth).exp_(), dim=1, out=sums[b])
+                torch.sum(block.sub_(peaks[b, :, None]).clamp_(min=-depth).mul_(LOG2_E).exp2_(), dim=1, out=sums[b])
                 blocks.append(kept_block if scratch is None else kept_block.copy_(block))
             top = peaks.amax(dim=0)  # [n]
             relative = torch.exp(peaks - top)  # exp(peak_b − max_r) [B, n]

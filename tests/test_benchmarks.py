@@ -26,11 +26,12 @@ def table_rows(output: str) -> list[list[str]]:
 
 def test_item_softmax_benchmark_times_a_baseline_alongside():
     out = run_benchmark("item_softmax.py", "--shapes", "8:300", "16:500", "--rows", "6", "--repeats", "2",
-                        "--scale", "3", "--baseline", str(ROOT / "cllm4rec" / "losses.py"), "--gradient-dtype", "bfloat16")
+                        "--scale", "3", "--baseline", str(ROOT / "cllm4rec" / "losses.py"), "--gradient-dtype", "bfloat16",
+                        "--baseline-gradient-dtype", "bfloat16")
     rows = table_rows(out)
     assert [row[:2] for row in rows] == [["8", "300"], ["16", "500"]]
     assert all(len(row) == 9 and float(row[4]) > 0 and float(row[6]) > 0 and float(row[8]) > 0 for row in rows)  # ratios
-    assert "entries of std 3.0" in out and "bfloat16 gradient products" in out
+    assert "entries of std 3.0" in out and "bfloat16 gradient products, baseline: bfloat16" in out
 
 
 @pytest.mark.slow
@@ -49,6 +50,20 @@ def test_catalogue_scale_benchmark_with_a_chosen_batch():
     assert all(len(row[10].split(" / ")) == 3 for row in timed)  # the rates of backbone, logits and head gradients
     assert "| Adam (s) | Adam / floor |" in out and all(float(row[9]) > 0 for row in timed)
     assert len(memory) == 4
+
+
+@pytest.mark.slow
+def test_catalogue_scale_times_another_losses_file_alongside(tmp_path):
+    baseline = tmp_path / "old_losses.py"
+    baseline.write_text((ROOT / "cllm4rec" / "losses.py").read_text())
+    out = run_benchmark("catalogue_scale.py", "--sizes", "tiny:2000", "--variants", "fused", "--users", "500",
+                        "--steps", "1", "--collab-docs", "3", "--rec-users", "5", "--compare", "losses",
+                        "--baseline-losses", str(baseline), timeout=600)
+    compared = [row for row in table_rows(out) if len(row) == 6]
+    assert [row[2] for row in compared] == ["collab", "rec"] and all(float(row[4]) > 0 for row in compared)
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "catalogue_scale.py"), "--compare", "losses"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--baseline-losses FILE" in refused.stderr
 
 
 def catalogue_scale():
