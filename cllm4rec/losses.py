@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from cllm4rec.table_gradients import TableGradients
 
@@ -193,8 +192,55 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
 
 
 def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Σ of −log softmax(logits)[target] over rows; logits [M, V] (cast to fp32), targets [M]."""
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    """Σ of −log softmax(logits)[target] over rows: the content LLM's vocabulary loss. logits [M, V] in
+    any float dtype (computed in fp32, or fp64 when given), targets [M] word ids. Computed by
+    `FusedVocabCrossEntropy`: the loss of `F.cross_entropy(logits.float(), targets, reduction="sum")`;
+    its gradient is rounded to the logits' dtype once more (stored, then scaled) where that is narrower."""
+    if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < logits.shape[1]:
+        raise ValueError(f"vocabulary targets must be word ids in [0, {logits.shape[1]}), "
+                         f"got ids from {int(targets.min())} to {int(targets.max())}")
+    return FusedVocabCrossEntropy.apply(logits, targets)
+
+
+class FusedVocabCrossEntropy(torch.autograd.Function):
+    """Vocabulary cross-entropy whose gradient, softmax − one-hot, is computed in the forward pass.
+
+    A few rows at a time (on a CPU, a cache-sized fp32 block of CACHE_BLOCK_ELEMENTS), each logit is
+    read once, exponentiated once (exp2, as in the item softmax, clamped at eps² below the row's max so
+    that no subnormal float is made) and its gradient written once, in the logits' dtype: no [M, V]
+    fp32 copy, log-probabilities or second exp in backward (F.cross_entropy on a bf16 model's logits
+    made all three). Backward scales the stored gradient in place."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        n_rows, n_words = logits.shape
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None  # softmax − one-hot
+        lse = logits.new_empty(n_rows, dtype=dtype)
+        # a cache-sized block on a CPU; on an accelerator, up to LOGIT_BLOCK_BYTES at once (few kernel launches)
+        block_elements = CACHE_BLOCK_ELEMENTS if logits.device.type == "cpu" else LOGIT_BLOCK_BYTES // dtype.itemsize
+        rows = max(1, block_elements // max(n_words, 1))
+        scratch = workspace(min(rows, n_rows) * n_words, logits.device, dtype)
+        depth = -2 * math.log(torch.finfo(dtype).eps)  # exps clamped at e^−depth = eps²
+        for r0 in range(0, n_rows, rows):
+            part = logits[r0 : r0 + rows]
+            block = scratch[: part.numel()].view(part.shape).copy_(part)
+            peak = block.amax(dim=1, keepdim=True)
+            total = block.sub_(peak).clamp_(min=-depth).mul_(LOG2_E).exp2_().sum(dim=1, keepdim=True)
+            lse[r0 : r0 + rows] = (peak + total.log()).squeeze(1)
+            if grad is not None:
+                block.div_(total)
+                block[torch.arange(part.shape[0], device=block.device), targets[r0 : r0 + rows]] -= 1
+                grad[r0 : r0 + rows].copy_(block)
+        ctx.save_for_backward(grad)
+        return (lse - logits.gather(1, targets[:, None]).squeeze(1).to(dtype)).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        """In place (see FusedItemSoftmaxNLL.backward). On a CPU a bf16 gradient times the fp32 scalar
+        is rounded once: the scalar is not rounded to bf16 first."""
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_out), None
 
 
 def squared_distance_sum(vectors: torch.Tensor, anchors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

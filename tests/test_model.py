@@ -363,3 +363,56 @@ def test_fused_item_softmax_without_gradients_and_in_bf16():
     h32, t32 = h16.float().detach().requires_grad_(), t16.float().detach().requires_grad_()
     plain_item_softmax_nll(h32, t32, rows, items).backward()
     torch.testing.assert_close(t16.grad.float(), t32.grad, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spread", [1.0, 200.0])
+def test_fused_vocab_cross_entropy_matches_torch(monkeypatch, dtype, spread):
+    """Loss and logits' gradient equal F.cross_entropy's, rows in chunks of 1 to 4 with a ragged last one,
+    for logits of std 1 and logits spread over more than 800 (past the exp floor of fp32 and fp64)."""
+    from cllm4rec import losses
+
+    gen = torch.Generator().manual_seed(5)
+    logits = (torch.randn(11, 300, generator=gen, dtype=dtype) * spread).requires_grad_()
+    targets = torch.randint(0, 300, (11,), generator=gen)
+    want = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    (want_grad,) = torch.autograd.grad(want * 0.37, logits)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for rows in (1, 4):
+        monkeypatch.setattr(losses, "CACHE_BLOCK_ELEMENTS", 300 * rows)
+        got = losses.vocab_cross_entropy_sum(logits, targets)
+        (got_grad,) = torch.autograd.grad(got * 0.37, logits)
+        torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(got_grad, want_grad, **tol)
+    if spread > 1:
+        assert float((logits.detach().amax(1) - logits.detach().amin(1)).min()) > 800
+
+
+def test_fused_vocab_cross_entropy_of_bf16_logits():
+    """bf16 logits (a bf16 backbone's head): the loss is computed in fp32 as F.cross_entropy(logits.float())
+    does; the bf16 gradient is the exact one rounded twice (stored in bf16, then scaled in backward: within
+    2⁻⁷ relative, where F.cross_entropy's once-rounded one is within 2⁻⁸); under no_grad only the loss is
+    computed."""
+    from cllm4rec.losses import vocab_cross_entropy_sum
+
+    gen = torch.Generator().manual_seed(6)
+    logits = (torch.randn(9, 500, generator=gen) * 4).bfloat16().requires_grad_()
+    targets = torch.randint(0, 500, (9,), generator=gen)
+    want = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    (want_grad,) = torch.autograd.grad(want / 7, logits)  # autograd rounds the fp32 gradient to bf16 once
+    got = vocab_cross_entropy_sum(logits, targets)
+    (got_grad,) = torch.autograd.grad(got / 7, logits)
+    assert got.dtype == torch.float32 and got_grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    exact = (torch.softmax(logits.detach().double(), 1) - torch.nn.functional.one_hot(targets, 500)) / 7
+    assert bool(((want_grad.double() - exact).abs() <= 2**-8 * exact.abs()).all())
+    assert bool(((got_grad.double() - exact).abs() <= 2**-7 * exact.abs()).all())
+    with torch.no_grad():
+        torch.testing.assert_close(vocab_cross_entropy_sum(logits, targets), want, rtol=1e-6, atol=1e-5)
+
+
+def test_vocab_cross_entropy_names_targets_outside_the_vocabulary():
+    from cllm4rec.losses import vocab_cross_entropy_sum
+
+    with pytest.raises(ValueError, match=r"word ids in \[0, 50\), got ids from 3 to 57"):
+        vocab_cross_entropy_sum(torch.zeros(2, 50), torch.tensor([3, 57]))
