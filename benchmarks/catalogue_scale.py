@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common import REPO, backbone_ref, gib, load_losses, probed_steps
+from common import REPO, backbone_ref, gib, load_losses, machine, probed_steps
 
 DEFAULT_SIZES = ["tiny:10000", "tiny:100000", "tiny:1000000", "smollm2-135m:10000", "smollm2-135m:100000"]
 COLLAB_ITEMS, REC_PROMPT, REC_TARGETS = 64, 48, 12  # items per L-step document; prompt and target items per user
@@ -268,7 +268,7 @@ def main() -> None:
                for task in ("collab", "rec")]
     floors_at_best_rates(results)
     print(f"\n{args.users:,} users; L-step {args.collab_docs}x{COLLAB_ITEMS} items, finetuning {args.rec_users} users; "
-          f"{args.steps} timed steps; {os.cpu_count()} CPU threads\n")
+          f"{args.steps} timed steps; {machine()}\n")
     print("| backbone (dtype) | items | path | step | s/step | FLOP floor (s) | ratio | ratio at adjacent rates | Adam (s) | "
           "Adam / floor | GFLOP/s: backbone / logits / head gradients |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -3,6 +3,8 @@ frozen backbone, timing. Each benchmark script imports this file from its own fo
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +37,22 @@ def tiny_backbone(folder: Path) -> Path:
 def backbone_ref(name: str, folder: Path) -> str:
     """'tiny' → a tiny backbone written under `folder`; anything else is passed through."""
     return str(tiny_backbone(folder / "tiny")) if name == "tiny" else name
+
+
+def machine() -> str:
+    """The CPU the figures come from, for each benchmark's header: its model name, thread count and
+    whether it has AVX512-BF16 and AMX (Linux /proc/cpuinfo; elsewhere the platform's processor string)."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    features = ", ".join(f"{label} {'yes' if flag in flags else 'no'}"
+                         for label, flag in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")))
+    return f"{info.get('model name') or platform.processor() or 'unknown CPU'}, {os.cpu_count()} CPU threads, {features}"
 
 
 def load_losses(path: str) -> ModuleType:

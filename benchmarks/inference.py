@@ -16,7 +16,6 @@ catalogue of 1,000,000 items and 100,000 users with 50 training items each, on t
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import backbone_ref
+from common import backbone_ref, machine
 
 
 def ml100k_case(folder: Path):
@@ -76,7 +75,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="users per batched forward pass")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="inference-bench-"))
-    print(f"\ntop-100 over the whole catalogue, {args.users} users, {os.cpu_count()} CPU threads\n")
+    print(f"\ntop-100 over the whole catalogue, {args.users} users, {machine()}\n")
     print("| catalogue | batch 1 (users/s) | batch " + str(args.batch) + " (users/s) | speed-up | top-100 overlap |")
     print("|---|---|---|---|---|")
     for name in args.catalogues:

@@ -20,11 +20,10 @@ Plain is skipped where its [rows, J] logits would exceed `--plain-max-gib`.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from common import interleaved_medians, load_losses, matmul_rate
+from common import interleaved_medians, load_losses, machine, matmul_rate
 
 
 def plain(hidden: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -55,7 +54,7 @@ def main() -> None:
         kernels["baseline"] = lambda *xs: baseline(*xs, **narrow)
     baseline_note = f", baseline: {args.baseline_gradient_dtype}" if args.baseline else ""
     print(f"\n{args.rows} rows, fp32 (fused: {args.gradient_dtype} gradient products{baseline_note}), entries of std {args.scale}, "
-          f"{os.cpu_count()} CPU threads, "
+          f"{machine()}, "
           f"median of {args.repeats} interleaved calls after one untimed\n")
     extra = " baseline (s) | baseline / fused |" if args.baseline else ""
     print(f"| K | items | FLOP time (s) | fused (s) | fused / FLOP time |{extra} plain (s) | plain / FLOP time |")

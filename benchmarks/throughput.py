@@ -19,7 +19,6 @@ Run nothing else meanwhile.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import backbone_ref
+from common import backbone_ref, machine
 
 TASKS = ("collab", "content", "rec")
 
@@ -127,7 +126,7 @@ def main() -> None:
             for row in measure(backbone_ref(name, folder), dtype, attention, compiled == "true", fused == "true",
                                args.steps, folder)]
     names = {backbone_ref(n, folder): n for n in args.backbones}
-    print(f"\nML-100K, quick recipe batches, {args.steps} timed batches per step, {os.cpu_count()} CPU threads\n")
+    print(f"\nML-100K, quick recipe batches, {args.steps} timed batches per step, {machine()}\n")
     print("| backbone | dtype | kernels | step | useful tok/s | raw dense tok/s | useful / raw | padding (timed batches) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

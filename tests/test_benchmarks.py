@@ -32,6 +32,7 @@ def test_item_softmax_benchmark_times_a_baseline_alongside():
     assert [row[:2] for row in rows] == [["8", "300"], ["16", "500"]]
     assert all(len(row) == 9 and float(row[4]) > 0 and float(row[6]) > 0 and float(row[8]) > 0 for row in rows)  # ratios
     assert "entries of std 3.0" in out and "bfloat16 gradient products, baseline: bfloat16" in out
+    assert "CPU threads, AVX512-BF16 " in out and ", AMX-BF16 " in out  # the machine, in the header
 
 
 @pytest.mark.slow
