@@ -35,9 +35,9 @@ in the same worker: `kept-gradients` against autograd's fresh table gradients
 (cllm4rec/table_gradients.py), `fused-norm` against transformers' RMSNorm modules
 (cllm4rec/rms_norm.py), `bf16-head` against the item head's gradient products in fp32
 (model.head_gradient_dtype), `losses` against the item softmax of another copy of cllm4rec/losses.py
-(`--baseline-losses FILE`, e.g. `git show REV:cllm4rec/losses.py > FILE`). `--compile` runs the backbone body through torch.compile (model.compile;
-an untimed first step compiles), `--activation-checkpointing` recomputes each backbone layer in
-backward (model.activation_checkpointing).
+(`--baseline-losses FILE`, e.g. `git show REV:cllm4rec/losses.py > FILE`). `--compile` runs the
+backbone body through torch.compile (model.compile; an untimed first step compiles),
+`--activation-checkpointing` recomputes each backbone layer in backward (model.activation_checkpointing).
 """
 from __future__ import annotations
 
