@@ -83,9 +83,10 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
     d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in equal chunks of at most block_elements / J;
     a chunk's item axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max,
     exp in place (as exp2 of log2(e)·(logit − max): within an ulp of exp's value, and ~4× faster than
-    torch's exp on the development CPU, docs/performance.md), block sum, all in the compute dtype; the exps e are stored (rounded to
-    the gradient dtype where that is narrower). Pass 2, per block: multiply the stored exps into both gradients (2·K
-    FLOPs each, twice, operands in the gradient dtype, each product added into a compute-dtype sum);
+    torch's exp on the development CPU, docs/performance.md), block sum, all in the compute dtype; the
+    exps e are stored (rounded to the gradient dtype where that is narrower). Pass 2, per block:
+    multiply the stored exps into both gradients (2·K FLOPs each, twice, operands in the gradient
+    dtype, each product added into a compute-dtype sum);
     c_r·p_r = f_rb·e with one factor f per (row, block), which scales either the block in place or,
     where 2·K is under the block's width, the small [rows, K] operands instead:
     grad_h += f·(e @ w_block), grad_w_block += eᵀ @ (f·h).
