@@ -33,6 +33,21 @@ def workspace(elements: int, device: torch.device, dtype: torch.dtype) -> torch.
     return buffer[:elements]
 
 
+def exp_depth(dtype: torch.dtype) -> float:
+    """How far below its block's or row's max a logit may go before its exp is clamped: −2·ln(eps)
+    (31.8 in fp32), so the exp stays at or above eps² and is never a subnormal float (each costs ~50×
+    a normal one on a CPU)."""
+    return -2 * math.log(torch.finfo(dtype).eps)
+
+
+def shifted_exp_(block: torch.Tensor, peak: torch.Tensor, depth: float) -> torch.Tensor:
+    """exp(block − peak) in place, arguments clamped at −depth; peak broadcasts over block's rows.
+    Computed as exp2 of log2(e)·(block − peak): within an ulp of exp's value, and ~4× faster than
+    torch's exp on the development CPU (docs/performance.md). The multiply comes after the
+    subtraction, which is exact near the peak."""
+    return block.sub_(peak).clamp_(min=-depth).mul_(LOG2_E).exp2_()
+
+
 def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_rows: torch.Tensor,
                          target_items: torch.Tensor, block_elements: int | None = None,
                          sink: TableGradients | None = None, gradient_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -82,11 +97,10 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
     logits is c_r·p_r − (the row's one-hots), so d/dh_r = c_r Σ_j p_rj w_j − Σ_pairs w_j and
     d/dw_j = Σ_r c_r p_rj h_r − Σ_pairs h_r. Rows go in equal chunks of at most block_elements / J;
     a chunk's item axis in cache-sized blocks. Pass 1, per block: logits (2·K FLOPs each), block max,
-    exp in place (as exp2 of log2(e)·(logit − max): within an ulp of exp's value, and ~4× faster than
-    torch's exp on the development CPU, docs/performance.md), block sum, all in the compute dtype; the
-    exps e are stored (rounded to the gradient dtype where that is narrower). Pass 2, per block:
-    multiply the stored exps into both gradients (2·K FLOPs each, twice, operands in the gradient
-    dtype, each product added into a compute-dtype sum);
+    exp in place (`shifted_exp_`), block sum, all in the compute dtype; the exps e are stored (rounded
+    to the gradient dtype where that is narrower). Pass 2, per block: multiply the stored exps into
+    both gradients (2·K FLOPs each, twice, operands in the gradient dtype, each product added into a
+    compute-dtype sum);
     c_r·p_r = f_rb·e with one factor f per (row, block), which scales either the block in place or,
     where 2·K is under the block's width, the small [rows, K] operands instead:
     grad_h += f·(e @ w_block), grad_w_block += eᵀ @ (f·h).
@@ -125,7 +139,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
         width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
         starts = list(range(0, n_items, width))
         # no subnormals (see above): exps clamped at e^−depth = eps², factors under least_factor dropped
-        depth = -2 * math.log(torch.finfo(dtype).eps)
+        depth = exp_depth(dtype)
         least_factor = torch.finfo(dtype).tiny * math.exp(2 * depth)
         lse_sum = h.new_zeros(())
         for r0, r1 in zip(bounds, bounds[1:]):
@@ -142,7 +156,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
                 block = kept_block if scratch is None else scratch[: kept_block.numel()].view_as(kept_block)
                 torch.mm(part, rows_w.t(), out=block)
                 torch.amax(block, dim=1, out=peaks[b])
-                torch.sum(block.sub_(peaks[b, :, None]).clamp_(min=-depth).mul_(LOG2_E).exp2_(), dim=1, out=sums[b])
+                torch.sum(shifted_exp_(block, peaks[b, :, None], depth), dim=1, out=sums[b])
                 blocks.append(kept_block if scratch is None else kept_block.copy_(block))
             top = peaks.amax(dim=0)  # [n]
             relative = torch.exp(peaks - top)  # exp(peak_b − max_r) [B, n]
@@ -153,7 +167,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
                 factors.masked_fill_(factors < least_factor, 0.0)
                 grad_part = grad_h[r0:r1] if need_h else None
                 scale_operands = 2 * h.shape[1] < width  # scale [n, K] twice rather than the [n, width] block
-                part_stored = part.to(stored)
+                part_stored = None if scale_operands else part.to(stored)
                 to_h = h.new_empty(n, h.shape[1], dtype=stored)  # e @ w_block
                 to_w = h.new_empty(width, h.shape[1], dtype=stored)  # eᵀ @ h
                 for b, s0 in enumerate(starts):
@@ -197,9 +211,10 @@ def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torc
     any float dtype (computed in fp32, or fp64 when given), targets [M] word ids. Computed by
     `FusedVocabCrossEntropy`: the loss of `F.cross_entropy(logits.float(), targets, reduction="sum")`;
     its gradient is rounded to the logits' dtype once more (stored, then scaled) where that is narrower."""
-    if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < logits.shape[1]:
-        raise ValueError(f"vocabulary targets must be word ids in [0, {logits.shape[1]}), "
-                         f"got ids from {int(targets.min())} to {int(targets.max())}")
+    if targets.numel():
+        low, high = (int(x) for x in targets.aminmax())
+        if low < 0 or high >= logits.shape[1]:
+            raise ValueError(f"vocabulary targets must be word ids in [0, {logits.shape[1]}), got ids from {low} to {high}")
     return FusedVocabCrossEntropy.apply(logits, targets)
 
 
@@ -207,10 +222,10 @@ class FusedVocabCrossEntropy(torch.autograd.Function):
     """Vocabulary cross-entropy whose gradient, softmax − one-hot, is computed in the forward pass.
 
     A few rows at a time (on a CPU, a cache-sized fp32 block of CACHE_BLOCK_ELEMENTS), each logit is
-    read once, exponentiated once (exp2, as in the item softmax, clamped at eps² below the row's max so
-    that no subnormal float is made) and its gradient written once, in the logits' dtype: no [M, V]
-    fp32 copy, log-probabilities or second exp in backward (F.cross_entropy on a bf16 model's logits
-    made all three). Backward scales the stored gradient in place."""
+    read once, exponentiated once (`shifted_exp_`, as in the item softmax: no subnormal float is made)
+    and its gradient written once, in the logits' dtype: no [M, V] fp32 copy, log-probabilities or
+    second exp in backward (F.cross_entropy on a bf16 model's logits made all three). Backward scales
+    the stored gradient in place."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -222,12 +237,12 @@ class FusedVocabCrossEntropy(torch.autograd.Function):
         block_elements = CACHE_BLOCK_ELEMENTS if logits.device.type == "cpu" else LOGIT_BLOCK_BYTES // dtype.itemsize
         rows = max(1, block_elements // max(n_words, 1))
         scratch = workspace(min(rows, n_rows) * n_words, logits.device, dtype)
-        depth = -2 * math.log(torch.finfo(dtype).eps)  # exps clamped at e^−depth = eps²
+        depth = exp_depth(dtype)
         for r0 in range(0, n_rows, rows):
             part = logits[r0 : r0 + rows]
             block = scratch[: part.numel()].view(part.shape).copy_(part)
             peak = block.amax(dim=1, keepdim=True)
-            total = block.sub_(peak).clamp_(min=-depth).mul_(LOG2_E).exp2_().sum(dim=1, keepdim=True)
+            total = shifted_exp_(block, peak, depth).sum(dim=1, keepdim=True)
             lse[r0 : r0 + rows] = (peak + total.log()).squeeze(1)
             if grad is not None:
                 block.div_(total)
