@@ -89,6 +89,10 @@ class UserItems:
         """Items per user, int64 [U]."""
         return np.diff(self.indptr)
 
+    def item_counts(self) -> np.ndarray:
+        """Users per item (each (user, item) pair counted once), int64 [J]."""
+        return np.bincount(self.indices, minlength=self.n_items)
+
     @classmethod
     def from_lists(cls, lists: Sequence[Sequence[int]], n_items: int) -> UserItems:
         """Build from one item list per user; each row is sorted and deduplicated."""
@@ -153,3 +157,15 @@ def first_occurrences(items: np.ndarray) -> np.ndarray:
     items = np.asarray(items, dtype=np.int64)
     _, first = np.unique(items, return_index=True)
     return items[np.sort(first)]
+
+
+def popularity_entropy(interactions: UserItems) -> float:
+    """Entropy of item popularity in nats: H = −Σ_j p_j ln p_j, p_j = (pairs of item j) / (all pairs).
+
+    The cross-entropy per item token of a model that predicts every item from its popularity alone,
+    so the floor a collaborative LM must get below to show it learned more than popularity. Items
+    without interactions add nothing (0 ln 0 = 0); 0.0 when there are no interactions.
+    """
+    counts = interactions.item_counts()
+    p = counts[counts > 0] / max(interactions.nnz, 1)
+    return float((p * np.log(1.0 / p)).sum())

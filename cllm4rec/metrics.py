@@ -177,6 +177,7 @@ def evaluate_scores(
     sort_key: np.ndarray | None = None,
     shard: tuple[int, int] = (0, 1),
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_scores: Callable[[np.ndarray, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Average Recall@K and NDCG@K over the users that have held-out items.
 
@@ -192,6 +193,8 @@ def evaluate_scores(
             padding calls (scores discarded) so every rank calls `score_fn` equally often, as
             collective forwards (ZeRO-3) need; `all_reduce` then sums the metric sums and counts
             of all ranks, so every rank returns the figures of the whole user set.
+        on_scores: called with (rows [B], scores [B, J]) of each batch this rank scores, before
+            any exclusion (never with a padding call's scores).
 
     Returns:
         ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "n_users_evaluated": n}``.
@@ -220,6 +223,8 @@ def evaluate_scores(
             continue
         rows = mine[index]
         scores = score_fn(rows)
+        if on_scores is not None:
+            on_scores(rows, scores)
         topk = topk_excluding(scores, train, rows, max(ks))
         target = heldout.to_dense(rows, dtype=torch.bool, device=scores.device)
         per_user = {f"recall@{k}": recall_at_k(topk, target, k) for k in ks_recall}

@@ -186,6 +186,10 @@ class CLLM4Rec(nn.Module):
 
     # ---- forward pieces --------------------------------------------------------------------------
 
+    def id_occurrences(self, ids: torch.Tensor) -> int:
+        """Number of user and item tokens in ids [B, T] (every occurrence; the MR term's terms)."""
+        return int((ids >= self.vocab_rows).sum())
+
     def _id_positions(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat positions and indices of user and item tokens in ids [B, T]: (upos, users, ipos, items)."""
         flat = ids.reshape(-1)
@@ -258,12 +262,17 @@ class CLLM4Rec(nn.Module):
         target_rows: torch.Tensor | None = None,
         target_items: torch.Tensor | None = None,
         lm_denominator: float | None = None,
+        mr_weight: float | None = None,
+        prior_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run one task on a batch; returns loss parts (see module docstring) or item logits.
 
-        Keys: "loss" = lm_sum / lm_denominator + λ_c·mr_sum + λ_l·prior_sum, and "lm_sum",
-        "lm_count" (main-part tokens, or users for "rec"), "mr_sum", "prior_sum". lm_denominator
-        defaults to lm_count; a distributed caller passes the global count.
+        Keys: "loss" = lm_sum / lm_denominator + mr_loss + prior_loss with mr_loss = mr_weight·mr_sum
+        and prior_loss = prior_weight·prior_sum, and "lm_sum", "lm_count" (main-part tokens, or users
+        for "rec"), "target_count" (main-part tokens, or multi-hot target entries for "rec": lm_sum per
+        target compares with the entropy of item popularity), "mr_sum", "prior_sum". lm_denominator defaults to lm_count; a distributed caller
+        passes the global count. mr_weight / prior_weight default to λ_c / λ_l (the authors' sum
+        reduction); a caller that reduces by the mean passes λ / (ID occurrences in the global batch).
         """
         which: TableSet = "content" if task == "content" else "collab"
         rows = self.id_rows(input_ids, which)
@@ -274,6 +283,7 @@ class CLLM4Rec(nn.Module):
             lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
                                           sink=self.table_gradients, gradient_dtype=self.head_gradient_dtype)
             lm_count = torch.tensor(float(input_ids.shape[0]))
+            target_count = torch.tensor(float(target_items.shape[0]))
         elif task in ("collab", "content"):
             mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
             selected = hidden[:, :-1][mask]
@@ -285,11 +295,13 @@ class CLLM4Rec(nn.Module):
             else:
                 logits = self.backbone.get_output_embeddings()(selected)
                 lm_sum = vocab_cross_entropy_sum(logits, targets)
-            lm_count = torch.tensor(float(targets.shape[0]))
+            lm_count = target_count = torch.tensor(float(targets.shape[0]))
         else:
             raise ValueError(f"unknown task {task!r}; expected collab, content, rec or score")
         mr_sum, prior_sum = self.regulariser_sums(input_ids, which, rows)
         denominator = lm_count.clamp(min=1.0) if lm_denominator is None else lm_denominator
-        loss = lm_sum / denominator + self.lambda_c * mr_sum + self.lambda_l * prior_sum
-        return {"loss": loss, "lm_sum": lm_sum.detach(), "lm_count": lm_count,
-                "mr_sum": mr_sum.detach(), "prior_sum": prior_sum.detach()}
+        mr_loss = (self.lambda_c if mr_weight is None else mr_weight) * mr_sum
+        prior_loss = (self.lambda_l if prior_weight is None else prior_weight) * prior_sum
+        loss = lm_sum / denominator + mr_loss + prior_loss
+        return {"loss": loss, "lm_sum": lm_sum.detach(), "lm_count": lm_count, "target_count": target_count, "mr_sum": mr_sum.detach(),
+                "prior_sum": prior_sum.detach(), "mr_loss": mr_loss.detach(), "prior_loss": prior_loss.detach()}

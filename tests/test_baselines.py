@@ -1,6 +1,8 @@
-"""Multi-VAE and EASE on a tiny synthetic dataset with planted cluster structure."""
+"""MostPop by hand; Multi-VAE and EASE on a tiny synthetic dataset with planted cluster structure."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -10,14 +12,18 @@ from cllm4rec.baselines import (
     MultiVAE,
     MultiVAEHistory,
     fit_ease,
+    item_popularity,
     kl_beta,
     score,
     score_ease,
+    score_mostpop,
     select_ease,
     train_multivae,
 )
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_scores
+from trainer.baselines import run_baselines
+from trainer.config import BaselineConfig, EvalConfig
 
 N_USERS, N_ITEMS, N_CLUSTERS = 200, 60, 3
 
@@ -42,6 +48,26 @@ def split() -> tuple[UserItems, UserItems, UserItems]:
         parts[1].append(items[:n_held])
         parts[2].append(items[n_held : 2 * n_held])
     return tuple(UserItems.from_lists(p, N_ITEMS) for p in parts)  # type: ignore[return-value]
+
+
+def test_mostpop_by_hand() -> None:
+    # item counts 3, 3, 1, 1, 1: one ranking 0 1 2 3 4 for everyone (0 before 1 by index), minus own items
+    train = UserItems.from_lists([[0, 1], [0, 2], [0, 1, 3], [4], [1]], 5)
+    test = UserItems.from_lists([[2], [1], [4], [3], []], 5)  # user 4 has nothing held out
+    assert item_popularity(train).tolist() == [3.0, 3.0, 1.0, 1.0, 1.0]
+    assert score_mostpop(item_popularity(train), np.array([3, 0])).shape == (2, 5)
+    # rankings: u0 2 3 4 (hit 1), u1 1 3 4 (hit 1), u2 2 4 (hit 2), u3 0 1 2 3 (hit 4)
+    expected = {"recall@1": (1 + 1 + 0 + 0) / 4, "recall@2": (1 + 1 + 1 + 0) / 4,
+                "ndcg@2": (1 + 1 + 1 / math.log2(3) + 0) / 4,
+                "ndcg@4": (1 + 1 + 1 / math.log2(3) + 1 / math.log2(5)) / 4, "n_users_evaluated": 4}
+    popularity = item_popularity(train)
+    metrics = evaluate_scores(lambda rows: score_mostpop(popularity, rows), train, test, (1, 2), (2, 4))
+    assert metrics == pytest.approx(expected, abs=1e-12)
+    # the results-table row: only MostPop when the trained baselines are off
+    rows = run_baselines(train, test, test, BaselineConfig(multivae=False, ease=False),
+                         EvalConfig(recall_ks=[1, 2], ndcg_ks=[2, 4]), seed=0, progress=False)
+    assert list(rows) == ["MostPop"]
+    assert {k: v for k, v in rows["MostPop"].items() if k != "seconds"} == pytest.approx(expected, abs=1e-12)
 
 
 def _random_recall(train: UserItems, test: UserItems) -> float:

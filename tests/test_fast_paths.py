@@ -325,10 +325,12 @@ def test_compile_is_refused_under_deepspeed(planted_dataset, tiny_llama, tmp_pat
     from trainer.config import ConfigError, load_config
     from trainer.distributed import LOCAL
     from trainer.pipeline import build_engine
+    from trainer.schedule import step_plans
 
     config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, tmp_path, **{"model.compile": True}))
     with pytest.raises(ConfigError, match="model.compile=true works with the plain engine only"):
-        build_engine(config, LOCAL, None, torch.device("cpu"), (tmp_path / "ds.json", {}))
+        build_engine(config, LOCAL, None, torch.device("cpu"), (tmp_path / "ds.json", {}),
+                     step_plans(config, {"collab": 1, "content": 1, "rec": 1}))
 
 
 def test_recommend_in_length_sorted_batches_keeps_the_callers_order(tiny_llama):

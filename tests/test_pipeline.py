@@ -22,6 +22,8 @@ import torch
 import yaml
 
 from conftest import planted_raw, tiny_overrides
+from cllm4rec.diagnostics import hidden_user_variance, logit_user_share, mean_pairwise_cosine
+from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import evaluate_scores
 from data_prep.errors import DataPrepError
 from trainer import cli
@@ -29,19 +31,21 @@ from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, config_from_dict, config_to_dict, load_config
 from trainer.evaluate import evaluate, recommend
 from trainer.pipeline import Recipe, train
-from trainer.serving import evaluate_saved, recommend_saved
+from trainer.serving import evaluate_saved, last_hidden_and_logits, recommend_saved
 
 # The shared run: lr 0.02 with batch 8 lowers every loss within 2 warm-up epochs, 4 rounds and 4
 # finetuning epochs (checked with seeds 0, 1, 2), in ~3 s of training on 2 CPU cores. Reviews are left
-# out here (they multiply the content steps by 5); the GPT-2 run below keeps them.
+# out here (they multiply the content steps by 5); the GPT-2 run below keeps them. The warm-up applies
+# MR (not the default): without it, λ_c = 1 summed over this batch's IDs pulls the collaborative tables
+# toward content tables that drifted in the warm-up, and the item-space loss rises over the rounds.
 MAIN_SCHEDULE = {
-    "data.reviews": False, "pretrain.warmup_epochs": 2, "pretrain.rounds": 4, "pretrain.lr": 0.02, "finetune.epochs": 4,
+    "data.reviews": False, "pretrain.warmup_mr": True, "pretrain.warmup_epochs": 2, "pretrain.rounds": 4, "pretrain.lr": 0.02, "finetune.epochs": 4,
     "finetune.patience": 4, "baselines.multivae": True, "baselines.ease": True, "baselines.multivae_epochs": 10,
 }
 # The smallest schedule (ablations, resume, CLI): one epoch of everything, no reviews, nothing else.
 SMALL = {
     "pretrain.warmup_epochs": 1, "pretrain.rounds": 1, "finetune.epochs": 1, "data.reviews": False,
-    "baselines.multivae": False, "baselines.ease": False, "tracking.mlflow": False,
+    "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False, "tracking.mlflow": False,
 }
 METRICS = ("recall@20", "recall@40", "ndcg@100")
 TIMING_KEYS = ("seconds", "tokens_per_s")  # history values that legitimately differ between runs
@@ -167,7 +171,10 @@ def test_beats_random_ranking_clearly(trained: Trained) -> None:
     reported = trained.rows["CLLM4Rec"]
     assert reported["ndcg@100"] == pytest.approx(model["ndcg@100"], abs=1e-9)
     assert reported["n_users_evaluated"] == N_USERS
-    assert set(trained.rows) == {"CLLM4Rec", "Multi-VAE", "EASE"}
+    assert set(trained.rows) == {"CLLM4Rec", "MostPop", "Multi-VAE", "EASE"}
+    table = (trained.out / "results.md").read_text(encoding="utf-8").splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["CLLM4Rec", "MostPop", "Multi-VAE", "EASE"]
+    assert reported["ndcg@100"] > trained.rows["MostPop"]["ndcg@100"] + 0.1  # more than popularity
 
 
 # ---- 3. MLflow store -----------------------------------------------------------------------------
@@ -205,17 +212,46 @@ def test_mlflow_store_holds_parent_and_nested_runs(trained: Trained) -> None:
 
     assert len(history("content-warmup", "content_lm_loss")) == 2
     assert len(history("content-warmup", "content_mr_loss")) == 2
+    entropy = trained.results["popularity_entropy"]
+    assert entropy == pytest.approx(popularity_entropy(trained.recipe.splits["train"]))
     for name in rounds:
         kind = "collab" if "-L-" in name else "content"
         assert len(history(name, f"{kind}_lm_loss")) == 1, name
         assert len(history(name, f"{kind}_mr_loss")) == 1, name
+        assert history(name, "collab_popularity_entropy") == ([pytest.approx(entropy)] if kind == "collab" else [])
     fine = [h for h in trained.results["history"] if h["unit"].startswith("finetune")]
-    for key in ("rec_lm_loss", "rec_mr_loss", "val_recall_at_20", "val_ndcg_at_100", "val_selection"):
+    for key in ("rec_lm_loss", "rec_mr_loss", "val_recall_at_20", "val_ndcg_at_100", "val_selection",
+                "val_logit_user_share"):
         assert history("finetune", key) == pytest.approx([h[key.replace("_at_", "@")] for h in fine], abs=1e-6), key
+    assert all(0.0 < h["val_logit_user_share"] <= 1.0 for h in fine)
+
+    # per-step losses: one point per optimizer step, numbered on across the epochs of a phase run; the
+    # epoch's mean MR term and loss are the means of its steps'
+    def steps(run_name: str, key: str) -> list[tuple[int, float]]:
+        points = client.get_metric_history(children[run_name].info.run_id, key)
+        return sorted((p.step, p.value) for p in points)
+
+    units = {h["unit"]: h for h in trained.results["history"]}
+    phase_units = {"content-warmup": [u for u in units if u.startswith("warmup")],
+                   "finetune": [h["unit"] for h in fine],
+                   **{name: [f"{'lstep' if '-L-' in name else 'cstep'}-r{int(name[6:9]) - 1:03d}-e000"] for name in rounds}}
+    for name, tags in phase_units.items():
+        for prefix in {"content-warmup": ["content"], "finetune": ["rec", "content"]}.get(
+                name, ["collab" if "-L-" in name else "content"]):
+            counts = [int(units[t][f"{prefix}_steps"]) for t in tags]
+            lm = steps(name, f"step_{prefix}_lm_loss")
+            assert [s for s, _ in lm] == list(range(1, sum(counts) + 1)), (name, prefix)
+            for key in ("mr_loss", "loss"):
+                values = [v for _, v in steps(name, f"step_{prefix}_{key}")]
+                bounds = np.cumsum([0, *counts])
+                for tag, a, b in zip(tags, bounds[:-1], bounds[1:]):
+                    expected = units[tag][f"{prefix}_{key}"]  # (rounded to 6 decimals in the history)
+                    assert np.mean(values[a:b]) == pytest.approx(expected, rel=1e-5, abs=2e-6), (name, key)
     test = children["test"].data.metrics
     for key in METRICS:
         assert test[f"test_{key.replace('@', '_at_')}"] == pytest.approx(test_metrics[key])
     base = children["baselines"].data.metrics
+    assert base["MostPop_ndcg_at_100"] == pytest.approx(trained.results["models"]["MostPop"]["ndcg@100"])
     assert base["Multi-VAE_ndcg_at_100"] == pytest.approx(trained.results["models"]["Multi-VAE"]["ndcg@100"])
     assert base["EASE_recall_at_20"] == pytest.approx(trained.results["models"]["EASE"]["recall@20"])
 
@@ -291,6 +327,34 @@ def test_evaluate_saved_reproduces_results(trained: Trained) -> None:
     assert trained.results["best_epoch"] and trained.results["best_epoch"].startswith("finetune-")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_diagnose_command_measures_user_specificity(trained: Trained, capsys) -> None:
+    """`cllm4rec diagnose`: the hidden-state and logit diagnostics of the first N users with validation
+    items, from the saved model; its logits are the ones evaluation ranks, and its logit share is the
+    one the validation pass computes for the same users."""
+    recipe = trained.recipe
+    users = np.flatnonzero(recipe.splits["val"].lengths() > 0)[:30]
+    assert cli.main(["diagnose", "--model", str(trained.out / "model"), "--users", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{trained.out / 'model'}: 30 users with val items")
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in printed.splitlines()
+            if line.startswith("| ") and not line.startswith("| diagnostic")}
+    assert len(rows) == 3
+
+    batch = recipe.parts.corpora.scoring_batch(users, "rec", recipe.config.seed)
+    hidden, logits = last_hidden_and_logits(recipe.engine, batch)
+    torch.testing.assert_close(logits, recipe.engine.item_logits(batch).float(), rtol=1e-5, atol=1e-5)
+    assert rows["hidden-state user variance share"] == pytest.approx(hidden_user_variance(hidden), abs=1e-4)
+    assert rows["mean pairwise cosine of hidden states"] == pytest.approx(mean_pairwise_cosine(hidden), abs=1e-4)
+    assert rows["logit user-specific share"] == pytest.approx(logit_user_share(logits), abs=1e-4)
+    validated = evaluate(recipe.engine, recipe.parts.corpora, recipe.splits["val"], prompt="rec", seed=recipe.config.seed,
+                         batch_size=8, recall_ks=[20], ndcg_ks=[], max_users=int(users[-1]) + 1, logit_share=True)
+    assert validated["logit_user_share"] == pytest.approx(logit_user_share(logits), abs=1e-6)  # other batches
+    # planted clusters: users differ, so a trained model's scores do too
+    assert 0.05 < logit_user_share(logits) <= 1.0 and mean_pairwise_cosine(hidden) < 1.0
+
+
 # ---- 6. resume -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -337,6 +401,13 @@ def test_resume_with_more_finetuning_epochs_continues(small_run, planted_dataset
     after = _results(out)["history"]
     assert after[: len(before)] == before
     assert [h["unit"] for h in after[len(before):]] == ["finetune-r000-e002"]
+    # the finetune phase run's step count (per-step MLflow metrics) continues from the checkpoint
+    from trainer.checkpoint import find_latest
+
+    state = json.loads((find_latest(out / "checkpoints") / "state.json").read_text())
+    fine = [h for h in after if h["unit"].startswith("finetune")]
+    assert state["phase_steps"] == {"group": "finetune", "steps": {
+        prefix: sum(int(h[f"{prefix}_steps"]) for h in fine) for prefix in ("rec", "content")}}
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_readme_main_job_smoke(tmp_path):
     ]
     assert main(["demo", "--no-progress", *overrides]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert set(results["models"]) == {"CLLM4Rec", "Multi-VAE", "EASE"}
+    assert set(results["models"]) == {"CLLM4Rec", "MostPop", "Multi-VAE", "EASE"}
     assert results["backbone"].endswith("smollm2-135m")
     units = [h["unit"] for h in results["history"]]
     assert units == ["warmup-r000-e000", "lstep-r000-e000", "cstep-r000-e000", "finetune-r000-e000"]

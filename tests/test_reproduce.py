@@ -19,7 +19,7 @@ from trainer.checkpoint import load_model
 from trainer.reproduce import row_configs
 from trainer.serving import evaluate_saved
 
-ROWS = ["Multi-VAE", "EASE", "Two-Tower", "LLM-Scratch", "LLM-CF", "LLM-FtAll", "LLM-FtAll (LoRA)", "LLM-FixOrd", "LLM-PreRec",
+ROWS = ["MostPop", "Multi-VAE", "EASE", "Two-Tower", "LLM-Scratch", "LLM-CF", "LLM-FtAll", "LLM-FtAll (LoRA)", "LLM-FixOrd", "LLM-PreRec",
         "CLLM4Rec-Emb", "CLLM4Rec"]
 COLUMNS = ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@100"]
 
@@ -32,8 +32,9 @@ def test_row_configs_add_the_cutoffs_and_keep_the_selection(tmp_path):
     for config in configs.values():
         assert config.eval.columns() == COLUMNS
         assert config.eval.selection() == ["recall@20", "recall@40", "ndcg@100"]  # the recipe's, not the new cut-offs
-        assert not config.baselines.multivae and not config.baselines.ease  # baselines run once, as their own rows
-    assert base.baselines.multivae and base.baselines.ease
+        baselines = config.baselines
+        assert not (baselines.mostpop or baselines.multivae or baselines.ease)  # baselines run once, as their own rows
+    assert base.baselines.mostpop and base.baselines.multivae and base.baselines.ease
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,4 +1,5 @@
-"""Tests for trainer.tracking: parent/phase runs, metrics, params, artifacts, disabled mode."""
+"""Tests for trainer.tracking: parent/phase runs, metrics, queued per-step metrics, params, artifacts,
+disabled mode."""
 
 from __future__ import annotations
 
@@ -92,6 +93,24 @@ def test_parent_and_phases(tracker: Tracker, store: Path) -> None:
     assert client.get_metric_history(finetune_id, "recall_at_20")[0].step == 1
     assert client.get_metric_history(finetune_id, "lm_loss") == []
     assert [a.path for a in client.list_artifacts(finetune_id)] == ["phase.json"]
+
+
+def test_step_metrics_are_queued_and_written_per_phase(tracker: Tracker, store: Path) -> None:
+    with tracker:
+        tracker.start("steps", {})
+        with tracker.phase("L-step") as lstep_id:
+            for step in range(1, 4):
+                tracker.log_step_metrics({"step_collab_lm_loss": 4.0 - step, "bad": float("nan")}, step=step)
+            assert _client(store).get_metric_history(lstep_id, "step_collab_lm_loss") == []  # still queued
+        assert [(m.step, m.value) for m in _client(store).get_metric_history(lstep_id, "step_collab_lm_loss")] == [
+            (1, 3.0), (2, 2.0), (3, 1.0)]  # written when the phase ended
+        with tracker.phase("finetune") as finetune_id:
+            tracker.log_step_metrics({"step_rec_loss": 5.0}, step=1)
+        tracker.log_step_metrics({"step_after": 1.0}, step=7)  # no phase: the parent, written at its end
+    client = _client(store)
+    assert [m.value for m in client.get_metric_history(finetune_id, "step_rec_loss")] == [5.0]
+    assert client.get_metric_history(lstep_id, "bad") == []
+    assert [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "step_after")] == [(7, 1.0)]
 
 
 def test_failed_phase_parent_continues(tracker: Tracker, store: Path) -> None:

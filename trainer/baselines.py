@@ -1,4 +1,5 @@
-"""Multi-VAE and EASE on the same split as CLLM4Rec, selected on validation, scored on test."""
+"""MostPop, Multi-VAE and EASE on the same split as CLLM4Rec (the latter two selected on validation),
+scored on test."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ import time
 
 from cllm4rec.baselines import select_ease, train_multivae
 from cllm4rec.baselines.ease import score_ease
+from cllm4rec.baselines.mostpop import item_popularity, score_mostpop
 from cllm4rec.baselines.multivae import score as score_multivae
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_scores
@@ -23,9 +25,15 @@ def run_baselines(
     train: UserItems, val: UserItems, test: UserItems, cfg: BaselineConfig, eval_cfg: EvalConfig, seed: int,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """{'Multi-VAE': test metrics, 'EASE': test metrics} (each with 'seconds' and its selection)."""
+    """{'MostPop': test metrics, 'Multi-VAE': …, 'EASE': …} for the enabled ones (each with 'seconds', the
+    last two with their selection)."""
     ks = (tuple(eval_cfg.recall_ks), tuple(eval_cfg.ndcg_ks))
     results: dict[str, dict[str, float]] = {}
+    if cfg.mostpop:
+        start = time.perf_counter()
+        popularity = item_popularity(train)
+        metrics = evaluate_scores(lambda rows: score_mostpop(popularity, rows), train, test, *ks)
+        results["MostPop"] = {**metrics, "seconds": time.perf_counter() - start}
     if cfg.multivae:
         start = time.perf_counter()
         model, history = train_multivae(

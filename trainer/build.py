@@ -150,7 +150,7 @@ def build_run(config: TrainConfig, device: torch.device | None = None, dtype: to
         model.enable_activation_checkpointing()
     if config.model.compile:
         model.compile_backbone()
-    tokenizer = IdTokenizer(hf_tokenizer, model.vocab_rows, dataset.n_users, dataset.n_items)
+    tokenizer = IdTokenizer(hf_tokenizer, model.vocab_rows, dataset.n_users, dataset.n_items, add_bos=config.model.bos)
     corpora = Corpora.build(
         dataset,
         tokenizer,
@@ -163,6 +163,7 @@ def build_run(config: TrainConfig, device: torch.device | None = None, dtype: to
         dataset_path=path,
         shuffle_buffer=config.data.shuffle_buffer,
         skip_corrupt=config.data.skip_corrupt_shards,
+        bucket_window=config.data.bucket_window,
     )
     if config.model.content_init_from_text:
         model.init_content_from_text(corpora.entity_text_ids())

@@ -203,6 +203,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+DIAGNOSTICS = (  # (key, row title, how to read it)
+    ("hidden_user_variance", "hidden-state user variance share", "0: every user gets the same hidden state"),
+    ("mean_pairwise_cosine", "mean pairwise cosine of hidden states", "near 1: the hidden states barely differ"),
+    ("logit_user_share", "logit user-specific share", "near 0: one list (popularity) for everyone"),
+)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """How user-specific a saved model's scores are (cllm4rec/diagnostics.py), as a small table."""
+    from trainer.serving import diagnose_saved
+
+    result = diagnose_saved(args.model, args.split, args.users)
+    print(f"{args.model}: {result['n_users']} users with {args.split} items\n")
+    print("| diagnostic | value | reads |\n|---|---|---|")
+    for key, title, reading in DIAGNOSTICS:
+        print(f"| {title} | {result[key]:.4f} | {reading} |")
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from trainer.serving import recommend_saved
 
@@ -278,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a saved model on its dataset's validation or test split")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--split", default="test", choices=("val", "test"))
+    p = sub.add_parser("diagnose", help="how user-specific a saved model's hidden states and item logits are")
+    p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
+    p.add_argument("--split", default="val", choices=("val", "test"), help="users with items in this split (default val)")
+    p.add_argument("--users", type=int, default=256, help="the first N such users, by index (default 256)")
     p = sub.add_parser("recommend", help="top-M unseen items for users of a saved model")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--users", nargs="*", help="raw user ids (default: all users)")
@@ -300,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
-            "train": cmd_train, "sweep": cmd_sweep, "reproduce": cmd_reproduce, "config": cmd_config, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export,
+            "train": cmd_train, "sweep": cmd_sweep, "reproduce": cmd_reproduce, "config": cmd_config, "evaluate": cmd_evaluate,
+            "diagnose": cmd_diagnose, "recommend": cmd_recommend, "export": cmd_export,
             "export-embeddings": cmd_export_embeddings, "two-tower": cmd_two_tower}
 
 

@@ -47,6 +47,11 @@ class DataConfig:
     from it, split by rank ([data.md](data.md), section 6.7). Its manifest must match `dataset`'s meta.json hash."""
     shuffle_buffer: int = 1000
     """Samples in the shard reader's shuffle buffer (with `shards` only)."""
+    bucket_window: int = 50
+    """Length bucketing of the in-memory corpora: each epoch shuffles the documents, sorts them by length
+    within windows of this many batches, cuts batches and shuffles their order. Large windows cut padding
+    but, on a corpus smaller than one window (ML-100K: 943 users), give the same batches every epoch in
+    another order; 1 draws fresh random batches every epoch (more padding)."""
     skip_corrupt_shards: bool = False
     """With `shards`: leave corrupted or truncated shards out (logged, and counted in the MLflow metric
     `skipped_shards`) instead of stopping at the first, which is named in the error."""
@@ -88,6 +93,10 @@ class ModelConfig:
     """Recompute each backbone layer in the backward pass (transformers' gradient checkpointing,
     non-reentrant) instead of holding every layer's activations: SmolLM2's finetuning step on a
     ~1,870-token batch peaks 1.2 GiB lower and runs 30–45% slower. Same losses and gradients (tested)."""
+    table_optimizer: str = "adam"
+    """Optimizer of the trainable groups: `adam` (torch's fused Adam) or `row_adam` (Adam with one
+    second-moment value per table row, cllm4rec/row_adam.py: each row steps along its gradient instead
+    of its gradient's signs; plain engine only). Both keep one state per table set."""
     random_init: bool = False
     """Same architecture, random weights (LLM-Scratch)."""
     train_backbone: str = "none"
@@ -111,6 +120,10 @@ class ModelConfig:
     ([architecture.md](architecture.md)); `random`: independent draws."""
     content_init_from_text: bool = False
     """Then set each content row that has text to the mean word embedding of that biography or item text."""
+    bos: bool | None = None
+    """Prepend the backbone's BOS token to every document and prompt: null follows the tokenizer's own
+    convention (SmolLM2 and GPT-2 add none), true always, false never. Without one, the first token
+    (`<user_i>`) is the position the frozen backbone's attention sinks on."""
 
 
 @dataclass
@@ -122,14 +135,30 @@ class PretrainConfig:
     rounds: int = 100
     """Alternating rounds, each one L-step epoch then one C-step epoch."""
     lr: float = 1e-3
-    """Adam lr of the optimizer's `collab`, `content` and `backbone` groups during pretraining."""
+    """Adam lr of the optimizer's `collab` and `backbone` groups in L-steps (and of `content` unless
+    `content_lr` is set)."""
+    content_lr: float | None = None
+    """Adam lr of the `content` group in the warm-up and C-steps; null uses `lr`."""
+    lr_schedule: str = "constant"
+    """`constant`, or `cosine`: each group's lr decays from its value to 0 along a half cosine over the
+    group's steps in pretraining (L-steps for `collab`; warm-up and C-steps for `content`)."""
+    lr_warmup_steps: int = 0
+    """Steps of linear lr warm-up from 0 at the start of each group's pretraining schedule."""
     batch_size: int = 20
     """Documents per global batch in warm-up, L-steps and C-steps (split over the ranks); also sets
     DeepSpeed's batch keys."""
     lambda_c: float = 1.0
-    """MR weight λ_c, used in every phase including finetuning."""
+    """MR weight λ_c in L-steps and C-steps (and in finetuning unless `finetune.lambda_c` is set). With
+    `mr_reduction: sum` its weight against the LM loss grows with the ID tokens per batch (see
+    [configuration.md](configuration.md#scaling-of-the-mr-term))."""
+    mr_reduction: str = "sum"
+    """How the MR and prior terms are reduced over a batch's ID-token occurrences: `sum` (the authors':
+    λ_c × Σ‖z − ẑ‖² over every occurrence, against a per-token mean LM loss) or `mean` (λ_c × the mean
+    over occurrences, so λ_c weighs the same against the LM loss on any dataset)."""
+    warmup_mr: bool = False
+    """Apply the MR term in the content warm-up too (the authors' warm-up trains the content LLM alone)."""
     lambda_l: float = 0.0
-    """Prior weight λ_l on Σ‖z‖² of the collaborative tables (L-steps, finetuning)."""
+    """Prior weight λ_l on Σ‖z‖² of the collaborative tables (L-steps, finetuning), reduced like MR."""
     content: bool = True
     """False: no content LLM (no warm-up, no C-steps, no finetuning content epoch): LLM-CF."""
     reorder: bool = True
@@ -147,8 +176,17 @@ class FinetuneConfig:
     epochs: int = 150
     """Maximum finetuning epochs."""
     lr: float = 1e-4
-    """Adam lr of each optimizer group (`collab`, `content`, `backbone`) from its first finetuning step,
-    with fresh Adam state."""
+    """Adam lr of the `collab` and `backbone` groups (and of `content` unless `content_lr` is set) from
+    their first finetuning step, with fresh Adam state."""
+    content_lr: float | None = None
+    """Adam lr of the `content` group in the finetuning content epochs; null uses `lr`."""
+    lr_schedule: str = "constant"
+    """`constant`, or `cosine` (each group's lr decays to 0 along a half cosine over its finetuning steps,
+    `epochs` × steps per epoch; early stopping ends it sooner)."""
+    lr_warmup_steps: int = 0
+    """Steps of linear lr warm-up from 0 at the start of each group's finetuning schedule."""
+    lambda_c: float | None = None
+    """MR weight λ_c in finetuning (recommendation and content epochs); null uses `pretrain.lambda_c`."""
     batch_size: int = 20
     """Users per global batch, and documents per global batch in the finetuning content epoch (split over
     the ranks)."""
@@ -195,6 +233,9 @@ class EvalConfig:
 class BaselineConfig:
     """The ID-only models trained on the same split after each run."""
 
+    mostpop: bool = True
+    """Score MostPop: every item by its training interactions, the same list for every user (no
+    training). A model below it has learned popularity at most."""
     multivae: bool = True
     """Train Multi-VAE (600-200, β cap 0.2, epoch chosen by validation NDCG@100) on the same split."""
     multivae_epochs: int = 200
@@ -220,6 +261,11 @@ class TrackingConfig:
     """Nest this training's MLflow run under that run (`cllm4rec sweep` and `cllm4rec reproduce` set it)."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra MLflow tags of the training's run (`cllm4rec reproduce` sets `reproduce` and `row`)."""
+    log_every_steps: int = 1
+    """Log every N-th optimizer step's LM loss, MR term (as it enters the loss) and loss to the phase run
+    as `step_<collab|content|rec>_<lm_loss|mr_loss|loss>`, at the phase run's step count (continued
+    across its epochs and on resume); 0: per epoch unit only. Values are of the global batch (a small
+    all-reduce over the ranks on the logged steps); MLflow receives them in batches."""
 
 
 @dataclass
@@ -289,7 +335,7 @@ ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "none": {},
     "scratch": {"model.random_init": True, "model.train_backbone": "full"},
-    "cf": {"pretrain.content": False, "pretrain.lambda_c": 0.0},
+    "cf": {"pretrain.content": False, "pretrain.lambda_c": 0.0, "finetune.lambda_c": 0.0},
     "ftall": {"model.train_backbone": "full"},
     "ftall-lora": {"model.train_backbone": "lora"},
     "fixord": {"pretrain.reorder": False},
@@ -305,6 +351,10 @@ CHOICES = {
     "model.content_init": ("collab", "random"),
     "finetune.mask_mode": ("fixed", "bernoulli"),
     "finetune.target": ("all", "dropped"),
+    "pretrain.mr_reduction": ("sum", "mean"),
+    "model.table_optimizer": ("adam", "row_adam"),
+    "pretrain.lr_schedule": ("constant", "cosine"),
+    "finetune.lr_schedule": ("constant", "cosine"),
 }
 
 
@@ -412,7 +462,18 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> TrainCo
     for key, value in ABLATIONS[config.ablation].items():
         _apply(config, _nested(key, value))
     _check_selection(config.eval)
+    _check_ranges(config)
     return config
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    """Numbers that the types allow but the method does not; the error names the key."""
+    checks = {"data.bucket_window": (config.data.bucket_window, 1), "pretrain.lr_warmup_steps": (config.pretrain.lr_warmup_steps, 0),
+              "finetune.lr_warmup_steps": (config.finetune.lr_warmup_steps, 0), "pretrain.lambda_c": (config.pretrain.lambda_c, 0),
+              "finetune.lambda_c": (config.finetune.lambda_c, 0)}
+    for key, (value, least) in checks.items():
+        if value is not None and value < least:
+            raise ConfigError(f"config key '{key}': must be at least {least}, got {value!r}")
 
 
 def _check_selection(cfg: EvalConfig) -> None:

@@ -1,11 +1,16 @@
 """Training curves of one run as a PNG: LM and MR losses per epoch unit across the phases, and the
-validation metrics per finetuning epoch (from the run's history, `results.json` "history")."""
+validation metrics per finetuning epoch (from the run's history, `results.json` "history"). The LM
+panel draws the popularity entropy of the training items (dashed) as the collaborative LM's
+reference: the loss of a model that learned item popularity only."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from data_prep.atomic import atomic_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LOSS_TASKS = ("collab", "content", "rec")
 TASK_LABELS = {"collab": "collaborative LM", "content": "content LM", "rec": "finetuning (multinomial)"}
@@ -22,25 +27,42 @@ def validation_metrics(history: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({k for entry in history for k in entry if k.startswith(("val_recall@", "val_ndcg@"))})
 
 
+def popularity_reference(history: Sequence[dict[str, Any]]) -> float | None:
+    """The popularity entropy the L-step units of `history` carry (`collab_popularity_entropy`), if any."""
+    return next((entry["collab_popularity_entropy"] for entry in history if "collab_popularity_entropy" in entry), None)
+
+
 def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Write the curves of `history` (one dict per epoch unit: "unit" plus metrics) to `path` (PNG,
     atomically); returns `path`. Raises ValueError on an empty history."""
+    figure = training_figure(history, title)
+    with atomic_file(Path(path)) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    return Path(path)
+
+
+def training_figure(history: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """The matplotlib Figure of `plot_training_curves`: panels LM losses, MR terms, validation."""
     if not history:
         raise ValueError("no epoch units in the history: nothing to plot")
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib import figure as mpl_figure
 
-    figure = Figure(figsize=(13, 4.2), layout="constrained")
+    figure = mpl_figure.Figure(figsize=(13, 4.2), layout="constrained")
     lm_axes, mr_axes, val_axes = figure.subplots(1, 3)
     units = [entry["unit"] for entry in history]
+    entropy = popularity_reference(history)
     for axes, kind, ylabel in ((lm_axes, "lm_loss", "LM loss (mean per token / user)"), (mr_axes, "mr_loss", "MR term")):
         for task in LOSS_TASKS:
             points = [(x, entry[f"{task}_{kind}"]) for x, entry in enumerate(history) if f"{task}_{kind}" in entry]
             if points:
                 xs, ys = zip(*points)
-                axes.plot(xs, ys, marker="o", markersize=3, label=TASK_LABELS[task])
+                (curve,) = axes.plot(xs, ys, marker="o", markersize=3, label=TASK_LABELS[task])
+                if task == "collab" and kind == "lm_loss" and entropy is not None:
+                    axes.axhline(entropy, color=curve.get_color(), linestyle="--", linewidth=1,
+                                 label="popularity entropy (collaborative LM)")
         _mark_phases(axes, units)
         axes.set_xlabel("epoch unit")
         axes.set_ylabel(ylabel)
@@ -65,9 +87,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: s
     val_axes.set_title("validation")
     if title:
         figure.suptitle(title)
-    with atomic_file(Path(path)) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return Path(path)
+    return figure
 
 
 def _mark_phases(axes, units: list[str]) -> None:

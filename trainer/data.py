@@ -63,10 +63,10 @@ class EpochStream(Iterator[Batch]):
 
 
 def bucketed_stream(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, dist: Dist,
-                    make: Callable[[np.ndarray, float], Batch]) -> EpochStream:
+                    make: Callable[[np.ndarray, float], Batch], window: int = 50) -> EpochStream:
     """Length-bucketed global batches over documents of `lengths`; `make(this rank's rows, weight)`
-    builds each batch (see `own_share`)."""
-    batches = bucket_batches(lengths, batch_size, rng)
+    builds each batch (see `own_share`); `window`: see `bucket_batches`."""
+    batches = bucket_batches(lengths, batch_size, rng, window)
     return EpochStream((make(*own_share(rows, dist)) for rows in batches), len(batches))
 
 
@@ -134,6 +134,7 @@ class Corpora:
     shuffle_buffer: int = 1000
     skip_corrupt: bool = False
     skipped_shards: set[Path] = field(default_factory=set)  # corrupted shards left out so far
+    bucket_window: int = 50  # batches per length-sorting window of the in-memory epochs (bucket_batches)
 
     @classmethod
     def build(
@@ -150,6 +151,7 @@ class Corpora:
         dataset_path: Path | None = None,
         shuffle_buffer: int = 1000,
         skip_corrupt: bool = False,
+        bucket_window: int = 50,
     ) -> "Corpora":
         """In-memory corpora; with `shards`, their manifest is checked against `dataset_path` and every
         shard's sha256 verified once here (epochs then check sizes only)."""
@@ -171,7 +173,7 @@ class Corpora:
             for corpus in CORPORA:
                 skipped.update(check_shards(Path(shards), manifest, corpus, verify=True, skip_corrupt=skip_corrupt)[1])
         return cls(tokenizer, user_item_lists(dataset, "train"), content, owner, max_items, max_main_tokens, kinds,
-                   Path(shards) if shards is not None else None, shuffle_buffer, skip_corrupt, skipped)
+                   Path(shards) if shards is not None else None, shuffle_buffer, skip_corrupt, skipped, bucket_window)
 
     def entity_text_ids(self) -> dict[tuple[str, int], list[int]]:
         """Word ids of each user biography and item text, keyed ("user", i) / ("item", j)."""
@@ -209,7 +211,7 @@ class Corpora:
                                       keep=lambda s: s["kind"] in self.content_kinds)
         lengths = np.array([len(d.ids) for d in self.content])
         return bucketed_stream(lengths, batch_size, rng, dist, lambda mine, weight: {
-            **pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)})
+            **pad_documents([self.content[i] for i in mine]), "weight": torch.tensor(weight)}, self.bucket_window)
 
     def finetune_batches(
         self, rng: np.random.Generator, batch_size: int, *, mode: str, ratio: float, target: str, dist: Dist = LOCAL
@@ -248,7 +250,8 @@ class Corpora:
                                       lambda samples, w: make([(s["user"], np.asarray(s["items"], np.int64)) for s in samples], w))
         users = self.collab_users()
         return bucketed_stream(np.minimum(self.train.lengths()[users], self.max_items), batch_size, rng, dist,
-                               lambda mine, weight: make([(int(u), self.train.row(int(u))) for u in users[mine]], weight))
+                               lambda mine, weight: make([(int(u), self.train.row(int(u))) for u in users[mine]], weight),
+                               self.bucket_window)
 
     def _shard_stream(self, corpus: str, rng: np.random.Generator, batch_size: int, dist: Dist,
                       make: Callable[[list[dict], float], Batch], keep: Callable[[dict], bool] = lambda s: True) -> EpochStream:

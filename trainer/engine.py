@@ -24,18 +24,17 @@ from typing import Any
 import torch
 
 from cllm4rec.model import CLLM4Rec, TABLE_NAMES
+from cllm4rec.row_adam import RowAdam
 from cllm4rec.table_gradients import TableGradients
 from trainer.checkpoint import CheckpointError, restore_optimizer, save_optimizer
 from trainer.config import ConfigError
 from trainer.build import load_weights
 from trainer.data import Batch
 from trainer.distributed import LOCAL, Dist, launched
+from trainer.schedule import StepPlan, constant_plans
 
 log = logging.getLogger(__name__)
 DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
-# step name → (groups it trains besides the backbone, stage)
-STEPS = {"collab": ("collab", "pretrain"), "content": ("content", "pretrain"),
-         "rec": ("collab", "finetune"), "rec_content": ("content", "finetune")}
 
 
 class EngineError(ConfigError):
@@ -73,9 +72,16 @@ class TableSetAdam(SkipInactiveGroups, torch.optim.Adam):
         super().__init__(groups, lr, fused=True)
 
 
-def table_set_optimizer(groups: dict[str, list[torch.nn.Parameter]], lr: float, cpu_adam: bool = False):
-    """TableSetAdam, or (ZeRO-Offload, which requires it) the same over DeepSpeed's CPU Adam, whose
-    C++ kernel is compiled on first use."""
+class TableSetRowAdam(SkipInactiveGroups, RowAdam):
+    """Row-wise Adam (cllm4rec/row_adam.py) over the table-set groups (plain engine only)."""
+
+
+def table_set_optimizer(groups: dict[str, list[torch.nn.Parameter]], lr: float, cpu_adam: bool = False,
+                        kind: str = "adam"):
+    """TableSetAdam, TableSetRowAdam (`kind` "row_adam"), or (ZeRO-Offload, which requires it) Adam over
+    DeepSpeed's CPU Adam, whose C++ kernel is compiled on first use."""
+    if kind == "row_adam":
+        return TableSetRowAdam(groups, lr)
     if not cpu_adam:
         return TableSetAdam(groups, lr)
     from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -101,21 +107,37 @@ class Engine:
     device: torch.device
     dist: Dist = LOCAL
 
-    def __init__(self, pretrain_lr: float, finetune_lr: float):
-        self.lrs = {"pretrain": pretrain_lr, "finetune": finetune_lr}
+    def __init__(self, pretrain_lr: float, finetune_lr: float, lambda_c: float, lambda_l: float,
+                 plans: dict[str, StepPlan] | None = None):
+        """plans: what each step kind trains and how (trainer/schedule.py); None: constant rates
+        `pretrain_lr` / `finetune_lr` and the summed MR with λ_c, λ_l in every phase."""
+        self.plans = plans or constant_plans(pretrain_lr, finetune_lr, lambda_c, lambda_l)
 
-    def build_optimizer(self, model: CLLM4Rec, pretrain_lr: float, cpu_adam: bool = False) -> torch.optim.Optimizer:
+    def build_optimizer(self, model: CLLM4Rec, pretrain_lr: float, cpu_adam: bool = False,
+                        kind: str = "adam") -> torch.optim.Optimizer:
         return table_set_optimizer({"collab": model.table_parameters("collab"), "content": model.table_parameters("content"),
-                                    "backbone": model.backbone_parameters()}, pretrain_lr, cpu_adam)
+                                    "backbone": model.backbone_parameters()}, pretrain_lr, cpu_adam, kind)
 
     def activate(self, step: str) -> None:
-        """Mark the groups `step` trains active (the backbone group always trains when present)."""
-        name, stage = STEPS[step]
+        """Mark the groups `step` trains active (the backbone group always trains when present) and
+        set their lr from the plan's schedule. A group entering a new stage starts with fresh Adam
+        state and schedule; its position in the schedule (`sched_step`) travels with the optimizer's
+        state_dict, so a resumed run continues it."""
+        plan = self.plans[step]
         for index, group in enumerate(self.optimizer.param_groups):
-            group["active"] = group["name"] in (name, "backbone")
-            if group["active"] and group["stage"] != stage:
+            group["active"] = group["name"] in (plan.group, "backbone")
+            if not group["active"]:
+                continue
+            if group["stage"] != plan.stage:
                 self.reset_state(index)
-                group["stage"], group["lr"] = stage, self.lrs[stage]
+                group["stage"], group["sched_step"] = plan.stage, 0
+            group["lr"] = plan.lr_at(int(group.get("sched_step", 0)))
+
+    def advance_schedules(self) -> None:
+        """After an update: each active group is one step further along its schedule."""
+        for group in self.optimizer.param_groups:
+            if group["active"]:
+                group["sched_step"] = int(group.get("sched_step", 0)) + 1
 
     def reset_state(self, group_index: int) -> None:
         for param in self.group_tensors(group_index):
@@ -133,9 +155,12 @@ class Engine:
         self.activate(step)
         batch = self.to_device(batch)
         weight = float(batch.pop("weight", torch.tensor(1.0)))
-        (global_count,) = self.dist.all_reduce_sum([weight * main_part_count(task, batch)])
-        out = self.forward(task, batch, lm_denominator=max(global_count, 1.0))
+        global_count, global_ids = self.dist.all_reduce_sum(
+            [weight * main_part_count(task, batch), weight * self.model.id_occurrences(batch["input_ids"])])
+        mr_weight, prior_weight = self.plans[step].weights(global_ids)
+        out = self.forward(task, batch, lm_denominator=max(global_count, 1.0), mr_weight=mr_weight, prior_weight=prior_weight)
         self.backward_and_step(out["loss"] * (weight * self.dist.world_size))
+        self.advance_schedules()
         return {k: weight * float(v.detach()) for k, v in out.items()}
 
     @torch.no_grad()
@@ -172,19 +197,21 @@ class Engine:
 class PlainEngine(Engine):
     """Forward / backward / step in one process (no launcher, no process group)."""
 
-    def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float, *, kept_gradients: bool = True):
+    def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float, *, kept_gradients: bool = True,
+                 plans: dict[str, StepPlan] | None = None, optimizer: str = "adam"):
         """kept_gradients: the tables' gradients are built in dense buffers kept from step to step
-        (cllm4rec/table_gradients.py) instead of autograd's fresh ones."""
-        super().__init__(pretrain_lr, finetune_lr)
+        (cllm4rec/table_gradients.py) instead of autograd's fresh ones. plans: see `Engine`.
+        optimizer: "adam" or "row_adam" (`model.table_optimizer`)."""
+        super().__init__(pretrain_lr, finetune_lr, model.lambda_c, model.lambda_l, plans)
         self.model = model
         self.device = model.collab_item.device
-        self.optimizer = self.build_optimizer(model, pretrain_lr)
+        self.optimizer = self.build_optimizer(model, pretrain_lr, kind=optimizer)
         model.table_gradients = TableGradients() if kept_gradients else None
 
     def activate(self, step: str) -> None:
         super().activate(step)
         if self.model.table_gradients is not None:  # kept buffers only for the tables this step trains
-            self.model.table_gradients.keep_only(self.model.table_parameters(STEPS[step][0]))
+            self.model.table_gradients.keep_only(self.model.table_parameters(self.plans[step].group))
 
     def forward(self, task: str, batch: Batch, **kwargs: Any) -> dict[str, torch.Tensor]:
         if task != "score":
@@ -271,10 +298,10 @@ class DeepSpeedEngine(Engine):
     parameters is collective: all ranks call it together."""
 
     def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float, *, ds_config: dict[str, Any],
-                 dist: Dist, device: torch.device):
+                 dist: Dist, device: torch.device, plans: dict[str, StepPlan] | None = None):
         import deepspeed
 
-        super().__init__(pretrain_lr, finetune_lr)
+        super().__init__(pretrain_lr, finetune_lr, model.lambda_c, model.lambda_l, plans)
         self.dist, self.device = dist, device
         self.ds_config = ds_config
         model.table_gradients = None  # ZeRO-3 takes the tables' gradients through autograd's own hooks

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cllm4rec.diagnostics import LogitMoments
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import PAD, evaluate_scores, topk_excluding
 from trainer.data import Corpora
@@ -32,15 +33,19 @@ def evaluate(
     max_users: int | None = None,
     desc: str = "evaluate",
     progress: bool = True,
+    logit_share: bool = False,
 ) -> dict[str, float]:
     """Recall@K / NDCG@K of ranking every item for each user with held-out items.
 
     prompt "rec" (finetuned model) or "interaction" (LLM-PreRec); training items are excluded.
     Under several ranks each rank scores its share of the users and the sums are reduced: every
     rank returns the figures of the whole set (collective: all ranks call it together).
+    logit_share: also return "logit_user_share" (`cllm4rec.diagnostics.logit_user_share` of the
+    scored users' raw logits, from per-item sums reduced over the ranks).
     """
     heldout = limit_users(heldout, max_users)
     dist = engine.dist
+    moments = LogitMoments.zeros(corpora.train.n_items, engine.device) if logit_share else None
     total = int((heldout.lengths() > 0).sum())
     with tqdm(total=-(-total // dist.world_size), desc=desc, disable=not progress, leave=False) as bar:
         def score(rows: np.ndarray) -> torch.Tensor:
@@ -48,9 +53,13 @@ def evaluate(
             bar.update(len(rows))
             return logits
 
-        return evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
-                               sort_key=corpora.train.lengths(), shard=(dist.rank, dist.world_size),
-                               all_reduce=dist.all_reduce_tensor)
+        metrics = evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
+                                  sort_key=corpora.train.lengths(), shard=(dist.rank, dist.world_size),
+                                  all_reduce=dist.all_reduce_tensor,
+                                  on_scores=None if moments is None else lambda rows, logits: moments.update(logits))
+    if moments is not None:
+        metrics["logit_user_share"] = LogitMoments.from_tensor(dist.all_reduce_tensor(moments.as_tensor())).user_share()
+    return metrics
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from trainer.data import Batch
 from trainer.engine import Engine
 
-SUM_KEYS = ("lm_sum", "lm_count", "mr_sum", "prior_sum", "loss", "tokens")
+SUM_KEYS = ("lm_sum", "lm_count", "target_count", "mr_sum", "prior_sum", "mr_loss", "prior_loss", "loss", "tokens")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class EpochProgress:
 
     @classmethod
     def from_json(cls, data: dict) -> "EpochProgress":
-        return cls(int(data["step"]), {k: float(data["sums"][k]) for k in SUM_KEYS}, float(data["seconds"]))
+        return cls(int(data["step"]), {k: float(data["sums"].get(k, 0.0)) for k in SUM_KEYS}, float(data["seconds"]))
 
 
 def run_epoch(
@@ -39,21 +39,24 @@ def run_epoch(
     *,
     total: int,
     max_steps: int | None,
-    lambda_c: float,
-    lambda_l: float,
     desc: str,
     progress: bool = True,
     resume: EpochProgress | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[EpochProgress], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    step_every: int = 1,
 ) -> dict[str, float]:
     """Train one epoch; returns lm_loss (token-mean over the epoch and all ranks), mr_loss and
-    prior_loss (the λ-scaled terms, global per-step mean), loss, steps, tokens (non-padding, all
+    prior_loss (the weighted terms as they enter the loss, global per-step mean), loss, steps, tokens (non-padding, all
     ranks), tokens_per_s, seconds.
 
     resume: continue after `resume.step` steps (their batches are drawn and skipped, so the stream
     is the one an uninterrupted epoch sees). Every `checkpoint_every` steps (0: never) the progress
-    is handed to `on_checkpoint`, on every rank.
+    is handed to `on_checkpoint`, on every rank. Every `step_every` steps (0: never) `on_step` gets
+    the steps done in this epoch and that step's lm_loss (its LM sum over its count), mr_loss and loss,
+    summed over the ranks: collective, so every rank passes the same `on_step` (None or not) and
+    `step_every`.
     """
     steps = total if max_steps is None else min(total, max_steps)
     state = resume or EpochProgress()
@@ -66,7 +69,12 @@ def run_epoch(
             state.sums[key] += out[key]
         state.sums["tokens"] += float(batch["lengths"].sum()) * float(batch.get("weight", 1.0))
         state.step += 1
-        bar.set_postfix(lm=f"{state.sums['lm_sum'] / max(state.sums['lm_count'], 1):.3f}", mr=f"{lambda_c * out['mr_sum']:.3f}")
+        if on_step is not None and step_every > 0 and state.step % step_every == 0:
+            lm_sum, lm_count, targets, mr_loss, loss = engine.dist.all_reduce_sum(
+                [out["lm_sum"], out["lm_count"], out["target_count"], out["mr_loss"], out["loss"]])
+            on_step(state.step, {"lm_loss": lm_sum / max(lm_count, 1.0), "lm_per_target": lm_sum / max(targets, 1.0),
+                                 "mr_loss": mr_loss, "loss": loss})
+        bar.set_postfix(lm=f"{state.sums['lm_sum'] / max(state.sums['lm_count'], 1):.3f}", mr=f"{out['mr_loss']:.3f}")
         if checkpoint_every and on_checkpoint and state.step % checkpoint_every == 0 and state.step < steps:
             state.seconds = time.perf_counter() - start
             on_checkpoint(state)
@@ -75,8 +83,9 @@ def run_epoch(
     done = max(state.step, 1)
     return {
         "lm_loss": totals["lm_sum"] / max(totals["lm_count"], 1.0),
-        "mr_loss": lambda_c * totals["mr_sum"] / done,
-        "prior_loss": lambda_l * totals["prior_sum"] / done,
+        "lm_per_target": totals["lm_sum"] / max(totals["target_count"], 1.0),
+        "mr_loss": totals["mr_loss"] / done,
+        "prior_loss": totals["prior_loss"] / done,
         "loss": totals["loss"] / done,
         "steps": float(done),
         "tokens": totals["tokens"],

@@ -1,5 +1,5 @@
 """The CLLM4Rec recipe: content warm-up → alternating L/C rounds → finetuning with validation-based
-selection → test → results table beside Multi-VAE and EASE (SPEC 5-8).
+selection → test → results table beside MostPop, Multi-VAE and EASE (SPEC 5-8).
 
 Training is a list of epoch units; after each unit (and every `checkpoint.every_steps` steps inside
 one) the tables, optimizer state and position are checkpointed, so `resume=True` continues from the
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import yaml
 
+from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import selection_score
 from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
@@ -37,6 +38,7 @@ from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config,
 from trainer.evaluate import evaluate
 from trainer.loop import EpochProgress, run_epoch
 from trainer.results import write_results
+from trainer.schedule import StepPlan, step_plans
 from trainer.tracking import PARENT_TAG, Tracker
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,9 @@ def identity_of(config: TrainConfig, parts: RunParts) -> dict[str, Any]:
 
 def unit_parts(unit: Unit, config: TrainConfig) -> list[tuple[str, str]]:
     """The (task, step) epochs one unit runs: a finetuning unit may add a content epoch."""
-    if unit.phase in ("warmup", "cstep"):
+    if unit.phase == "warmup":
+        return [("content", "warmup")]
+    if unit.phase == "cstep":
         return [("content", "content")]
     if unit.phase == "lstep":
         return [("collab", "collab")]
@@ -142,16 +146,20 @@ def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[
 
 
 def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,
-                 ds: tuple[Path, dict[str, Any]] | None) -> Engine:
+                 ds: tuple[Path, dict[str, Any]] | None, plans: dict[str, StepPlan]) -> Engine:
     pre = config.pretrain
     if ds is None:
-        return PlainEngine(parts.model, pre.lr, config.finetune.lr)
+        return PlainEngine(parts.model, pre.lr, config.finetune.lr, plans=plans, optimizer=config.model.table_optimizer)
+    if config.model.table_optimizer != "adam":
+        raise ConfigError(f"model.table_optimizer={config.model.table_optimizer} works with the plain engine only: ZeRO-3 "
+                          f"hands the optimizer flat partitions, not table rows; set model.table_optimizer=adam or "
+                          f"distributed.engine=plain")
     if config.model.compile:
         raise ConfigError("model.compile=true works with the plain engine only: ZeRO-3 gathers and releases "
                           "parameters in module hooks that a compiled backbone would bypass; set "
                           "model.compile=false or distributed.engine=plain")
     log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, ds[0])
-    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device)
+    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device, plans=plans)
 
 
 class Recipe:
@@ -175,10 +183,13 @@ class Recipe:
         self.dist.barrier()
         ds = load_ds_config(config, self.dist, device)
         self.parts = build_run(config, device, model_dtype(config, device, ds))
-        self.engine = build_engine(config, self.dist, self.parts, device, ds)
+        self.engine = build_engine(config, self.dist, self.parts, device, ds, step_plans(config, self.steps_per_epoch()))
         self.identity = identity_of(config, self.parts)
         self.checkpoint_identity = {**self.identity, "engine": engine_kind(self.engine)}
         self.splits = {s: user_item_lists(self.parts.dataset, s) for s in ("train", "val", "test")}
+        # the collaborative LM loss of a model that learned item popularity only (nats per item token)
+        self.popularity_entropy = popularity_entropy(self.splits["train"])
+        self.tracker: Tracker | None = None  # set by train(): per-step losses go to its phase run
         self.state: dict[str, Any] = {"best_score": None, "best_tag": None, "bad_epochs": 0,
                                       "stopped": False, "history": [], "in_progress": None}
         self.model_name = ABLATION_NAMES[config.ablation]
@@ -257,22 +268,50 @@ class Recipe:
                                               target=fine.target, dist=dist)
         return stream, stream.steps
 
+    def steps_per_epoch(self) -> dict[str, int]:
+        """Optimizer steps in one epoch of each task, capped like the epochs (they size the lr schedules)."""
+        caps = {"collab": self.config.pretrain.max_steps_per_epoch, "content": self.config.pretrain.max_steps_per_epoch,
+                "rec": self.config.finetune.max_steps_per_epoch}
+        steps = {}
+        for task, cap in caps.items():
+            total = self.batches(task, epoch_rng(self.config.seed, "plan", task))[1]
+            steps[task] = total if cap is None else min(total, cap)
+        return steps
+
     def epoch(self, task: str, step_name: str, unit: Unit, max_steps: int | None,
-              resume: EpochProgress | None, on_checkpoint) -> dict[str, float]:
+              resume: EpochProgress | None, on_checkpoint,
+              on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
         rng = epoch_rng(self.config.seed, unit.phase, unit.round, unit.epoch, task)
         batches, total = self.batches(task, rng, finetuning=unit.phase == "finetune")
         return run_epoch(
             self.engine, task, step_name, batches, total=total, max_steps=max_steps,
-            lambda_c=self.parts.model.lambda_c, lambda_l=self.parts.model.lambda_l,
             desc=f"{unit.group} e{unit.epoch + 1} {task}", progress=self.progress, resume=resume,
             checkpoint_every=self.config.checkpoint.every_steps, on_checkpoint=on_checkpoint,
+            on_step=on_step, step_every=self.config.tracking.log_every_steps,
         )
 
-    def validate(self, split: str, prompt: str) -> dict[str, float]:
+    def phase_steps(self, group: str) -> dict[str, int]:
+        """Optimizer steps so far in the MLflow phase run `group`, per loss prefix; kept in the state, so
+        a resumed run continues the count."""
+        counter = self.state.get("phase_steps")
+        if not counter or counter["group"] != group:
+            counter = self.state["phase_steps"] = {"group": group, "steps": {}}
+        return counter["steps"]
+
+    def step_logger(self, prefix: str, offset: int) -> Callable[[int, dict[str, float]], None] | None:
+        """`run_epoch`'s on_step: each step's losses to the current phase run as `step_<prefix>_<loss>` at
+        step `offset` + steps done; None when off (the same on every rank, as `run_epoch` needs)."""
+        tracking, tracker = self.config.tracking, self.tracker
+        if tracker is None or not tracking.mlflow or tracking.log_every_steps <= 0:
+            return None
+        return lambda step, losses: tracker.log_step_metrics({f"step_{prefix}_{k}": v for k, v in losses.items()},
+                                                             offset + step)
+
+    def validate(self, split: str, prompt: str, logit_share: bool = False) -> dict[str, float]:
         cfg = self.config.eval
         return evaluate(self.engine, self.parts.corpora, self.splits[split], prompt=prompt, seed=self.config.seed,
                         batch_size=cfg.batch_size, recall_ks=cfg.recall_ks, ndcg_ks=cfg.ndcg_ks, max_users=cfg.max_users,
-                        desc=f"evaluate {split}", progress=self.progress)
+                        desc=f"evaluate {split}", progress=self.progress, logit_share=logit_share)
 
     def run_unit(self, unit: Unit, index: int) -> dict[str, float]:
         """Train one unit (resuming inside it if a mid-epoch checkpoint says so); finetuning units
@@ -297,12 +336,17 @@ class Recipe:
                 self.save(f"{index:05d}-{unit.tag}-p{part}-s{progress.step:06d}")
 
             prefix = {"rec": "rec", "collab": "collab", "content": "content"}[task]
-            result = self.epoch(task, step_name, unit, max_steps, resume, on_checkpoint)
+            steps = self.phase_steps(unit.group)
+            result = self.epoch(task, step_name, unit, max_steps, resume, on_checkpoint,
+                                self.step_logger(prefix, steps.get(prefix, 0)))
+            steps[prefix] = steps.get(prefix, 0) + int(result["steps"])
             metrics.update({f"{prefix}_{k}": v for k, v in result.items()})
         self.state["in_progress"] = None
+        if unit.phase == "lstep":
+            metrics["collab_popularity_entropy"] = self.popularity_entropy
         if unit.phase != "finetune":
             return metrics
-        val = self.validate("val", "rec")
+        val = self.validate("val", "rec", logit_share=True)
         metrics.update({f"val_{k}": v for k, v in val.items()})
         score = selection_score(val, self.config.eval.selection())
         metrics["val_selection"] = score
@@ -318,6 +362,7 @@ class Recipe:
     # ---- the whole run ---------------------------------------------------------------------------
 
     def train(self, tracker: Tracker) -> None:
+        self.tracker = tracker
         units = schedule(self.config)
         finished = {entry["unit"] for entry in self.state["history"]}
         with contextlib.ExitStack() as stack:
@@ -380,7 +425,7 @@ class Recipe:
                 val = self.validate("val", prompt)
                 tracker.log_metrics({**{f"test_{k}": v for k, v in test.items()}, **{f"val_{k}": v for k, v in val.items()}})
             rows = {self.model_name: {**test, "seconds": train_seconds}}
-            if main and (cfg.baselines.multivae or cfg.baselines.ease):
+            if main and (cfg.baselines.mostpop or cfg.baselines.multivae or cfg.baselines.ease):
                 with tracker.phase("baselines"):
                     base = run_baselines(self.splits["train"], self.splits["val"], self.splits["test"], cfg.baselines,
                                          cfg.eval, cfg.seed, self.progress)
@@ -395,6 +440,7 @@ class Recipe:
                                   {"dataset": self.parts.dataset.name, "dataset_hash": self.parts.dataset_hash,
                                    "backbone": self.parts.backbone_ref, "engine": self.checkpoint_identity["engine"],
                                    "ranks": ranks, "history": self.state["history"],
+                                   "popularity_entropy": self.popularity_entropy,
                                    "best_epoch": self.state["best_tag"]})
             tracker.log_metrics({f"test_{k}": v for k, v in test.items()}, parent=True)
             if self.state["history"]:
@@ -418,7 +464,8 @@ class Recipe:
 
 
 def _brief(metrics: dict[str, float]) -> str:
-    keys = [k for k in metrics if k.endswith(("lm_loss", "mr_loss")) or k in ("val_recall@20", "val_ndcg@100")]
+    keys = [k for k in metrics if k.endswith(("lm_loss", "lm_per_target", "mr_loss", "popularity_entropy"))
+            or k in ("val_recall@20", "val_ndcg@100", "val_logit_user_share")]
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
 
 

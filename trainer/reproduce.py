@@ -2,8 +2,8 @@
 
 Trains CLLM4Rec and each ablation (LLM-Scratch, LLM-CF, LLM-FtAll as a LoRA adapter by default,
 LLM-FixOrd, LLM-PreRec) as its own run `<name>-<ablation>` (own output folder, checkpoints and
-MLflow run), then CLLM4Rec-Emb and the ID-only Two-Tower over CLLM4Rec's saved model, and Multi-VAE
-and EASE; every row is scored on the same test split with Recall@10/20/40 and NDCG@10/100 (the
+MLflow run), then CLLM4Rec-Emb and the ID-only Two-Tower over CLLM4Rec's saved model, and MostPop,
+Multi-VAE and EASE; every row is scored on the same test split with Recall@10/20/40 and NDCG@10/100 (the
 recipe's cut-offs plus 10; validation still selects on the recipe's own metrics). Writes
 `<output_dir of name>-reproduce/`: table.md, table.json and table.png (one bar chart per metric).
 
@@ -27,7 +27,7 @@ from trainer.tracking import PARENT_TAG, Tracker
 DEFAULT_ABLATIONS = ("scratch", "cf", "ftall-lora", "fixord", "prerec")
 EXTRA_KS = 10  # Recall@10 and NDCG@10 (the paper's LinkedIn metrics) join the recipe's cut-offs
 # the paper's table order: ID baselines, the ablations, then the two deployment forms of CLLM4Rec
-ROW_ORDER = ("Multi-VAE", "EASE", "Two-Tower", "LLM-Scratch", "LLM-CF", "LLM-FtAll", "LLM-FtAll (LoRA)",
+ROW_ORDER = ("MostPop", "Multi-VAE", "EASE", "Two-Tower", "LLM-Scratch", "LLM-CF", "LLM-FtAll", "LLM-FtAll (LoRA)",
              "LLM-FixOrd", "LLM-PreRec", "CLLM4Rec-Emb", "CLLM4Rec")
 
 
@@ -47,7 +47,7 @@ def row_configs(recipe: str | None, overrides: list[str], ablations: tuple[str, 
     ndcg = sorted({*base.eval.ndcg_ks, EXTRA_KS})
     shared = [*overrides, f"eval.recall_ks={recall}", f"eval.ndcg_ks={ndcg}",
               f"eval.selection_metrics={json.dumps(base.eval.selection())}",
-              "baselines.multivae=false", "baselines.ease=false"]
+              "baselines.mostpop=false", "baselines.multivae=false", "baselines.ease=false"]
     configs = {a: load_config(recipe, [*shared, f"ablation={a}", f"name={base.name}-{a if a != 'none' else 'cllm4rec'}"])
                for a in ("none", *ablations)}
     return base, configs
@@ -69,7 +69,8 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
     rows: dict[str, dict[str, Any]] = {}
     with Tracker.of_config(base) as tracker:
         parent = tracker.start(f"{base.name}-reproduce", config_to_dict(base), tags={"reproduce": base.name})
-        baseline_names = [n for n, on in (("Multi-VAE", base.baselines.multivae), ("EASE", base.baselines.ease)) if on]
+        baseline_names = [n for n, on in (("MostPop", base.baselines.mostpop), ("Multi-VAE", base.baselines.multivae),
+                                          ("EASE", base.baselines.ease)) if on]
         total = len(configs) + 2 + len(baseline_names)
         for index, (ablation, config) in enumerate(configs.items()):
             name = ABLATION_NAMES[ablation]

@@ -1,5 +1,6 @@
-"""Use a saved model (<output_dir>/model): evaluate it, recommend top-M unseen items per user, or
-package it as an MLflow pyfunc model for `mlflow models serve` (`trainer/pyfunc_model.py`)."""
+"""Use a saved model (<output_dir>/model): evaluate it, measure how user-specific its scores are,
+recommend top-M unseen items per user, or package it as an MLflow pyfunc model for `mlflow models
+serve` (`trainer/pyfunc_model.py`)."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
+from cllm4rec.diagnostics import LogitMoments, hidden_user_variance, mean_pairwise_cosine
 from cllm4rec.interactions import first_occurrences
 from data_prep.atomic import atomic_file, atomic_folder
 from data_prep.errors import DataPrepError
@@ -18,7 +21,7 @@ from trainer.build import RunParts, build_run, load_weights
 from trainer.config import TrainConfig, config_from_dict
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate, recommend
-from trainer.data import user_item_lists
+from trainer.data import Batch, user_item_lists
 from trainer.pipeline import identity_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +52,36 @@ def evaluate_saved(model_dir: Path, split: str = "test") -> dict[str, float]:
     return evaluate(engine, parts.corpora, user_item_lists(parts.dataset, split), prompt=_prompt(config),
                     seed=config.seed, batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
                     ndcg_ks=config.eval.ndcg_ks)
+
+
+@torch.no_grad()
+def last_hidden_and_logits(engine: PlainEngine, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states [B, K], item logits [B, J]) at each scoring prompt's last position, fp32, from one
+    backbone pass: the logits are the ones evaluation ranks."""
+    engine.set_train(False)
+    batch = engine.to_device(batch)
+    model = engine.model
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], "collab")
+    return model.last_position(hidden, batch["lengths"]).float(), model.last_position_item_logits(hidden, batch["lengths"])
+
+
+def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256) -> dict[str, float]:
+    """User-specificity of a saved model's scoring pass (`cllm4rec/diagnostics.py`) over the first
+    `max_users` users (by index) with held-out items in `split`: hidden_user_variance,
+    mean_pairwise_cosine, logit_user_share (raw logits) and n_users."""
+    config, parts, engine = load_saved(model_dir)
+    users = np.flatnonzero(user_item_lists(parts.dataset, split).lengths() > 0)[:max_users]
+    if len(users) < 2:
+        raise DataPrepError(f"diagnose needs at least 2 users with {split} items, got {len(users)}")
+    hidden, moments = [], LogitMoments.zeros(parts.dataset.n_items)
+    for start in range(0, len(users), config.eval.batch_size):
+        batch = parts.corpora.scoring_batch(users[start : start + config.eval.batch_size], _prompt(config), config.seed)
+        states, logits = last_hidden_and_logits(engine, batch)
+        hidden.append(states.cpu())
+        moments.update(logits)
+    states = torch.cat(hidden)
+    return {"hidden_user_variance": hidden_user_variance(states), "mean_pairwise_cosine": mean_pairwise_cosine(states),
+            "logit_user_share": moments.user_share(), "n_users": len(users)}
 
 
 @dataclass
@@ -138,7 +171,6 @@ def save_pyfunc(model_dir: Path, out: Path, top_m: int = 20) -> Path:
     `trainer/pyfunc_model.py` as the model, the saved model folder as the artifact "model", this
     repository's packages as code_paths. Serve it with `mlflow models serve -m OUT --env-manager local`."""
     import mlflow
-    import torch
 
     with atomic_folder(Path(out)) as staging:
         staging.rmdir()  # mlflow writes the folder itself; atomic_folder then moves it into place

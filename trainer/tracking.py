@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 MAX_PARAM_VALUE_CHARS = 6000  # MLflow's limit on a param value
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+STEP_FLUSH_SECONDS = 15.0  # queued per-step metrics are written at least this often
 TRUNCATION_MARKER = "...[truncated]"
 PARENT_TAG = "mlflow.parentRunId"
 _INVALID_KEY_CHARS = re.compile(r"[^/\w.\- :]")
@@ -81,6 +82,9 @@ class Tracker:
         self._run_id: str | None = None
         self._phase_id: str | None = None
         self._ended = False
+        self._queued: list[Any] = []  # per-step Metric entries not yet written
+        self._queued_run: str | None = None
+        self._queued_since = 0.0
         if not enabled:
             return
         import mlflow
@@ -171,9 +175,11 @@ class Tracker:
         try:
             yield child_id
         except BaseException:
+            self.flush()
             self._client.set_terminated(child_id, status="FAILED")
             raise
         else:
+            self.flush()
             self._client.set_terminated(child_id, status="FINISHED")
         finally:
             self._phase_id = previous
@@ -196,6 +202,33 @@ class Tracker:
         run_id = self._target(phase_run=not parent)
         if self._client is None or run_id is None:
             return
+        self._write(run_id, self._entries(metrics, step))
+
+    def log_step_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue per-step ``metrics`` at ``step`` for the active phase (or the parent), as
+        :meth:`log_metrics` would log them. The queue is written in one batch when it holds
+        ``MAX_METRICS_PER_BATCH`` entries, ``STEP_FLUSH_SECONDS`` after its first entry, when the
+        target run changes, and when the phase or the parent run ends (:meth:`flush`)."""
+        run_id = self._target(phase_run=True)
+        if self._client is None or run_id is None:
+            return
+        if self._queued_run != run_id:
+            self.flush()
+            self._queued_run = run_id
+        if not self._queued:
+            self._queued_since = time.monotonic()
+        self._queued += self._entries(metrics, step)
+        if len(self._queued) >= MAX_METRICS_PER_BATCH or time.monotonic() - self._queued_since >= STEP_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued per-step metrics."""
+        if self._queued and self._queued_run is not None:
+            self._write(self._queued_run, self._queued)
+        self._queued = []
+
+    def _entries(self, metrics: Mapping[str, float], step: int | None) -> list[Any]:
+        """MLflow Metric entries of ``metrics`` at ``step``, keys made safe, non-finite values skipped."""
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
@@ -206,6 +239,10 @@ class Tracker:
                 logger.warning("skipping non-finite metric %s=%s (step %s)", key, number, step)
                 continue
             entries.append(Metric(safe_key(key), number, timestamp, int(step or 0)))
+        return entries
+
+    def _write(self, run_id: str, entries: list[Any]) -> None:
+        assert self._client is not None
         for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
             self._client.log_batch(run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
 
@@ -237,6 +274,7 @@ class Tracker:
         """Terminate the parent run with ``status``; idempotent."""
         if self._client is None or self._run_id is None or self._ended:
             return
+        self.flush()
         self._client.set_terminated(self._run_id, status=status)
         self._ended = True
 
