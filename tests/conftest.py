@@ -95,6 +95,16 @@ def tiny_overrides(dataset: Path, backbone: Path, out: Path, **extra: object) ->
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def load_script(name: str):
+    """A script of `scripts/` (not a package) imported as a module, e.g. load_script("amazon_sample")."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # ---- a local Ray cluster ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ ground truth the generator writes. No backbone, no training.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import re
 import statistics
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_script
 from data_prep.prepare import prepare
 from data_prep.processed import load_processed
 from data_prep.readers import read_amazon
@@ -26,10 +26,7 @@ SMALL = ["--users", "120", "--products", "100", "--themes", "8"]
 
 
 def _sample_module():
-    spec = importlib.util.spec_from_file_location("amazon_sample", ROOT / "scripts" / "amazon_sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("amazon_sample")
 
 
 @pytest.fixture(scope="module")

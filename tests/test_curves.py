@@ -64,12 +64,11 @@ def test_validation_panel_plots_ranking_metrics_only():
 def test_validation_against_compute_plot(tmp_path: Path):
     """scripts/val_vs_compute.py: each finetuning epoch's validation metric at the training minutes
     spent up to its end (earlier phases included); a run folder without results.json is named."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("val_vs_compute", Path(__file__).parent.parent / "scripts" / "val_vs_compute.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import load_script
+
+    script = load_script("val_vs_compute")
     run = tmp_path / "run"
     run.mkdir()
     units = [{**unit, "epoch_seconds": 60.0} for unit in history()]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import gzip
-import importlib.util
 import json
 import re
 import shlex
@@ -15,6 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 from data_prep.prepare import prepare, summary
 from data_prep.processed import read_meta
@@ -29,10 +30,7 @@ SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1"}
 
 
 def _sample_module():
-    spec = importlib.util.spec_from_file_location("amazon_sample", ROOT / "scripts" / "amazon_sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("amazon_sample")
 
 
 @pytest.fixture(scope="module")
