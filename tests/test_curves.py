@@ -71,10 +71,11 @@ def test_validation_against_compute_plot(tmp_path: Path):
     script = load_script("val_vs_compute")
     run = tmp_path / "run"
     run.mkdir()
-    units = [{**unit, "epoch_seconds": 60.0} for unit in history()]
+    units = [{**unit, "epoch_seconds": 60.0, "rec_tokens": 2e5, "content_tokens": 1e5} for unit in history()]
     (run / "results.json").write_text(json.dumps({"history": units}))
-    minutes, values = script.curve(run, "recall@20")
+    minutes, values = script.curve(run, "recall@20", "minutes")
     assert minutes == [6.0, 7.0, 8.0] and values == pytest.approx([0.5, 0.6, 0.7])
+    assert script.curve(run, "recall@20")[0] == pytest.approx([1.8, 2.1, 2.4])  # millions of tokens of every task
     out = tmp_path / "val.png"
     assert script.main([str(run), "--out", str(out), "--reference", "MostPop=0.2", "--label", "run=a run"]) == 0
     assert png_size(out)[0] > 0
