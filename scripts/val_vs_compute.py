@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.reference:
         name, value = item.split("=", 1)
         axes.axhline(float(value), linestyle="--", linewidth=1, color="grey")
-        axes.annotate(name, (0, float(value)), xytext=(2, 2), textcoords="offset points", fontsize=8, color="grey")
+        axes.text(0.01, float(value), name, transform=axes.get_yaxis_transform(), fontsize=8, color="grey",
+                  verticalalignment="bottom")
     axes.set_xlabel("training wall time (min)" if args.x == "minutes" else "backbone tokens trained on (millions)")
     axes.set_ylabel(f"validation {args.metric}")
     axes.set_title(args.title)
