@@ -1,5 +1,5 @@
-"""Losses of CLLM4Rec (SPEC sections 4-6): main-part LM losses, the multinomial recommendation
-likelihood, and the mutual-regularisation / prior terms, with the SPEC section 5 scaling.
+"""Losses of CLLM4Rec (docs/architecture.md, section 2): main-part LM losses, the multinomial recommendation
+likelihood, and the mutual-regularisation / prior terms, with the authors' scaling (docs/configuration.md, "Scaling of the MR term").
 
 Scaling: an LM loss is the MEAN over the batch's main-part tokens; the MR term is λ_c × the SUM over
 every ID-token occurrence of ||z − ẑ||² (no ½); the prior likewise with λ_l. `*_sum` functions return
@@ -55,7 +55,7 @@ def item_softmax_nll_sum(hidden: torch.Tensor, item_table: torch.Tensor, target_
 
     hidden [M, K] and item_table [J, K] in any float dtype (computed in fp32, or fp64 when given);
     the targets are COO pairs target_rows [P] / target_items [P]. The item-space next-token loss has
-    one pair per row (target_rows = arange(M)); the multinomial likelihood of finetuning (SPEC 7)
+    one pair per row (target_rows = arange(M)); the multinomial likelihood of finetuning
     has a user's whole masked-off set on its row. Returns the scalar sum. Computed by
     `FusedItemSoftmaxNLL`: 6·K·J FLOPs per row, at most `block_elements` exps stored at once (None:
     512 MiB of them). The loss is exact in the compute dtype. `gradient_dtype` (None: the compute dtype;

@@ -1,4 +1,4 @@
-"""CLLM4Rec: one frozen causal-LM backbone, four ID tables and the heads tied to them (SPEC 2-7).
+"""CLLM4Rec: one frozen causal-LM backbone, four ID tables and the heads tied to them (docs/architecture.md, sections 1-2).
 
 Token ids follow `cllm4rec.tokenization`: words 0..V-1, user i = V+i, item j = V+N+j. One module
 holds everything so that a single `forward(task, ...)` serves every phase (and a DeepSpeed engine):
@@ -170,7 +170,7 @@ class CLLM4Rec(nn.Module):
 
     @torch.no_grad()
     def init_content_from_text(self, text_ids: dict[tuple[str, int], list[int]]) -> None:
-        """Set content rows to the mean word embedding of the entity's text (SPEC 9b option).
+        """Set content rows to the mean word embedding of the entity's text (the authors' suggested option, `model.content_init_from_text`).
 
         text_ids: ("user", i) or ("item", j) → word ids of that entity's biography / content text.
         """

@@ -1,4 +1,5 @@
-"""Item-list manipulation for documents: stochastic reordering (SPEC 4) and masked prompting (SPEC 6).
+"""Item-list manipulation for documents: stochastic reordering and masked prompting
+(docs/architecture.md, section 4).
 
 All randomness comes from a caller-owned `np.random.Generator`, so a seed fixes every document.
 """
@@ -40,7 +41,7 @@ def masked_prompt(
     target: TargetMode = "all",
     max_items: int | None = None,
 ) -> MaskedPrompt:
-    """Drop some training items from the prompt, shuffle the rest (SPEC 6).
+    """Drop some training items from the prompt, shuffle the rest (docs/architecture.md, section 4).
 
     mode "fixed": drop exactly max(1, ⌊ratio·n⌋) items (the authors' code); "bernoulli": drop each
     item with probability `ratio` (the paper's wording). target "all": every training item (authors'

@@ -22,7 +22,7 @@ def default_output(name: str, seed: int = 0) -> Path:
 
 
 def prompt_templates() -> dict[str, str]:
-    """The document templates of SPEC sections 3 and 6, recorded in meta.json."""
+    """The document templates (cllm4rec/templates.py), recorded in meta.json."""
     from cllm4rec.templates import TEMPLATES
 
     return dict(TEMPLATES)

@@ -1,4 +1,4 @@
-"""The per-user random 80/10/10 split of SPEC section 8."""
+"""The per-user random 80/10/10 split (docs/data.md, section 2)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Metrics of SPEC section 8 against hand-computed cases and a slow reference (plus UserItems)."""
+"""Metrics of the evaluation protocol against hand-computed cases and a slow reference (plus UserItems)."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    """Content warm-up, then alternating L-step and C-step rounds (SPEC 5)."""
+    """Content warm-up, then alternating L-step and C-step rounds (docs/architecture.md, section 4)."""
 
     warmup_epochs: int = 10
     """Content-LLM epochs before the first round."""
@@ -169,7 +169,7 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Masked-prompt finetuning with the multinomial head, selected on validation (SPEC 6)."""
+    """Masked-prompt finetuning with the multinomial head, selected on validation (docs/architecture.md, section 4)."""
 
     enabled: bool = True
     """False: no finetuning; rank with the pretrained collaborative head (LLM-PreRec)."""
@@ -206,7 +206,7 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
-    """The metrics (SPEC 8) and how users are scored."""
+    """The metrics (docs/architecture.md, section 6) and how users are scored."""
 
     batch_size: int = 32
     """Users per scoring forward pass (evaluation and `recommend`)."""

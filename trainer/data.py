@@ -281,7 +281,7 @@ class Corpora:
     def scoring_batch(self, users: np.ndarray, prompt: str, seed: int, histories: list[np.ndarray] | None = None) -> Batch:
         """Prompts of ALL training items (no masking) for whole-catalogue scoring, deterministic.
 
-        prompt "rec": the finetuning prompt (SPEC 7); "interaction": `<user_i> has interacted with
+        prompt "rec": the finetuning prompt; "interaction": `<user_i> has interacted with
         <items>` (LLM-PreRec). Over-long item lists drop random items, seeded per user. histories:
         each user's items instead of the training items (serving with extra history).
         """

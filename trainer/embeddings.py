@@ -1,5 +1,5 @@
 """Export a saved model's user and item embeddings (collaborative and content) for downstream models
-(CLLM4Rec-Emb, SPEC 9): `embeddings.safetensors` (the four ID tables as saved) and `users.parquet` /
+(CLLM4Rec-Emb): `embeddings.safetensors` (the four ID tables as saved) and `users.parquet` /
 `items.parquet` (raw id, `collab` and `content` vectors as fixed-size float32 lists; items also `text`),
 written as one folder, whole or not at all."""
 from __future__ import annotations

@@ -5,7 +5,7 @@ LoRA adapters, when trained). A step names what it trains — "collab" / "conten
 "rec" / "rec_content" in finetuning — and only those groups move: the optimizer skips the other
 groups entirely (no Adam update from a zero or stale gradient). A group's Adam state is reset and
 its learning rate switched when it first trains in the finetuning stage, so finetuning starts with
-fresh state, as SPEC 6 trains a new head over the pretrained tables.
+fresh state, as the method trains a new head over the pretrained tables.
 
 `PlainEngine` runs in one process. `DeepSpeedEngine` wraps the same model and optimizer in a
 DeepSpeed ZeRO-3 engine (any number of ranks, nodes). Both normalise the LM loss by the token

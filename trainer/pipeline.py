@@ -1,5 +1,5 @@
 """The CLLM4Rec recipe: content warm-up → alternating L/C rounds → finetuning with validation-based
-selection → test → results table beside MostPop, Multi-VAE and EASE (SPEC 5-8).
+selection → test → results table beside MostPop, Multi-VAE and EASE (docs/architecture.md, sections 4 and 6).
 
 Training is a list of epoch units; after each unit (and every `checkpoint.every_steps` steps inside
 one) the tables, optimizer state and position are checkpointed, so `resume=True` continues from the

@@ -1,4 +1,4 @@
-"""`cllm4rec reproduce`: the paper's comparison (SPEC 10) on one dataset with one split.
+"""`cllm4rec reproduce`: the paper's comparison (docs/results.md) on one dataset with one split.
 
 Trains CLLM4Rec and each ablation (LLM-Scratch, LLM-CF, LLM-FtAll as a LoRA adapter by default,
 LLM-FixOrd, LLM-PreRec) as its own run `<name>-<ablation>` (own output folder, checkpoints and

@@ -1,7 +1,7 @@
 """Two-tower retrieval: an MLP per side, dot-product score, trained with a sampled softmax.
 
 With fixed input features — the exported CLLM4Rec user and item embeddings, collaborative and
-content concatenated — it is CLLM4Rec-Emb (SPEC 9); without features each side learns an ID
+content concatenated — it is CLLM4Rec-Emb (the paper's latency-friendly path); without features each side learns an ID
 embedding, the ID-only Two-Tower baseline. Features are standardised per dimension (CLLM4Rec tables
 have σ ≈ 0.02).
 
