@@ -1,4 +1,5 @@
-"""CLLM4Rec: one frozen causal-LM backbone, four ID tables and the heads tied to them (docs/architecture.md, sections 1-2).
+"""CLLM4Rec: one frozen causal-LM backbone, four ID tables and the heads tied to them
+(docs/architecture.md, sections 1-2).
 
 Token ids follow `cllm4rec.tokenization`: words 0..V-1, user i = V+i, item j = V+N+j. One module
 holds everything so that a single `forward(task, ...)` serves every phase (and a DeepSpeed engine):
@@ -170,7 +171,8 @@ class CLLM4Rec(nn.Module):
 
     @torch.no_grad()
     def init_content_from_text(self, text_ids: dict[tuple[str, int], list[int]]) -> None:
-        """Set content rows to the mean word embedding of the entity's text (the authors' suggested option, `model.content_init_from_text`).
+        """Set content rows to the mean word embedding of the entity's text (the authors' suggested
+        option, `model.content_init_from_text`).
 
         text_ids: ("user", i) or ("item", j) → word ids of that entity's biography / content text.
         """
@@ -270,8 +272,8 @@ class CLLM4Rec(nn.Module):
         Keys: "loss" = lm_sum / lm_denominator + mr_loss + prior_loss with mr_loss = mr_weight·mr_sum
         and prior_loss = prior_weight·prior_sum, and "lm_sum", "lm_count" (main-part tokens, or users
         for "rec"), "target_count" (main-part tokens, or multi-hot target entries for "rec": lm_sum per
-        target compares with the entropy of item popularity), "mr_sum", "prior_sum". lm_denominator defaults to lm_count; a distributed caller
-        passes the global count. mr_weight / prior_weight default to λ_c / λ_l (the authors' sum
+        target compares with the entropy of item popularity), "mr_sum", "prior_sum". lm_denominator
+        defaults to lm_count; a distributed caller passes the global count. mr_weight / prior_weight default to λ_c / λ_l (the authors' sum
         reduction); a caller that reduces by the mean passes λ / (ID occurrences in the global batch).
         """
         which: TableSet = "content" if task == "content" else "collab"
@@ -303,5 +305,6 @@ class CLLM4Rec(nn.Module):
         mr_loss = (self.lambda_c if mr_weight is None else mr_weight) * mr_sum
         prior_loss = (self.lambda_l if prior_weight is None else prior_weight) * prior_sum
         loss = lm_sum / denominator + mr_loss + prior_loss
-        return {"loss": loss, "lm_sum": lm_sum.detach(), "lm_count": lm_count, "target_count": target_count, "mr_sum": mr_sum.detach(),
-                "prior_sum": prior_sum.detach(), "mr_loss": mr_loss.detach(), "prior_loss": prior_loss.detach()}
+        return {"loss": loss, "lm_sum": lm_sum.detach(), "lm_count": lm_count, "target_count": target_count,
+                "mr_sum": mr_sum.detach(), "prior_sum": prior_sum.detach(),
+                "mr_loss": mr_loss.detach(), "prior_loss": prior_loss.detach()}

@@ -1,4 +1,5 @@
-"""Whole-catalogue evaluation and top-M recommendation with a CLLM4Rec model (docs/architecture.md, section 6)."""
+"""Whole-catalogue evaluation and top-M recommendation with a CLLM4Rec model (docs/architecture.md,
+section 6)."""
 from __future__ import annotations
 
 import numpy as np

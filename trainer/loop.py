@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from trainer.data import Batch
 from trainer.engine import Engine
 
-SUM_KEYS = ("lm_sum", "lm_count", "target_count", "mr_sum", "prior_sum", "mr_loss", "prior_loss", "loss", "tokens")
+SUM_KEYS = ("lm_sum", "lm_count", "target_count", "mr_loss", "prior_loss", "loss", "tokens")
 
 
 @dataclass
@@ -47,9 +47,9 @@ def run_epoch(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     step_every: int = 1,
 ) -> dict[str, float]:
-    """Train one epoch; returns lm_loss (token-mean over the epoch and all ranks), mr_loss and
-    prior_loss (the weighted terms as they enter the loss, global per-step mean), loss, steps, tokens (non-padding, all
-    ranks), tokens_per_s, seconds.
+    """Train one epoch; returns lm_loss (token-mean over the epoch and all ranks), lm_per_target,
+    mr_loss and prior_loss (the weighted terms as they enter the loss, global per-step mean), loss,
+    steps, tokens (non-padding, all ranks), tokens_per_s, seconds.
 
     resume: continue after `resume.step` steps (their batches are drawn and skipped, so the stream
     is the one an uninterrupted epoch sees). Every `checkpoint_every` steps (0: never) the progress

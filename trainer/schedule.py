@@ -14,9 +14,6 @@ from typing import Mapping
 
 from trainer.config import TrainConfig
 
-STEP_KINDS = ("warmup", "content", "collab", "rec", "rec_content")
-
-
 @dataclass(frozen=True)
 class StepPlan:
     """One kind of step. lr: the group's base rate; total_steps: the length of the group's schedule in

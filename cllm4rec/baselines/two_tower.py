@@ -1,8 +1,8 @@
 """Two-tower retrieval: an MLP per side, dot-product score, trained with a sampled softmax.
 
 With fixed input features — the exported CLLM4Rec user and item embeddings, collaborative and
-content concatenated — it is CLLM4Rec-Emb (the paper's latency-friendly path); without features each side learns an ID
-embedding, the ID-only Two-Tower baseline. Features are standardised per dimension (CLLM4Rec tables
+content concatenated — it is CLLM4Rec-Emb (the paper's latency-friendly path); without features
+each side learns an ID embedding, the ID-only Two-Tower baseline. Features are standardised per dimension (CLLM4Rec tables
 have σ ≈ 0.02).
 
 Sampled softmax, a labelled approximation of the full softmax over J items used only in training:
