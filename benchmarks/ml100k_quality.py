@@ -1,11 +1,16 @@
-"""CLLM4Rec vs Multi-VAE vs EASE on ML-100K over several split seeds (mean ± sd), with wall time per phase.
+"""CLLM4Rec (and its ablations) vs MostPop, Multi-VAE and EASE on ML-100K over several split seeds
+(mean ± sd), with the wall time of each phase.
 
-    .venv/bin/python benchmarks/ml100k_quality.py --recipe quick --seeds 0 1 2 [overrides ...]
+    .venv/bin/python benchmarks/ml100k_quality.py --recipe quick --seeds 0 1 2 --ablations none cf [overrides ...]
     .venv/bin/python benchmarks/ml100k_quality.py --baselines-only --seeds 0 1 2
 
-Prints a Markdown table whose rows start with the model name (`| CLLM4Rec |`, `| Multi-VAE |`,
-`| EASE |`), then the wall time of each phase. Each seed is a separate split (data.split_seed) and a
-separate training seed; runs go to runs/bench-<recipe>-seed<N>.
+Prints a Markdown table whose rows start with the model name (`| CLLM4Rec |`, `| LLM-CF |`,
+`| Multi-VAE |`, ...), then the wall time of each phase. Each seed is a separate split
+(data.split_seed) and a separate training seed. Every ablation of a seed trains on the same split;
+the baselines run once per seed, with the first ablation. Runs go to
+runs/bench-<recipe>[-<ablation>]-seed<N>; with --resume a run that finished is read back from its
+results.json and one that did not continues from its last checkpoint, so an interrupted benchmark
+loses at most one epoch.
 """
 from __future__ import annotations
 
@@ -26,21 +31,33 @@ from data_prep.processed import load_processed
 COLUMNS = ("recall@20", "recall@40", "ndcg@100")
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """({model: test metrics}, {phase: seconds}) for one split seed."""
-    overrides = [f"seed={seed}", f"data.split_seed={seed}", f"name=bench-{args.recipe}-seed{seed}",
-                 "tracking.experiment=benchmark-ml100k", *args.overrides]
+def run_name(recipe: str, ablation: str, seed: int) -> str:
+    """The run (and output folder) name of one benchmark cell, e.g. bench-quick-cf-seed1."""
+    return f"bench-{recipe}{'' if ablation == 'none' else '-' + ablation}-seed{seed}"
+
+
+def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
+             ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """({model: test metrics}, {phase: seconds}) for one split seed and one ablation."""
+    overrides = [f"seed={seed}", f"data.split_seed={seed}", f"ablation={ablation}",
+                 f"name={run_name(args.recipe, ablation, seed)}", "tracking.experiment=benchmark-ml100k",
+                 *([] if baselines else ["baselines.mostpop=false", "baselines.multivae=false", "baselines.ease=false"]),
+                 *args.overrides]
     config = load_config(args.recipe, overrides)
     if args.baselines_only:
         dataset = load_processed(resolve_dataset(config.data.dataset, seed))
         splits = [user_item_lists(dataset, s) for s in ("train", "val", "test")]
         rows = run_baselines(*splits, config.baselines, config.eval, seed, progress=False)
         return rows, {name: row["seconds"] for name, row in rows.items()}
-    rows = train(config, progress=not args.no_progress)
-    history = json.loads((config.resolved_output_dir() / "results.json").read_text())["history"]
+    results_file = config.resolved_output_dir() / "results.json"
+    if not (args.resume and results_file.is_file()):
+        train(config, resume=args.resume, progress=not args.no_progress)
+    results = json.loads(results_file.read_text())
+    rows = results["models"]
     phases: dict[str, float] = defaultdict(float)
-    for unit in history:
-        phases[unit["unit"].split("-")[0]] += unit["epoch_seconds"]
+    prefix = "" if ablation == "none" else f"{ablation} "
+    for unit in results["history"]:
+        phases[prefix + unit["unit"].split("-")[0]] += unit["epoch_seconds"]
     for name in ("Multi-VAE", "EASE"):
         if name in rows:
             phases[name] = rows[name]["seconds"]
@@ -51,7 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablations", nargs="+", default=["none"],
+                        help="ablations to train on every seed (none = CLLM4Rec; cf = LLM-CF; ...)")
     parser.add_argument("--baselines-only", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="read finished runs back from their results.json and continue unfinished ones")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -59,15 +80,16 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     phase_times: dict[str, list[float]] = defaultdict(list)
     started = time.perf_counter()
+    ablations = args.ablations[:1] if args.baselines_only else args.ablations
     for seed in args.seeds:
-        rows, phases = run_seed(args, seed)
-        for model, metrics in rows.items():
-            print(f"seed {seed}: {model}: " + ", ".join(f"{c}={metrics[c]:.4f}" for c in COLUMNS), flush=True)
-        for model, metrics in rows.items():
-            for column in COLUMNS:
-                results[model][column].append(metrics[column])
-        for phase, seconds in phases.items():
-            phase_times[phase].append(seconds)
+        for index, ablation in enumerate(ablations):
+            rows, phases = run_seed(args, seed, ablation, baselines=index == 0)
+            for model, metrics in rows.items():
+                print(f"seed {seed}: {model}: " + ", ".join(f"{c}={metrics[c]:.4f}" for c in COLUMNS), flush=True)
+                for column in COLUMNS:
+                    results[model][column].append(metrics[column])
+            for phase, seconds in phases.items():
+                phase_times[phase].append(seconds)
 
     def cell(values: list[float]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0

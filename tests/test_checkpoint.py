@@ -198,6 +198,25 @@ def test_saved_model_round_trip(tmp_path: Path) -> None:
         save_model(tmp_path / "model2", tables, CONFIG, IDENTITY)
 
 
+def test_docs_name_every_file_which_ones_are_pickles_and_that_checkpoints_must_be_trusted(tmp_path: Path) -> None:
+    """The module docstring and docs/cluster.md (7.3) say what a checkpoint holds: every file a
+    plain-engine checkpoint writes is named and is safetensors/JSON/YAML; DeepSpeed's .pt files are
+    pickles, unpickled on resume with weights_only=False; COMPLETE catches damage, not tampering."""
+    params, optimizers = _build()
+    path = save_checkpoint(tmp_path, "t", tables=dict(params), write_optimizer=_writer(optimizers), state={},
+                           config=CONFIG, identity=IDENTITY, extra_tensors={"lora.A": torch.zeros(2)})
+    written = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    assert all(Path(name).suffix in (".safetensors", ".json", ".yaml") or name == "COMPLETE" for name in written)
+    doc = ckpt.__doc__
+    for name in {re.sub(r"^optimizer-[^.]+", "optimizer-<name>", name) for name in written}:
+        assert name in doc, name
+    cluster = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text(encoding="utf-8")
+    resume = cluster[cluster.index("### 7.3"):cluster.index("### 7.4")]
+    for text in (doc, resume):
+        for phrase in ("_model_states.pt", "_optim_states.pt", "weights_only=False", "trust", "not tampering"):
+            assert phrase in " ".join(text.split()), phrase
+
+
 def test_no_pickle_in_source() -> None:
     source = Path(ckpt.__file__).read_text(encoding="utf-8")
     tree = ast.parse(source)

@@ -37,7 +37,7 @@ def test_every_config_field_has_a_docstring_and_a_row():
     assert "| `tags` | map str → str | `{}` | may change |" in reference
     assert "One of: `auto`, `eager`, `sdpa`." in reference  # choices come from CHOICES
     assert "| `ftall-lora` | LLM-FtAll (LoRA) | `model.train_backbone=lora` |" in reference
-    assert "| `pretrain.rounds` | `100` | `1` |" in reference  # what the quick recipe changes
+    assert "| `pretrain.rounds` | `100` | `0` |" in reference  # what the quick recipe changes
 
 
 def test_update_replaces_only_the_generated_part(tmp_path):

@@ -577,7 +577,11 @@ def test_cli_train_recommend_evaluate(planted_dataset, tiny_llama, tmp_path, cap
     table = (out / "results.md").read_text(encoding="utf-8")
     assert table.startswith("| Model | Recall@20 | Recall@40 | NDCG@100 |") and "| CLLM4Rec |" in table
     assert yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["eval"]["batch_size"] == 64
-    capsys.readouterr()
+    serve = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("serve: ")]
+    assert len(serve) == 1 and serve[0][1:5] == ["mlflow", "models", "serve", "-m"] and "-p" in serve[0], serve
+    port = int(serve[0][serve[0].index("-p") + 1])  # not MLflow's default 5000, which `mlflow ui` takes
+    assert port != 5000
+    assert " ".join(serve[0]) == f"serve: mlflow models serve -m {out / 'pyfunc'} --env-manager local -p {port}"
 
     parquet = tmp_path / "r.parquet"
     assert cli.main(["recommend", "--model", str(out / "model"), "--users", "u5", "--top", "3", "--out", str(parquet)]) == 0

@@ -42,6 +42,6 @@ def test_readme_main_job_smoke(tmp_path):
     assert set(results["models"]) == {"CLLM4Rec", "MostPop", "Multi-VAE", "EASE"}
     assert results["backbone"].endswith("smollm2-135m")
     units = [h["unit"] for h in results["history"]]
-    assert units == ["warmup-r000-e000", "lstep-r000-e000", "cstep-r000-e000", "finetune-r000-e000"]
+    assert units == ["warmup-r000-e000", "finetune-r000-e000"]
     assert 0.0 <= results["models"]["CLLM4Rec"]["recall@20"] <= 1.0
     assert (tmp_path / "run" / "results.md").read_text().startswith("| Model |")

@@ -120,6 +120,26 @@ def test_bos_switch_prepends_the_backbone_bos(planted_dataset, tiny_llama, tmp_p
         assert bool(first.all())  # the user token follows the BOS (or opens the prompt)
 
 
+def test_collab_tables_start_from_the_warmed_up_content_tables(planted_dataset, tiny_llama, tmp_path):
+    """pretrain.collab_from_content copies the content tables into the collaborative ones at the end of
+    the warm-up; without it the collaborative tables keep their init while the content ones move."""
+    from safetensors.torch import load_file
+
+    def tables(copy: bool) -> dict[str, torch.Tensor]:
+        out = tmp_path / str(copy)
+        overrides = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 0, "finetune.enabled": False, "data.reviews": False,
+                     "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False,
+                     "pretrain.collab_from_content": copy}
+        train(load_config(None, tiny_overrides(planted_dataset, tiny_llama, out, **overrides)), progress=False)
+        return load_file(str(out / "model" / "tables.safetensors"))
+
+    copied, kept = tables(True), tables(False)
+    for kind in ("user", "item"):
+        assert torch.equal(copied[f"collab_{kind}"], copied[f"content_{kind}"])
+        assert torch.equal(copied[f"content_{kind}"], kept[f"content_{kind}"])  # the warm-up itself is unchanged
+        assert not torch.allclose(kept[f"collab_{kind}"], kept[f"content_{kind}"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch):
@@ -129,7 +149,8 @@ def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch
              "baselines.multivae": False, "baselines.ease": False, "pretrain.mr_reduction": "mean", "pretrain.lambda_c": 2.0,
              "finetune.lambda_c": 0.5, "pretrain.warmup_mr": True, "pretrain.content_lr": 0.02, "pretrain.lr_schedule": "cosine",
              "pretrain.lr_warmup_steps": 2, "finetune.lr_schedule": "cosine", "finetune.lr_warmup_steps": 3,
-             "data.bucket_window": 1, "model.bos": True, "checkpoint.every_steps": 3, "model.table_optimizer": "row_adam"}
+             "data.bucket_window": 1, "model.bos": True, "checkpoint.every_steps": 3, "model.table_optimizer": "row_adam",
+             "pretrain.collab_from_content": True}
 
     def run(out, interrupt: bool):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, out, **knobs))

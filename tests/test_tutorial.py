@@ -120,3 +120,41 @@ def test_tutorial_recipe_is_the_file_it_shows() -> None:
     config = load_config(str(RECIPE))
     assert config.data.dataset == "/tmp/tutorial-work/datasets/beauty-sample"
     assert config.output_dir == "/tmp/tutorial-work/runs/{name}"
+
+
+def _mlflow_ports(command: str) -> tuple[str, int, str] | None:
+    """(`ui` or `serve`, port, host) of an `mlflow ui|server` or `mlflow models serve` command; MLflow's
+    defaults are -p 5000 and -h 127.0.0.1."""
+    words = command.split()
+    if "mlflow" not in words:
+        return None
+    rest = words[words.index("mlflow") + 1:]
+    kind = "ui" if rest[:1] in (["ui"], ["server"]) else "serve" if rest[:2] == ["models", "serve"] else None
+    if kind is None:
+        return None
+
+    def option(short: str, long: str, default: str) -> str:
+        for i, word in enumerate(rest[:-1]):
+            if word in (short, long):
+                return rest[i + 1]
+        return default
+    return kind, int(option("-p", "--port", "5000")), option("-h", "--host", "127.0.0.1")
+
+
+def test_model_server_and_mlflow_ui_use_different_ports_and_stay_local() -> None:
+    """Every `mlflow models serve` the docs show (commands and the `serve:` line `train` prints, as
+    the tutorial's transcript has it) names a port apart from every `mlflow ui` port, and none binds
+    beyond 127.0.0.1."""
+    found = []
+    for doc in (ROOT / "README.md", TUTORIAL, ROOT / "docs" / "cluster.md"):
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            command = line.split("serve: ", 1)[1] if line.startswith("serve: ") else line.strip("` ")
+            ports = _mlflow_ports(command.split("`")[0])
+            if ports:
+                found.append((doc.name, *ports))
+    ui = {port for _, kind, port, _ in found if kind == "ui"}
+    serve = {port for _, kind, port, _ in found if kind == "serve"}
+    assert ui and serve and not ui & serve, found
+    assert all(host == "127.0.0.1" for *_, host in found), found
+    transcript = [line for line in TUTORIAL.read_text(encoding="utf-8").splitlines() if line.startswith("serve: ")]
+    assert len(transcript) == 1 and transcript[0].endswith(" -p 5001")  # what `Recipe.run` prints

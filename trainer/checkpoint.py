@@ -1,9 +1,28 @@
-"""Epoch checkpoints and the exported model folder: safetensors, JSON and YAML only, never pickle.
+"""Epoch checkpoints and the exported model folder.
 
-A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), the engine's optimizer state
-(optimizer-<name>.safetensors + .json from the plain engine; deepspeed/ with DeepSpeed's per-rank files), optional extra.safetensors (trainable backbone/LoRA weights), state.json (training position),
-config.yaml, identity.json and, written last, COMPLETE (sha256 of every other file). Folders are written
-whole (`atomic_folder`); `root/latest` and `root/best` name a tag. Nothing without a valid COMPLETE loads.
+A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), optional extra.safetensors
+(trainable backbone/LoRA weights), state.json (training position), config.yaml, identity.json, the
+engine's optimizer state and, written last, COMPLETE (JSON: the sha256 of every other file). Folders
+are written whole (`atomic_folder`); `root/latest` and `root/best` name a tag. Nothing without a valid
+COMPLETE loads.
+
+Pickles. This module writes and reads only safetensors, JSON and YAML; it never pickles or unpickles.
+The plain engine's optimizer state is optimizer-<name>.safetensors + optimizer-<name>.json
+(`save_optimizer`), so a plain-engine checkpoint holds no pickle, nor does an exported model folder
+(`save_model`: tables.safetensors, extra.safetensors if any, config.yaml, identity.json, COMPLETE). The
+DeepSpeed engine's optimizer state is DeepSpeed's own checkpoint, written by DeepSpeed under deepspeed/
+(`trainer.engine.DeepSpeedEngine.save_optimizer`): per rank r,
+deepspeed/state/zero_pp_rank_<r>_mp_rank_00_model_states.pt and
+deepspeed/state/[bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt, which are torch.save pickles,
+plus DeepSpeed's recovery scripts deepspeed/zero_to_fp32.py and zero_to_torch.py (copied there,
+never run by the trainer). Resuming a DeepSpeed run (`--resume`: `DeepSpeedEngine.load_optimizer`,
+then DeepSpeed's load_checkpoint) unpickles those .pt files with `torch.load` and weights_only=False,
+which runs whatever code a crafted file holds. `load_checkpoint`, `load_model`, `export_model`,
+evaluation and serving never read deepspeed/.
+
+Trust. Resume only from a checkpoint folder you trust: written by your own runs, on storage that
+only trusted users can write. COMPLETE detects damage (a torn write, a truncated copy, bit rot), not
+tampering: whoever can write the folder can rewrite COMPLETE to match.
 """
 from __future__ import annotations
 

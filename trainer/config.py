@@ -157,6 +157,10 @@ class PretrainConfig:
     over occurrences, so λ_c weighs the same against the LM loss on any dataset)."""
     warmup_mr: bool = False
     """Apply the MR term in the content warm-up too (the authors' warm-up trains the content LLM alone)."""
+    collab_from_content: bool = False
+    """At the end of the content warm-up, set the collaborative tables to the content ones — the mean
+    of their MR prior N(ẑ, λ_c⁻¹I) — so that L-steps or finetuning start from what the content LLM
+    learned by reading rather than from random rows. False (the authors'): they stay at their init."""
     lambda_l: float = 0.0
     """Prior weight λ_l on Σ‖z‖² of the collaborative tables (L-steps, finetuning), reduced like MR."""
     content: bool = True

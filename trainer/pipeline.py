@@ -342,6 +342,10 @@ class Recipe:
             steps[prefix] = steps.get(prefix, 0) + int(result["steps"])
             metrics.update({f"{prefix}_{k}": v for k, v in result.items()})
         self.state["in_progress"] = None
+        pre = self.config.pretrain
+        if unit.phase == "warmup" and unit.epoch == pre.warmup_epochs - 1 and pre.collab_from_content:
+            tables = self.engine.full_tables()
+            self.engine.load_tables({f"collab_{kind}": tables[f"content_{kind}"] for kind in ("user", "item")}, None)
         if unit.phase == "lstep":
             metrics["collab_popularity_entropy"] = self.popularity_entropy
         if unit.phase != "finetune":
@@ -457,7 +461,7 @@ class Recipe:
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "
               f"best finetuning epoch {self.state['best_tag'] or 'n/a'}; engine {self.checkpoint_identity['engine']})")
         print(f"results: {self.out / 'results.md'}  model: {self.out / 'model'}")
-        print(f"serve: mlflow models serve -m {self.out / 'pyfunc'} --env-manager local")
+        print(f"serve: mlflow models serve -m {self.out / 'pyfunc'} --env-manager local -p 5001")
         if tracker.run_id:
             print(f"MLflow: {tracker.tracking_uri} (run {tracker.run_id}; pyfunc model: runs:/{tracker.run_id}/pyfunc)")
         return rows
