@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/cllm4rec demo
+demo: $(STAMP)  # run again: continues an interrupted run, or re-evaluates a finished one
+	$(VENV)/bin/cllm4rec demo --resume-or-start
 
 test: $(STAMP)
 	$(PY) -m pytest

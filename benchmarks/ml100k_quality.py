@@ -10,7 +10,7 @@ Prints a Markdown table whose rows start with the model name (`| CLLM4Rec |`, `|
 the baselines run once per seed, with the first ablation. Runs go to
 runs/bench-<recipe>[-<ablation>]-seed<N>; with --resume a run that finished is read back from its
 results.json and one that did not continues from its last checkpoint, so an interrupted benchmark
-loses at most one epoch.
+loses at most one epoch; without --resume a cell whose run folder already holds a run is refused.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
         return rows, {name: row["seconds"] for name, row in rows.items()}
     results_file = config.resolved_output_dir() / "results.json"
     if not (args.resume and results_file.is_file()):
-        train(config, resume=args.resume, progress=not args.no_progress)
+        train(config, start="resume-or-start" if args.resume else "new", progress=not args.no_progress)
     results = json.loads(results_file.read_text())
     rows = results["models"]
     phases: dict[str, float] = defaultdict(float)

@@ -147,9 +147,14 @@ def extract_members(wheel: Path, prefix: str, dest: Path) -> list[Path]:
     return [dest / name for name in names]
 
 
+def ml100k_raw_dir() -> Path:
+    """Where `fetch_ml100k_raw` keeps the MovieLens-100K atomic files: `<cache>/raw/ml-100k`."""
+    return cache_dir() / "raw" / "ml-100k"
+
+
 def fetch_ml100k_raw(progress: bool = True) -> Path:
     """The folder `<cache>/raw/ml-100k` with the MovieLens-100K atomic files from the recbole wheel."""
-    folder = cache_dir() / "raw" / "ml-100k"
+    folder = ml100k_raw_dir()
     if all((folder / name).is_file() for name in ML100K_FILES):
         _step(f"Using cached MovieLens-100K files in {folder}", progress)
         return folder

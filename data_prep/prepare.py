@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.processed import ProcessedDataset, build_processed, write_processed
+from data_prep.errors import DataPrepError
+from data_prep.processed import ProcessedDataset, build_processed, is_processed, write_processed
 from data_prep.raw import RawDataset
 
 log = logging.getLogger(__name__)
@@ -14,11 +15,45 @@ log = logging.getLogger(__name__)
 DEFAULT_KCORE = {"movielens": 0, "amazon": 5, "yelp": 5, "generic": 0}
 
 
+def check_name(name: str) -> str:
+    """`name` if it is a plain folder name, one that stays inside the cache; else DataPrepError."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise DataPrepError(f"dataset name (--name) {name!r}: not a plain name (no '/', '\\' or leading '.'); "
+                            f"give a path with --out instead")
+    return name
+
+
 def default_output(name: str, seed: int = 0) -> Path:
     """Where `cllm4rec prepare` puts a dataset by default: <cache>/datasets/<name>[-split<seed>]."""
     from data_prep.assets import cache_dir
 
+    name = check_name(name)
     return cache_dir() / "datasets" / (name if seed == 0 else f"{name}-split{seed}")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_output(out: Path, inputs: list[Path], *, force: bool = False) -> Path:
+    """`out`, resolved, if a prepared dataset may replace it; else DataPrepError naming it.
+
+    Never replaced: a folder holding an input being read or the current directory, or a file. A
+    non-empty folder that is not a prepared dataset is replaced only with `force`.
+    """
+    target = Path(out).expanduser().resolve()
+    held = [p for p in inputs if _within(Path(p).expanduser().resolve(), target)]
+    if held:
+        raise DataPrepError(f"{out}: holds the input {held[0]} being read; choose another output folder")
+    if _within(Path.cwd().resolve(), target):
+        raise DataPrepError(f"{out}: is (or holds) the current directory; choose another output folder")
+    if target.exists() and not target.is_dir():
+        raise DataPrepError(f"{out}: is a file, not a folder; choose another output folder")
+    if target.is_dir() and not force and any(target.iterdir()) and not is_processed(target):
+        raise DataPrepError(f"{out}: not empty and not a prepared dataset; refusing to replace it: choose "
+                            f"another output folder, or pass --force")
+    return target
 
 
 def prompt_templates() -> dict[str, str]:

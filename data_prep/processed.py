@@ -220,6 +220,15 @@ def dataset_hash(path: Path) -> str:
     return sha256_file(Path(path) / "meta.json")
 
 
+def is_processed(path: Path) -> bool:
+    """Whether the folder `path` holds a processed dataset: a meta.json naming its schema and files."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "schema_version" in meta and isinstance(meta.get("files"), dict)
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     path = Path(path)
     recover(path)

@@ -6,11 +6,11 @@
 
 Ray creates the process group (nccl with GPUs, gloo on CPUs) and sets RANK / WORLD_SIZE /
 LOCAL_RANK; the recipe adopts it (`trainer.distributed.init_distributed`). Every worker runs the
-whole recipe with `resume=True`: the run's checkpoints live under `--storage` (a filesystem every
-node sees), so when a worker dies, Ray restarts the worker group (`--max-failures`) and it continues
-from the last complete checkpoint — inside an epoch with `checkpoint.every_steps`. Rank 0 alone
-logs to MLflow. Each finished epoch unit is reported to Ray (metrics only: the checkpoints are
-already on shared storage and are not copied again).
+whole recipe with `start="resume-or-start"` (the first start begins the run): the run's checkpoints
+live under `--storage` (a filesystem every node sees), so when a worker dies, Ray restarts the worker
+group (`--max-failures`) and it continues from the last complete checkpoint — inside an epoch with
+`checkpoint.every_steps`. Rank 0 alone logs to MLflow. Each finished epoch unit is reported to Ray
+(metrics only: the checkpoints are already on shared storage and are not copied again).
 """
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     overrides = [*loop_config["overrides"], "distributed.engine=deepspeed",
                  f"device={device.type}:{device.index}" if device.type == "cuda" else "device=cpu"]
-    recipe = Recipe(load_config(loop_config["recipe"], overrides), progress=False)
+    recipe = Recipe(load_config(loop_config["recipe"], overrides), progress=False, start="resume-or-start")
 
     def report(tag: str, metrics: dict[str, float]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         ray.train.report({"unit": tag, **clean})
 
     recipe.on_unit = report
-    recipe.run(resume=True)
+    recipe.run()
 
 
 def build_trainer(args: argparse.Namespace):

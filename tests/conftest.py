@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +128,16 @@ def ray_cluster():
     finally:
         stop_local_cluster(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> bool:
+    """SIGTERM the process group a server started in (start_new_session=True); SIGKILL it after `timeout`
+    seconds. True when it exited on SIGTERM."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+        return False

@@ -143,7 +143,7 @@ def test_resume_refuses_another_engine_or_world_size(runs: Runs, planted_dataset
     shutil.copytree(runs.two, out)
     config = load_config("quick", _overrides(planted_dataset, tiny_llama, out, engine="plain"))
     with pytest.raises(CheckpointError, match=r"engine: checkpoint has deepspeed-zero3 x2, current run has plain"):
-        train(config, resume=True, progress=False)
+        train(config, start="resume", progress=False)
 
 
 def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, phase: str, timeout: float = 240) -> str:

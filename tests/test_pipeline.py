@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import planted_raw, tiny_overrides
+from conftest import planted_raw, stop_process_group, tiny_overrides
 from cllm4rec.diagnostics import hidden_user_variance, logit_user_share, mean_pairwise_cosine
 from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import evaluate_scores
@@ -384,7 +384,7 @@ def test_resume_after_interruption_matches_uninterrupted(small_run, planted_data
     assert not (tmp_path / "run" / "results.json").exists()
     calls.clear()
     monkeypatch.setattr(Recipe, "run_unit", counted)
-    rows = train(config, resume=True, progress=False)
+    rows = train(config, start="resume", progress=False)
     assert calls == ["finetune-r000-e000", "finetune-r000-e001"]  # nothing finished is redone
     reference = _results(small_run)
     assert _history_values(_results(tmp_path / "run")["history"]) == _history_values(reference["history"])
@@ -397,7 +397,7 @@ def test_resume_after_interruption_matches_uninterrupted(small_run, planted_data
 def test_resume_with_more_finetuning_epochs_continues(small_run, planted_dataset, tiny_llama, tmp_path) -> None:
     out = _copy_run(small_run, tmp_path / "run")
     before = _results(out)["history"]
-    train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 3}), resume=True, progress=False)
+    train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 3}), start="resume", progress=False)
     after = _results(out)["history"]
     assert after[: len(before)] == before
     assert [h["unit"] for h in after[len(before):]] == ["finetune-r000-e002"]
@@ -416,7 +416,7 @@ def test_resume_with_one_more_round_continues(small_run, planted_dataset, tiny_l
     out = _copy_run(small_run, tmp_path / "run")
     before = _results(out)["history"]
     train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 2, "pretrain.rounds": 2}),
-          resume=True, progress=False)
+          start="resume", progress=False)
     after = _results(out)["history"]
     units = [h["unit"] for h in after]
     assert after[: len(before)] == before
@@ -432,10 +432,10 @@ def test_resume_refuses_a_different_config_or_dataset(small_run, planted_dataset
     history = _results(out)["history"]
     base = {**SMALL, "finetune.epochs": 2}
     with pytest.raises(CheckpointError, match=r"pretrain\.lambda_c: checkpoint has 1\.0, current run has 0\.5"):
-        train(_config(planted_dataset, tiny_llama, out, **{**base, "pretrain.lambda_c": 0.5}), resume=True,
+        train(_config(planted_dataset, tiny_llama, out, **{**base, "pretrain.lambda_c": 0.5}), start="resume",
               progress=False)
     with pytest.raises(CheckpointError, match="dataset_hash"):
-        train(_config(other_split, tiny_llama, out, **base), resume=True, progress=False)
+        train(_config(other_split, tiny_llama, out, **base), start="resume", progress=False)
     assert _results(out)["history"] == history  # nothing was trained or overwritten
 
 
@@ -446,7 +446,7 @@ def test_refused_resume_keeps_the_run_config(small_run, planted_dataset, tiny_ll
     saved = (out / "config.yaml").read_text(encoding="utf-8")
     config = _config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 2, "pretrain.lambda_c": 0.5})
     with pytest.raises(CheckpointError):
-        train(config, resume=True, progress=False)
+        train(config, start="resume", progress=False)
     assert (out / "config.yaml").read_text(encoding="utf-8") == saved
 
 
@@ -577,11 +577,13 @@ def test_cli_train_recommend_evaluate(planted_dataset, tiny_llama, tmp_path, cap
     table = (out / "results.md").read_text(encoding="utf-8")
     assert table.startswith("| Model | Recall@20 | Recall@40 | NDCG@100 |") and "| CLLM4Rec |" in table
     assert yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["eval"]["batch_size"] == 64
-    serve = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("serve: ")]
-    assert len(serve) == 1 and serve[0][1:5] == ["mlflow", "models", "serve", "-m"] and "-p" in serve[0], serve
-    port = int(serve[0][serve[0].index("-p") + 1])  # not MLflow's default 5000, which `mlflow ui` takes
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if line.startswith("serve: ")] == [f"serve: cllm4rec serve {out / 'model'}"]
+    mlflow_serve = [line.split() for line in printed if line.startswith("or with MLflow: ")]
+    assert len(mlflow_serve) == 1 and mlflow_serve[0][3:7] == ["mlflow", "models", "serve", "-m"], mlflow_serve
+    port = int(mlflow_serve[0][mlflow_serve[0].index("-p") + 1])  # not MLflow's default 5000, which `mlflow ui` takes
     assert port != 5000
-    assert " ".join(serve[0]) == f"serve: mlflow models serve -m {out / 'pyfunc'} --env-manager local -p {port}"
+    assert " ".join(mlflow_serve[0]) == f"or with MLflow: mlflow models serve -m {out / 'pyfunc'} --env-manager local -p {port}"
 
     parquet = tmp_path / "r.parquet"
     assert cli.main(["recommend", "--model", str(out / "model"), "--users", "u5", "--top", "3", "--out", str(parquet)]) == 0
@@ -622,7 +624,7 @@ def test_resume_accepts_a_checkpoint_older_than_a_config_key(small_run, planted_
     identity = json.loads((latest / "identity.json").read_text())
     (latest / "identity.json").write_text(json.dumps({**identity, "config_hash": "from-older-code"}))
     _write_complete(latest)
-    train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 3}), resume=True, progress=False)
+    train(_config(planted_dataset, tiny_llama, out, **{**SMALL, "finetune.epochs": 3}), start="resume", progress=False)
     assert [h["unit"] for h in _results(out)["history"]][-1] == "finetune-r000-e002"
 
 
@@ -649,7 +651,7 @@ def _rows(table) -> list[tuple]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pyfunc_model_round_trip(trained: Trained) -> None:
-    """The logged pyfunc model (defined from code, not pickled) loads with mlflow.pyfunc and answers
+    """The logged pyfunc model (the installed loader, no code, nothing pickled) loads with mlflow.pyfunc and answers
     like `cllm4rec recommend`; extra history joins the prompt and is excluded; unknown ids are named."""
     import mlflow
     import pandas as pd
@@ -657,7 +659,7 @@ def test_pyfunc_model_round_trip(trained: Trained) -> None:
 
     model_dir = trained.out / "pyfunc"
     assert (model_dir / "MLmodel").is_file() and not list(model_dir.rglob("*.pkl"))
-    assert "pyfunc_model.py" in (model_dir / "MLmodel").read_text()
+    assert "loader_module: trainer.pyfunc_model" in (model_dir / "MLmodel").read_text()
     model = mlflow.pyfunc.load_model(str(model_dir))
     got = model.predict(pd.DataFrame({"user": ["u7", "u3"]}), params={"top_m": 3})
     want = recommend_saved(trained.out / "model", ["u7", "u3"], 3)
@@ -699,7 +701,6 @@ def test_extra_history_follows_the_training_items_in_the_prompt(trained: Trained
 def test_served_model_answers_rest_requests(trained: Trained, tmp_path: Path) -> None:
     """`mlflow models serve --env-manager local` on 127.0.0.1 answers like `cllm4rec recommend`; an
     unknown user or item id gets a 400 naming it, and the server keeps answering afterwards."""
-    import signal
     import time
     import urllib.request
 
@@ -743,12 +744,7 @@ def test_served_model_answers_rest_requests(trained: Trained, tmp_path: Path) ->
         assert [r["item"] for r in body["predictions"] if r["user"] == "u3"] == [w[2] for w in want[3:]]
         assert want[0][2] not in [r["item"] for r in body["predictions"] if r["user"] == "u7"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_process_group(server)
         log.close()
 
 

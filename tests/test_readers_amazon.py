@@ -144,3 +144,40 @@ def test_dict_literal_with_code_is_not_executed(tmp_path: Path) -> None:
     assert not sentinel.exists()
     assert data.stats["bad_lines_skipped"] == 1
     assert set(data.item_text) == {"B001"}
+
+
+def test_truncated_or_mislabelled_gz_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    """A broken compressed stream cannot be skipped line by line: the error says so, even with skipping."""
+    many = [{**REVIEWS_2014[0], "reviewerID": f"A{n}", "reviewText": f"review number {n} " * 20} for n in range(400)]
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in many).encode())
+    truncated = tmp_path / "reviews.json.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    for skip in (False, True):
+        with pytest.raises(DataPrepError, match=r"reviews\.json\.gz: line \d+: broken gzip stream .*"
+                                                r"--skip-bad-lines cannot skip a broken compressed stream"):
+            read_amazon(truncated, skip_bad_lines=skip)
+    plain = write_json_lines(tmp_path / "plain.json", REVIEWS_2014).rename(tmp_path / "plain.json.gz")
+    with pytest.raises(DataPrepError, match=r"plain\.json\.gz: not gzip-compressed, although its name ends in \.gz"):
+        read_amazon(plain)
+
+
+def test_empty_file_or_directory_input_is_named(tmp_path: Path) -> None:
+    (tmp_path / "empty.json").write_bytes(b"\n")
+    with pytest.raises(DataPrepError, match=r"empty\.json: empty file"):
+        read_amazon(tmp_path / "empty.json")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataPrepError, match=r"folder: is a directory, not a file"):
+        read_amazon(tmp_path / "folder")
+    with pytest.raises(DataPrepError, match=r"meta\.json: file not found"):
+        read_amazon(write_json_lines(tmp_path / "r.json", REVIEWS_2014), tmp_path / "meta.json")
+
+
+def test_invalid_utf8_in_an_id_names_file_and_line(tmp_path: Path) -> None:
+    """Replacing the bad byte would change the ID (and could merge two users): an error, or a skipped line."""
+    lines = [json.dumps(r).encode() for r in REVIEWS_2014]
+    path = tmp_path / "r.json"
+    path.write_bytes(b"\n".join([lines[0], lines[1].replace(b'"A2"', b'"A2\xff"'), lines[2]]) + b"\n")
+    with pytest.raises(DataPrepError, match=r"r\.json: line 2: field 'reviewerID': invalid UTF-8 in an ID"):
+        read_amazon(path)
+    data = read_amazon(path, skip_bad_lines=True)
+    assert data.user_ids == ["A1"] and data.stats["bad_lines_skipped"] == 1

@@ -151,13 +151,15 @@ def test_malformed_json_line_names_file_and_line(tmp_path: Path) -> None:
     assert data.user_ids == ["1", "4"] and data.stats["bad_lines_skipped"] == 1
 
 
-def test_invalid_utf8_in_csv_is_replaced_and_counted(tmp_path: Path) -> None:
-    (tmp_path / "inter.csv").write_bytes(b"u,i\nJos\xe9,a\n")
+def test_invalid_utf8_in_csv_text_is_replaced_and_counted_but_refused_in_an_id(tmp_path: Path) -> None:
+    (tmp_path / "inter.csv").write_bytes(b"u,i\nJose,a\nJos\xe9,a\n")
     (tmp_path / "items.csv").write_bytes(b"i,text\na,caf\xc3\xa9 \xff\xfe\n")
-    data = read_generic(GenericSpec.from_options(tmp_path / "inter.csv", "u", "i",
-                                                 items=tmp_path / "items.csv", item_text="text"))
-    assert data.user_ids == ["Jos\ufffd"] and data.item_text == {"a": "caf\u00e9 \ufffd\ufffd"}
-    assert data.stats["bytes_replaced"] == 3
+    spec = GenericSpec.from_options(tmp_path / "inter.csv", "u", "i", items=tmp_path / "items.csv", item_text="text")
+    with pytest.raises(DataPrepError, match=r"inter\.csv: row 2: column 'u': invalid UTF-8 in an ID"):
+        read_generic(spec)
+    data = read_generic(spec, skip_bad_lines=True)
+    assert data.user_ids == ["Jose"] and data.item_text == {"a": "caf\u00e9 \ufffd\ufffd"}
+    assert data.stats["bytes_replaced"] == 3 and data.stats["bad_lines_skipped"] == 1
 
 
 def test_unreadable_or_unknown_files_are_named(tmp_path: Path) -> None:

@@ -61,3 +61,12 @@ def test_missing_column_is_named(tmp_path):
         read_movielens(folder)
     with pytest.raises(DataPrepError, match="file not found"):
         read_movielens(tmp_path / "nothing")
+
+
+def test_invalid_utf8_in_an_id_names_file_and_line(tmp_path):
+    inter = INTER.encode("utf-8").replace(b"\n2\t1\t4", b"\n2\xff\t1\t4", 1)  # line 6: user id "2\xff"
+    folder = write_ml(tmp_path / "ml", inter=inter)
+    with pytest.raises(DataPrepError, match=r"ml\.inter: line 6: field 'user_id': invalid UTF-8 in an ID"):
+        read_movielens(folder)
+    raw = read_movielens(folder, skip_bad_lines=True)
+    assert raw.stats["bad_lines_skipped"] == 1 and "2\ufffd" not in raw.user_ids

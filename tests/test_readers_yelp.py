@@ -108,3 +108,22 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path) -> None:
     data = read_yelp(path)
     assert data.inter_review == ["Cr\u00e8me \ufffd"]
     assert data.stats["bytes_replaced"] == 1
+
+
+def test_truncated_gz_names_the_file(tmp_path: Path) -> None:
+    import gzip
+
+    many = [{**REVIEWS[0], "review_id": f"r{n}", "user_id": f"u{n}", "text": f"visit {n} " * 40} for n in range(300)]
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in many).encode())
+    path = tmp_path / "review.json.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataPrepError, match=r"review\.json\.gz: line \d+: broken gzip stream .*"
+                                            r"--skip-bad-lines cannot skip a broken compressed stream"):
+        read_yelp(path, skip_bad_lines=True)
+
+
+def test_invalid_utf8_in_a_business_id_names_file_and_line(tmp_path: Path, files: dict[str, Path]) -> None:
+    business = tmp_path / "business.json"
+    business.write_bytes(files["business"].read_bytes().replace(b'"b2"', b'"b\xc32"', 1))
+    with pytest.raises(DataPrepError, match=r"business\.json: line 2: field 'business_id': invalid UTF-8 in an ID"):
+        read_yelp(files["review"], business)

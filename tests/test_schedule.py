@@ -166,7 +166,7 @@ def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch
             with pytest.raises(KeyboardInterrupt):
                 train(config, progress=False)
             monkeypatch.setattr(Recipe, "run_unit", original)
-            return train(config, resume=True, progress=False)
+            return train(config, start="resume", progress=False)
         return train(config, progress=False)
 
     whole, resumed = run(tmp_path / "whole", False), run(tmp_path / "resumed", True)

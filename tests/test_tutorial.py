@@ -142,13 +142,13 @@ def _mlflow_ports(command: str) -> tuple[str, int, str] | None:
 
 
 def test_model_server_and_mlflow_ui_use_different_ports_and_stay_local() -> None:
-    """Every `mlflow models serve` the docs show (commands and the `serve:` line `train` prints, as
+    """Every `mlflow models serve` the docs show (commands and the `or with MLflow:` line `train` prints, as
     the tutorial's transcript has it) names a port apart from every `mlflow ui` port, and none binds
     beyond 127.0.0.1."""
     found = []
     for doc in (ROOT / "README.md", TUTORIAL, ROOT / "docs" / "cluster.md"):
         for line in doc.read_text(encoding="utf-8").splitlines():
-            command = line.split("serve: ", 1)[1] if line.startswith("serve: ") else line.strip("` ")
+            command = line.strip("` ")
             ports = _mlflow_ports(command.split("`")[0])
             if ports:
                 found.append((doc.name, *ports))
@@ -156,5 +156,5 @@ def test_model_server_and_mlflow_ui_use_different_ports_and_stay_local() -> None
     serve = {port for _, kind, port, _ in found if kind == "serve"}
     assert ui and serve and not ui & serve, found
     assert all(host == "127.0.0.1" for *_, host in found), found
-    transcript = [line for line in TUTORIAL.read_text(encoding="utf-8").splitlines() if line.startswith("serve: ")]
+    transcript = [line for line in TUTORIAL.read_text(encoding="utf-8").splitlines() if line.startswith("or with MLflow: ")]
     assert len(transcript) == 1 and transcript[0].endswith(" -p 5001")  # what `Recipe.run` prints

@@ -328,7 +328,11 @@ def save_model(dir: Path, tables: dict[str, torch.Tensor], config: dict, identit
 
 def load_model(dir: Path) -> SavedModel:
     """Verify every checksum of a saved model folder, then load it (safetensors, YAML and JSON only)."""
-    return SavedModel(**_load_common(Path(dir), MODEL_FILES))
+    dir = Path(dir)
+    if not dir.is_dir():
+        problem = "is a file, not a folder" if dir.exists() else "not found"
+        raise CheckpointError(f"{dir}: {problem} (a saved model is a run's <output_dir>/model folder)")
+    return SavedModel(**_load_common(dir, MODEL_FILES))
 
 
 def resolve_checkpoint(path: Path) -> Path:

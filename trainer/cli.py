@@ -25,7 +25,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     sources = prep.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
     def common(p: argparse.ArgumentParser, default_kcore: int) -> None:
-        p.add_argument("--out", type=Path, help="output folder (default: <cache>/datasets/<name>)")
+        p.add_argument("--out", type=Path, help="output folder (default: <cache>/datasets/<name>); it may replace "
+                       "only a prepared dataset or an empty folder")
+        p.add_argument("--force", action="store_true", help="replace --out even when it is another, non-empty folder "
+                       "(never one holding the input or the current directory)")
         p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
         p.add_argument("--kcore", type=int, default=default_kcore, help=f"k-core filter, 0 = none (default {default_kcore})")
         p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines instead of failing")
@@ -68,8 +71,43 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     common(p, 0)
 
 
-def _read_raw(args: argparse.Namespace):
-    """Dispatch to the reader of `args.source`; returns a RawDataset."""
+def _generic_spec(args: argparse.Namespace):
+    """The GenericSpec of `prepare generic` (from --spec or the table flags)."""
+    from data_prep.readers import GenericSpec
+
+    if args.spec is not None:
+        return GenericSpec.from_yaml(args.spec)
+    if args.interactions is None:
+        raise DataPrepError("prepare generic: give --spec SPEC.yaml or --interactions TABLE")
+    return GenericSpec.from_options(
+        args.interactions, args.user_col, args.item_col, args.time_col,
+        users=args.users, user_id=args.user_id_col, user_text=args.user_text_col,
+        items=args.items, item_id=args.item_id_col, item_text=args.item_text_col,
+        reviews=args.reviews, review_user=args.review_user_col, review_item=args.review_item_col,
+        review_text=args.review_text_col, name=args.name or "generic",
+    )
+
+
+def _raw_inputs(args: argparse.Namespace, spec) -> list[Path]:
+    """Every raw file or folder `prepare` reads (the output may not hold any of them)."""
+    if args.source == "ml-100k":
+        from data_prep.assets import ml100k_raw_dir
+
+        return [ml100k_raw_dir()]
+    if args.source == "movielens":
+        return [args.input]
+    if args.source == "amazon":
+        paths = [args.reviews, args.meta]
+    elif args.source == "yelp":
+        paths = [args.reviews, args.business, args.users]
+    else:
+        tables = (spec.interactions, spec.users, spec.items, spec.reviews)
+        paths = [args.spec, *(t.path for t in tables if t is not None)]
+    return [p for p in paths if p is not None]
+
+
+def _read_raw(args: argparse.Namespace, spec):
+    """Dispatch to the reader of `args.source` (`spec`: generic only); returns a RawDataset."""
     from data_prep import readers
 
     skip = args.skip_bad_lines
@@ -83,27 +121,22 @@ def _read_raw(args: argparse.Namespace):
         return readers.read_amazon(args.reviews, args.meta, name=args.name, skip_bad_lines=skip)
     if args.source == "yelp":
         return readers.read_yelp(args.reviews, args.business, args.users, name=args.name, skip_bad_lines=skip)
-    if args.spec is not None:
-        spec = readers.GenericSpec.from_yaml(args.spec)
-    elif args.interactions is not None:
-        spec = readers.GenericSpec.from_options(
-            args.interactions, args.user_col, args.item_col, args.time_col,
-            users=args.users, user_id=args.user_id_col, user_text=args.user_text_col,
-            items=args.items, item_id=args.item_id_col, item_text=args.item_text_col,
-            reviews=args.reviews, review_user=args.review_user_col, review_item=args.review_item_col,
-            review_text=args.review_text_col, name=args.name or "generic",
-        )
-    else:
-        raise DataPrepError("prepare generic: give --spec SPEC.yaml or --interactions TABLE")
     return readers.read_generic(spec, name=args.name, skip_bad_lines=skip)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from data_prep.prepare import default_output, prepare, summary
+    """Read, check where the dataset goes (before the long read where known), prepare, summarise."""
+    from data_prep.prepare import check_name, check_output, default_output, prepare, summary
 
     start = time.perf_counter()
-    raw = _read_raw(args)
-    out = args.out or default_output(raw.name, args.seed)
+    spec = _generic_spec(args) if args.source == "generic" else None
+    inputs = _raw_inputs(args, spec)
+    if args.name is not None:
+        check_name(args.name)
+    if args.out is not None:
+        check_output(args.out, inputs, force=args.force)
+    raw = _read_raw(args, spec)
+    out = check_output(args.out or default_output(raw.name, args.seed), inputs, force=args.force)
     dataset = prepare(raw, out, kcore=args.kcore, seed=args.seed)
     print(summary(dataset.meta, out))
     print(f"prepared in {time.perf_counter() - start:.1f} s")
@@ -135,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.recipe, args.overrides)
     try:
-        train(config, resume=args.resume, progress=not args.no_progress)
+        train(config, start=args.start, progress=not args.no_progress)
     finally:
         shutdown_distributed()
     return 0
@@ -143,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the `quick` recipe on ML-100K + SmolLM2-135M (prepared and fetched on demand)."""
-    return cmd_train(argparse.Namespace(recipe="quick", overrides=args.overrides, resume=args.resume,
+    return cmd_train(argparse.Namespace(recipe="quick", overrides=args.overrides, start=args.start,
                                         no_progress=args.no_progress))
 
 
@@ -154,7 +187,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     key, values = parse_sweep(args.sweep)
     try:
-        sweep(key, values, args.recipe, args.overrides, progress=not args.no_progress)
+        sweep(key, values, args.recipe, args.overrides, start=args.start, progress=not args.no_progress)
     finally:
         shutdown_distributed()
     return 0
@@ -168,7 +201,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     ablations = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
     try:
         reproduce(args.recipe, args.overrides, ablations=ablations, two_tower_epochs=args.two_tower_epochs,
-                  resume=args.resume, progress=not args.no_progress)
+                  start=args.start, progress=not args.no_progress)
     finally:
         shutdown_distributed()
     return 0
@@ -225,6 +258,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from trainer.serving import recommend_saved
 
+    if args.out is not None and args.out.is_dir():  # checked before the model loads and scores
+        raise DataPrepError(f"--out {args.out}: is a directory; give a Parquet file path such as "
+                            f"{args.out / 'recommendations.parquet'}")
     table = recommend_saved(args.model, args.users, args.top, args.out)
     if args.out is None:
         print(table.to_pandas().to_string(index=False, max_colwidth=60, float_format="{:.4f}".format))
@@ -250,6 +286,21 @@ def cmd_two_tower(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """HTTP /invocations, /ping and /health for a saved model, on the installed code (trainer/http_server.py)."""
+    from trainer.config import parse_override
+    from trainer.http_server import serve
+
+    serving: dict = {}
+    for text in args.overrides:
+        override = parse_override(text)
+        if set(override) != {"serving"} or not isinstance(override["serving"], dict):
+            raise ConfigError(f"--set {text!r}: only serving.* keys may be overridden (e.g. serving.max_records=64)")
+        serving.update(override["serving"])
+    serve(args.model, args.host, args.port, serving)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.checkpoint import export_model, resolve_checkpoint
 
@@ -257,6 +308,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_model(source, args.out)
     print(f"exported {source} -> {out}")
     return 0
+
+
+def _add_start_flags(p: argparse.ArgumentParser, *, rows: bool) -> None:
+    """--resume, --overwrite (one run: --resume-or-start); none: refuse a folder that holds a run.
+
+    `rows`: the command trains several runs (sweep, reproduce); its --resume starts those not begun.
+    """
+    flags = p.add_mutually_exclusive_group()
+    if rows:
+        flags.add_argument("--resume", dest="start", action="store_const", const="resume-or-start",
+                           help="continue every run from its last complete checkpoint (runs not begun start)")
+    else:
+        flags.add_argument("--resume", dest="start", action="store_const", const="resume",
+                           help="continue the run in the output folder from its last complete checkpoint "
+                                "(an error when the folder holds no run)")
+        flags.add_argument("--resume-or-start", dest="start", action="store_const", const="resume-or-start",
+                           help="like --resume, but start the run when the output folder holds none")
+    flags.add_argument("--overwrite", dest="start", action="store_const", const="overwrite",
+                       help="remove the run an output folder holds, then train from scratch")
+    p.set_defaults(start="new")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,12 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "train":
             p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
-        p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+        _add_start_flags(p, rows=False)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5 or ablation=cf")
     p = sub.add_parser("sweep", help="train once per value of a config key; plot the test metrics against it")
     p.add_argument("sweep", help="KEY=V1,V2,... e.g. lambda_c=0.01,0.1,1,10 (lambda_c = pretrain.lambda_c)")
     p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    _add_start_flags(p, rows=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides shared by every run")
     p = sub.add_parser("reproduce", help="CLLM4Rec, its ablations, CLLM4Rec-Emb and the baselines on one split: the paper's table")
@@ -286,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS),
                    help=f"comma-separated ablation rows (default {','.join(DEFAULT_ABLATIONS)}; ftall = full finetuning)")
     p.add_argument("--two-tower-epochs", type=int, default=30, help="epochs of CLLM4Rec-Emb and Two-Tower (default 30)")
-    p.add_argument("--resume", action="store_true", help="continue every row from its last checkpoint")
+    _add_start_flags(p, rows=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides shared by every row")
     p = sub.add_parser("config", help="print the resolved config (recipe + overrides) as YAML, or the configuration reference")
@@ -319,12 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a saved-model folder from a (ZeRO-3 or plain) training checkpoint")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, a run's checkpoints/ folder or a run folder")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced whole)")
+    p = sub.add_parser("serve", help="serve a saved model over HTTP (MLflow's /invocations format; no MLflow loader)")
+    p.add_argument("model", type=Path, help="saved model folder (<output_dir>/model) or pyfunc model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5002, help="port (default 5002)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="serving.KEY=VALUE",
+                   help="override a request limit of the model's config section serving, e.g. serving.max_records=64 (repeatable)")
     return parser
 
 
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
             "train": cmd_train, "sweep": cmd_sweep, "reproduce": cmd_reproduce, "config": cmd_config, "evaluate": cmd_evaluate,
-            "diagnose": cmd_diagnose, "recommend": cmd_recommend, "export": cmd_export,
+            "diagnose": cmd_diagnose, "recommend": cmd_recommend, "export": cmd_export, "serve": cmd_serve,
             "export-embeddings": cmd_export_embeddings, "two-tower": cmd_two_tower}
 
 

@@ -297,6 +297,23 @@ class CheckpointConfig:
 
 
 @dataclass
+class ServingConfig:
+    """What one request to a model server may ask (`cllm4rec serve` and the MLflow pyfunc model; README,
+    "Serving"). A request past a limit is refused whole before any scoring, so one request costs at most
+    ⌈max_records / eval.batch_size⌉ forward passes. `cllm4rec serve MODEL --set serving.max_records=64`
+    overrides a limit; the pyfunc model states the values in its MLmodel (`model_config`)."""
+
+    top_m: int = 20
+    """Items per user in the answer when a request gives no `top_m`; at most `max_top_m`."""
+    max_top_m: int = 1000
+    """Largest `top_m` a request may ask for (the answer has at most max_records × max_top_m rows)."""
+    max_records: int = 256
+    """Most records (users) per request; more: HTTP 413 (`cllm4rec serve`) or 400 (MLflow)."""
+    max_history: int = 512
+    """Most item ids in one record's `history`; more: HTTP 413 (`cllm4rec serve`) or 400 (MLflow)."""
+
+
+@dataclass
 class TrainConfig:
     """The run's name, seed, device, output folder and ablation."""
 
@@ -322,6 +339,7 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
@@ -332,7 +350,7 @@ class TrainConfig:
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
                   "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
                   "data.dataset", "distributed", "checkpoint", "model.attention", "model.fused_norm", "model.compile",
-                  "model.head_gradient_dtype", "model.activation_checkpointing")
+                  "model.head_gradient_dtype", "model.activation_checkpointing", "serving")
 
 
 ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll",
@@ -456,6 +474,10 @@ RANGES: dict[str, Range] = {
     "tracking.log_every_steps": _count(0),
     "checkpoint.every_steps": _count(0),
     "checkpoint.keep": _count(1),
+    "serving.top_m": _count(1),
+    "serving.max_top_m": _count(1),
+    "serving.max_records": _count(1),
+    "serving.max_history": _count(0),
 }
 
 
@@ -562,9 +584,26 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> TrainCo
         _apply(config, parse_override(text))
     for key, value in ABLATIONS[config.ablation].items():
         _apply(config, _nested(key, value))
+    _check(config)
+    return config
+
+
+def override_serving(serving: ServingConfig, values: dict[str, Any]) -> ServingConfig:
+    """A copy of `serving` with `values` (e.g. {'max_records': 64}) applied, checked as the keys serving.*
+    (only these: a saved model's other keys are not re-checked against today's ranges)."""
+    config = TrainConfig(serving=dataclasses.replace(serving))
+    _apply(config, {"serving": values})
+    _check(config)
+    return config.serving
+
+
+def _check(config: TrainConfig) -> None:
+    """The checks a loaded config passes: selection metrics, serving limits, RANGES."""
     _check_selection(config.eval)
     _check_ranges(config)
-    return config
+    if config.serving.top_m > config.serving.max_top_m:
+        raise ConfigError(f"config key 'serving.top_m': must be at most serving.max_top_m = "
+                          f"{config.serving.max_top_m}, got {config.serving.top_m}")
 
 
 def _check_ranges(config: TrainConfig) -> None:

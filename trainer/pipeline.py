@@ -2,7 +2,7 @@
 selection → test → results table beside MostPop, Multi-VAE and EASE (docs/architecture.md, sections 4 and 6).
 
 Training is a list of epoch units; after each unit (and every `checkpoint.every_steps` steps inside
-one) the tables, optimizer state and position are checkpointed, so `resume=True` continues from the
+one) the tables, optimizer state and position are checkpointed, so `start="resume"` continues from the
 last complete checkpoint in the same phase, epoch and step (documents of every epoch are seeded by
 (seed, phase, epoch), so a resumed run sees what an uninterrupted one would).
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -42,6 +43,25 @@ from trainer.schedule import StepPlan, step_plans
 from trainer.tracking import PARENT_TAG, Tracker
 
 log = logging.getLogger(__name__)
+
+# How a run treats its output folder: "new" refuses one that holds a run, "resume" needs one,
+# "resume-or-start" takes either, "overwrite" removes the run it holds first.
+Start = Literal["new", "resume", "resume-or-start", "overwrite"]
+
+
+def holds_run(out: Path) -> bool:
+    """Whether the folder `out` holds a run: the config.yaml a run writes first, or its checkpoints."""
+    return (out / "config.yaml").is_file() or (out / "checkpoints").is_dir()
+
+
+def start_problem(out: Path, start: Start) -> str | None:
+    """Why a run may not start in `out` as `start` asks (None: it may)."""
+    if start == "new" and holds_run(out):
+        return (f"{out}: holds a run already; continue it with --resume, replace it with --overwrite, "
+                f"or train under a new name=")
+    if start == "resume" and not holds_run(out):
+        return f"{out}: no run to resume; train without --resume, or pass --resume-or-start"
+    return None
 
 
 @dataclass(frozen=True)
@@ -163,15 +183,22 @@ def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch
 
 
 class Recipe:
-    """Runs the whole pipeline for one config; `run()` returns the results rows."""
+    """Runs the whole pipeline for one config; `run()` returns the results rows.
 
-    def __init__(self, config: TrainConfig, *, progress: bool = True):
+    `start` (see `Start`) is checked against the output folder here, before anything is built.
+    """
+
+    def __init__(self, config: TrainConfig, *, progress: bool = True, start: Start = "new"):
         self.config = config
         self.dist = init_distributed(config.device, require_group=want_deepspeed(config.distributed.engine))
         if not self.dist.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # one rank reports
         self.progress = progress and self.dist.is_main
         self.out = config.resolved_output_dir()
+        self.start = start
+        problem = self.dist.broadcast(start_problem(self.out, start) if self.dist.is_main else None)
+        if problem:
+            raise ckpt.CheckpointError(problem)
         device = pick_device(config.device)
         if device.type == "cuda" and device.index is None and self.dist.active:
             device = torch.device("cuda", self.dist.local_rank)
@@ -399,14 +426,17 @@ class Recipe:
             saved = ckpt.load_model(self.out / "best")
             self.engine.load_tables(saved.tables, saved.extra)
 
-    def run(self, resume: bool = False) -> dict[str, dict[str, float]]:
+    def run(self) -> dict[str, dict[str, float]]:
         """Train (or resume), evaluate on test, run the baselines and write the results. Collective:
         every rank calls it; rank 0 alone writes files, logs to MLflow, prints and runs the baselines."""
         cfg, main = self.config, self.dist.is_main
         if main:
+            if self.start == "overwrite" and holds_run(self.out):
+                log.info("--overwrite: removing the run in %s", self.out)
+                shutil.rmtree(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
-        if resume:
+        if self.start in ("resume", "resume-or-start"):
             self.try_resume()
         if main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -461,7 +491,8 @@ class Recipe:
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "
               f"best finetuning epoch {self.state['best_tag'] or 'n/a'}; engine {self.checkpoint_identity['engine']})")
         print(f"results: {self.out / 'results.md'}  model: {self.out / 'model'}")
-        print(f"serve: mlflow models serve -m {self.out / 'pyfunc'} --env-manager local -p 5001")
+        print(f"serve: cllm4rec serve {self.out / 'model'}")
+        print(f"or with MLflow: mlflow models serve -m {self.out / 'pyfunc'} --env-manager local -p 5001")
         if tracker.run_id:
             print(f"MLflow: {tracker.tracking_uri} (run {tracker.run_id}; pyfunc model: runs:/{tracker.run_id}/pyfunc)")
         return rows
@@ -473,6 +504,7 @@ def _brief(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Run the recipe for `config` (see module docstring); returns {model name: test metrics}."""
-    return Recipe(config, progress=progress).run(resume=resume)
+def train(config: TrainConfig, *, start: Start = "new", progress: bool = True) -> dict[str, dict[str, float]]:
+    """Run the recipe for `config` (see module docstring) into its output folder as `start` asks
+    (see `Start`); returns {model name: test metrics}."""
+    return Recipe(config, progress=progress, start=start).run()

@@ -10,19 +10,23 @@ recipe's cut-offs plus 10; validation still selects on the recipe's own metrics)
 In MLflow every row is one run nested under the reproduce run, with the tags `reproduce=<name>`,
 `row=<row>` and `model=<row>` and its test metrics under the same keys (`test_recall_at_20`, ...),
 so selecting the children in the UI compares them directly. `--resume` continues each training row
-from its last checkpoint (a finished row is only evaluated again).
+from its last checkpoint (a finished row is only evaluated again; a row not begun starts);
+`--overwrite` trains every row again from scratch.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_prep.atomic import atomic_file
 from trainer.config import ABLATION_NAMES, ConfigError, TrainConfig, config_to_dict, load_config
 from trainer.distributed import launched_world_size
 from trainer.results import column_title, markdown_table, write_report
 from trainer.tracking import PARENT_TAG, Tracker
+
+if TYPE_CHECKING:
+    from trainer.pipeline import Start
 
 DEFAULT_ABLATIONS = ("scratch", "cf", "ftall-lora", "fixord", "prerec")
 EXTRA_KS = 10  # Recall@10 and NDCG@10 (the paper's LinkedIn metrics) join the recipe's cut-offs
@@ -54,7 +58,7 @@ def row_configs(recipe: str | None, overrides: list[str], ablations: tuple[str, 
 
 
 def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str, ...] = DEFAULT_ABLATIONS,
-              two_tower_epochs: int = 30, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+              two_tower_epochs: int = 30, start: Start = "new", progress: bool = True) -> dict[str, Any]:
     """Train and score every row, write the table files; returns table.json's content."""
     from trainer.baselines import run_baselines
     from trainer.embeddings import dataset_splits, load_tables_and_dataset, two_tower_rows
@@ -77,7 +81,7 @@ def reproduce(recipe: str | None, overrides: list[str], *, ablations: tuple[str,
             print(f"reproduce: row {index + 1}/{total} {name} -> {config.resolved_output_dir()}", flush=True)
             config.tracking.parent_run_id = parent
             config.tracking.tags = {"reproduce": base.name, "row": name}
-            rows[name] = {**train(config, resume=resume, progress=progress)[name], "run": str(config.resolved_output_dir())}
+            rows[name] = {**train(config, start=start, progress=progress)[name], "run": str(config.resolved_output_dir())}
 
         model_dir = main.resolved_output_dir() / "model"
         print(f"reproduce: rows {len(configs) + 1}-{total}/{total} CLLM4Rec-Emb and Two-Tower over {model_dir}"

@@ -1,11 +1,12 @@
 """Use a saved model (<output_dir>/model): evaluate it, measure how user-specific its scores are,
 recommend top-M unseen items per user, or package it as an MLflow pyfunc model for `mlflow models
-serve` (`trainer/pyfunc_model.py`)."""
+serve` (`save_pyfunc`; the installed `trainer/pyfunc_model.py` loads it)."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,18 +19,16 @@ from data_prep.atomic import atomic_file, atomic_folder
 from data_prep.errors import DataPrepError
 from trainer import checkpoint as ckpt
 from trainer.build import RunParts, build_run, load_weights
-from trainer.config import TrainConfig, config_from_dict
+from trainer.config import TrainConfig, config_from_dict, override_serving
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate, recommend
 from trainer.data import Batch, user_item_lists
 from trainer.pipeline import identity_of
-
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("cllm4rec", "trainer", "data_prep")  # the code a pyfunc model carries (code_paths)
+from trainer.rest import RequestError, echo_ids
 
 
-class UnknownIdError(DataPrepError):
-    """A raw user or item id that the model's dataset does not have; the message names it."""
+class UnknownIdError(RequestError):
+    """A raw user or item id that the model's dataset does not have; the message names it (HTTP 400)."""
 
 
 def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
@@ -93,8 +92,11 @@ class Recommender:
     engine: PlainEngine
 
     @classmethod
-    def load(cls, model_dir: Path) -> "Recommender":
-        return cls(*load_saved(Path(model_dir)))
+    def load(cls, model_dir: Path, serving: dict[str, Any] | None = None) -> "Recommender":
+        """Verify and load a saved model folder, or the one inside a pyfunc model folder (never its
+        MLmodel); `serving` overrides its request limits, e.g. {"max_records": 64}."""
+        config, parts, engine = load_saved(model_folder(Path(model_dir)))
+        return cls(replace(config, serving=override_serving(config.serving, serving or {})), parts, engine)
 
     @functools.cached_property
     def index(self) -> dict[str, dict[str, int]]:
@@ -107,9 +109,8 @@ class Recommender:
         index = self.index[kind]
         unknown = [r for r in raw if r not in index]
         if unknown:
-            shown = ", ".join(repr(r) for r in dict.fromkeys(unknown))
-            raise UnknownIdError(f"unknown {kind} id(s) {shown}: not in dataset {self.parts.dataset.name} "
-                                 f"({len(index)} {kind}s)")
+            raise UnknownIdError(f"unknown {kind} id(s) {echo_ids(list(dict.fromkeys(unknown)))}: not in dataset "
+                                 f"{self.parts.dataset.name} ({len(index)} {kind}s)")
         return np.array([index[r] for r in raw], dtype=np.int64)
 
     def recommend(self, raw_users: list[str] | None, top_m: int, histories: list[list[str]] | None = None) -> pa.Table:
@@ -153,8 +154,15 @@ def recommend_saved(model_dir: Path, raw_users: list[str] | None, top_m: int, ou
     return table
 
 
+def model_folder(path: Path) -> Path:
+    """`path` if it is a saved model folder, else the one saved model folder inside pyfunc model folder
+    `path` (data/<name>/, found by its COMPLETE; the MLmodel file is not read)."""
+    inside = sorted(path.glob(f"data/*/{ckpt.COMPLETE}"))
+    return inside[0].parent if not (path / ckpt.COMPLETE).is_file() and len(inside) == 1 else path
+
+
 def pyfunc_signature(top_m: int):
-    """Request: user (str), optional history (list of str); answer rows; param top_m (int)."""
+    """Request: user (str), optional history (list of str); answer rows; param top_m (int, default `top_m`)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -166,19 +174,22 @@ def pyfunc_signature(top_m: int):
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("top_m", "long", top_m)]))
 
 
-def save_pyfunc(model_dir: Path, out: Path, top_m: int = 20) -> Path:
-    """Write the MLflow pyfunc model of a saved model to `out` (whole or not at all): the code of
-    `trainer/pyfunc_model.py` as the model, the saved model folder as the artifact "model", this
-    repository's packages as code_paths. Serve it with `mlflow models serve -m OUT --env-manager local`."""
+def save_pyfunc(model_dir: Path, out: Path) -> Path:
+    """Write the MLflow pyfunc model of a verified saved model to `out` (whole or not at all): a copy of
+    the model folder as its data (data/<its name>/: safetensors, YAML, JSON, COMPLETE), no code. Its MLmodel
+    names the installed module `trainer.pyfunc_model` as the loader, and states the request limits
+    (config section `serving`) as model_config. Serve it with `mlflow models serve -m OUT --env-manager local`."""
+    import importlib.metadata
+
     import mlflow
 
+    serving = config_from_dict(ckpt.load_model(Path(model_dir)).config).serving
     with atomic_folder(Path(out)) as staging:
         staging.rmdir()  # mlflow writes the folder itself; atomic_folder then moves it into place
         mlflow.pyfunc.save_model(
-            path=str(staging), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-            artifacts={"model": str(Path(model_dir).resolve())}, code_paths=[str(REPO / p) for p in PACKAGES],
-            model_config={"top_m": top_m}, signature=pyfunc_signature(top_m),
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              "transformers", "safetensors", "pyarrow", "pandas", "numpy", "pyyaml", "tqdm"],
+            path=str(staging), loader_module="trainer.pyfunc_model", data_path=str(Path(model_dir).resolve()),
+            model_config=asdict(serving), signature=pyfunc_signature(serving.top_m),
+            pip_requirements=[f"cllm4rec=={importlib.metadata.version('cllm4rec')}", f"mlflow=={mlflow.__version__}",
+                              f"torch=={torch.__version__.split('+')[0]}"],
         )
     return Path(out)

@@ -2,19 +2,23 @@
 sensitivity of the test metrics to the swept key (the paper's Figure 4 for λ_c) as a plot and a table.
 
 Each value trains `<name>-<key leaf><value>` (its own output folder and MLflow run, nested under the
-sweep's run); the sweep writes `<output_dir of name>-sweep/`: sweep.json, sweep.md and sweep.png
-(every test metric against the value, log axis when all values are positive).
+sweep's run; `--resume` / `--overwrite` apply to each); the sweep writes `<output_dir of name>-sweep/`:
+sweep.json, sweep.md and sweep.png (every test metric against the value, log axis when all values
+are positive).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_prep.atomic import atomic_file
 from trainer.config import ConfigError, config_to_dict, flatten, load_config
 from trainer.results import column_title, write_report
 from trainer.tracking import Tracker
+
+if TYPE_CHECKING:
+    from trainer.pipeline import Start
 
 ALIASES = {"lambda_c": "pretrain.lambda_c", "lambda_l": "pretrain.lambda_l"}
 
@@ -38,7 +42,8 @@ def run_name(base: str, key: str, value: Any) -> str:
     return f"{base}-{key.rsplit('.', 1)[-1]}{value}"
 
 
-def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str], *, progress: bool = True) -> dict[str, Any]:
+def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str], *, start: Start = "new",
+          progress: bool = True) -> dict[str, Any]:
     """Train once per value of `key` and write the sensitivity table and plot; returns sweep.json's content."""
     from trainer.pipeline import train
 
@@ -54,7 +59,7 @@ def sweep(key: str, values: list[Any], recipe: str | None, overrides: list[str],
         for index, (value, config) in enumerate(zip(values, configs)):
             if parent is not None:
                 config.tracking.parent_run_id = parent
-            results = train(config, progress=progress)
+            results = train(config, start=start, progress=progress)
             model = next(iter(results))
             row = {"value": value, "run": config.name, **{c: results[model][c] for c in columns}}
             rows.append(row)

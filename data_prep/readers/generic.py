@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zlib
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from data_prep.errors import DataPrepError
 from data_prep.raw import RawBuilder, RawDataset, join_text
 from data_prep.readers.generic_spec import GenericSpec, InteractionTableSpec, ReviewTableSpec, TextTableSpec
-from data_prep.textio import LineReader, open_binary
+from data_prep.textio import LineReader, check_file, damaged_id, open_binary
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 _SENTENCE_END = (".", "!", "?", ":", ";")
@@ -94,8 +95,7 @@ class _Table:
         self.path = Path(path)
         self.reader = reader
         self.format = _table_format(self.path)
-        if not self.path.is_file():
-            raise DataPrepError(f"{self.path}: file not found")
+        check_file(self.path)
 
     def rows(self, columns: list[str]) -> Iterator[tuple[int, list[Any]]]:
         """Yield (row number, values of `columns`); JSON lines are numbered by file line."""
@@ -135,7 +135,7 @@ class _Table:
                     include_columns=columns, column_types={c: pa.binary() for c in columns}
                 ),
             )
-        except (pa.ArrowException, OSError) as err:
+        except (pa.ArrowException, OSError, EOFError, zlib.error) as err:  # zlib, EOF: a broken .gz
             raise DataPrepError(f"{self.path}: cannot read as {self.format}: {err}") from err
 
     def _csv_header(self, delimiter: str) -> list[str]:
@@ -163,10 +163,13 @@ class _Table:
             self.reader.bad_lines.append((str(self.path), row, reason))
 
     def id_value(self, row: int, column: str, value: Any) -> str | None:
-        """The id as a string (integral floats lose their '.0'); None after reporting an empty one."""
+        """The id as a string (integral floats lose their '.0'); None after reporting an empty or damaged one."""
         text = _id_text(value, self.reader)
         if not text:
             self.bad_row(row, f"column '{column}': missing value")
+            return None
+        if self.reader.damaged(text):
+            self.bad_row(row, damaged_id(f"column '{column}'"))
             return None
         return text
 

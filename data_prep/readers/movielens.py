@@ -10,7 +10,7 @@ from typing import Iterator
 
 from data_prep.errors import DataPrepError
 from data_prep.raw import RawBuilder, RawDataset, join_text
-from data_prep.textio import LineReader
+from data_prep.textio import LineReader, damaged_id
 
 _GENDER = {"M": "man", "F": "woman"}
 _OCCUPATION_PHRASE = {
@@ -28,7 +28,8 @@ _OCCUPATION_PHRASE = {
 def read_atomic(path: Path, reader: LineReader, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, {field name: value}) for each row of a RecBole atomic file.
 
-    The header's `name:type` columns are reduced to their names; `required` names must be present.
+    The header's `name:type` columns are reduced to their names; `required` names must be present
+    (they are the IDs, so a value with invalid UTF-8 is a bad line).
     """
     lines = reader.lines(path)
     try:
@@ -44,7 +45,12 @@ def read_atomic(path: Path, reader: LineReader, required: tuple[str, ...]) -> It
         if len(values) != len(names):
             reader.bad_line(path, number, f"expected {len(names)} tab-separated fields, got {len(values)}")
             continue
-        yield number, dict(zip(names, values))
+        row = dict(zip(names, values))
+        damaged = [name for name in required if reader.damaged(row[name])]
+        if damaged:
+            reader.bad_line(path, number, damaged_id(f"field '{damaged[0]}'"))
+            continue
+        yield number, row
 
 
 def user_biography(age: str, gender: str, occupation: str) -> str:
