@@ -211,12 +211,18 @@ def test_missing_model_is_called_missing(tmp_path, capsys) -> None:
     (tmp_path / "model").write_text("not a folder")
     assert cli.main(["evaluate", "--model", str(tmp_path / "model")]) == 2
     _one_line_error(capsys, "model: is a file, not a folder")
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "COMPLETE").write_text("")
+    assert cli.main(["evaluate", "--model", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, f"run: a run folder, not a saved model; its model is {tmp_path / 'run' / 'model'}")
 
 
 def test_a_dataset_prepared_by_name_resolves_to_the_cache(raw, cache, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli.main(_prepare(raw, "--name", "beauty")) == 0
     assert resolve_dataset("beauty") == cache / "datasets" / "beauty"
+    capsys.readouterr()
+    assert cli.main(["info", "beauty"]) == 0 and str(cache / "datasets" / "beauty") in capsys.readouterr().out
     with pytest.raises(DataPrepError, match=rf"data\.dataset=nothere: .*looked in {cache / 'datasets' / 'nothere'}"):
         resolve_dataset("nothere")
     assert resolve_dataset(str(raw)) == raw  # a path is taken as it is

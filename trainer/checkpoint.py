@@ -332,6 +332,8 @@ def load_model(dir: Path) -> SavedModel:
     if not dir.is_dir():
         problem = "is a file, not a folder" if dir.exists() else "not found"
         raise CheckpointError(f"{dir}: {problem} (a saved model is a run's <output_dir>/model folder)")
+    if not (dir / COMPLETE).is_file() and (dir / "model" / COMPLETE).is_file():
+        raise CheckpointError(f"{dir}: a run folder, not a saved model; its model is {dir / 'model'}")
     return SavedModel(**_load_common(dir, MODEL_FILES))
 
 

