@@ -104,7 +104,8 @@ def main() -> None:
     print("|---|---|")
     for phase, seconds in phase_times.items():
         print(f"| {phase} | {statistics.mean(seconds):.1f} |")
-    print(f"\ntotal wall time: {time.perf_counter() - started:.0f} s")
+    print(f"\nwall time of this invocation: {time.perf_counter() - started:.0f} s"
+          + (" (finished cells are read back from their results.json; the phase times above are theirs)" if args.resume else ""))
 
 
 if __name__ == "__main__":
