@@ -201,6 +201,25 @@ def test_corpora_batches(planted_dataset, tiny_llama):
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
 
 
+def test_entity_text_ids_add_each_entitys_reviews_on_request(planted_dataset, tiny_llama):
+    """`model.content_init_reviews`: a user's words are its biography's then those of the reviews it
+    wrote; an item's, its text's then those of the reviews it received; without it, reviews count for nobody."""
+    dataset = load_processed(planted_dataset)
+    _, hf_tok = load_backbone(tiny_llama)
+    tok = IdTokenizer(hf_tok, len(hf_tok) + 8, dataset.n_users, dataset.n_items)
+    corpora = Corpora.build(dataset, tok, max_items=5, max_main_tokens=6)
+    words = {owner: doc.main_ids for owner, doc in zip(corpora.content_owner, corpora.content)}
+    plain, with_reviews = corpora.entity_text_ids(), corpora.entity_text_ids(reviews=True)
+    assert plain == {(k, u if k == "user" else j): ids for (k, u, j), ids in words.items() if k != "review"}
+    reviews = [(u, j) for k, u, j in corpora.content_owner if k == "review"]
+    assert reviews, "the planted dataset has reviews"
+    u, j = reviews[0]
+    wrote = [ids for (k, uu, _), ids in words.items() if k == "review" and uu == u]
+    received = [ids for (k, _, jj), ids in words.items() if k == "review" and jj == j]
+    assert with_reviews["user", u] == plain.get(("user", u), []) + sum(wrote, [])
+    assert with_reviews["item", j] == plain.get(("item", j), []) + sum(received, [])
+
+
 def test_bucketing_reduces_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 500, size=2000)

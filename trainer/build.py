@@ -186,6 +186,6 @@ def build_run(config: TrainConfig, device: torch.device | None = None, dtype: to
         bucket_window=config.data.bucket_window,
     )
     if config.model.content_init_from_text:
-        model.init_content_from_text(corpora.entity_text_ids())
+        model.init_content_from_text(corpora.entity_text_ids(reviews=config.model.content_init_reviews))
     log.info("model: backbone %s (%s), %d users, %d items, K=%d", ref, dtype, dataset.n_users, dataset.n_items, model.dim)
     return RunParts(dataset, path, dataset_hash(path), model, tokenizer, corpora, ref)

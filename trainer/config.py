@@ -121,6 +121,9 @@ class ModelConfig:
     ([architecture.md](architecture.md)); `random`: independent draws."""
     content_init_from_text: bool = False
     """Then set each content row that has text to the mean word embedding of that biography or item text."""
+    content_init_reviews: bool = False
+    """With `content_init_from_text`: average the words of the entity's training reviews too (those a user
+    wrote, those an item received), so that users without a biography get a row from what they wrote."""
     bos: bool | None = None
     """Prepend the backbone's BOS token to every document and prompt: null follows the tokenizer's own
     convention (SmolLM2 and GPT-2 add none), true always, false never. Without one, the first token

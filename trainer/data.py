@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -126,7 +127,7 @@ class Corpora:
     tokenizer: IdTokenizer
     train: UserItems
     content: list[Document]
-    content_owner: list[tuple[str, int]]  # ("user", i) / ("item", j) for bios and item texts, ("review", -1)
+    content_owner: list[tuple[str, int, int]]  # (kind, user, item) of each document; -1 where it has none
     max_items: int
     max_main_tokens: int = 128
     content_kinds: tuple[str, ...] = ("user", "item", "review")
@@ -161,7 +162,7 @@ class Corpora:
         rows += [("review", int(u), int(j), t) for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text) if t]
         rows = [r for r in rows if r[0] in kinds]
         docs = [content_document(*r) for r in rows]
-        owner = [(kind, u if kind == "user" else j if kind == "item" else -1) for kind, u, j, _ in rows]
+        owner = [(kind, u, j) for kind, u, j, _ in rows]
         content = []
         for start in range(0, len(docs), 1024):
             content += tokenizer.encode_documents(docs[start : start + 1024], max_main_tokens=max_main_tokens)
@@ -175,9 +176,17 @@ class Corpora:
         return cls(tokenizer, user_item_lists(dataset, "train"), content, owner, max_items, max_main_tokens, kinds,
                    Path(shards) if shards is not None else None, shuffle_buffer, skip_corrupt, skipped, bucket_window)
 
-    def entity_text_ids(self) -> dict[tuple[str, int], list[int]]:
-        """Word ids of each user biography and item text, keyed ("user", i) / ("item", j)."""
-        return {key: doc.main_ids for key, doc in zip(self.content_owner, self.content) if key[0] != "review"}
+    def entity_text_ids(self, reviews: bool = False) -> dict[tuple[str, int], list[int]]:
+        """Word ids of each user biography and item text, keyed ("user", i) / ("item", j); with `reviews`,
+        followed by those of every training review the user wrote or the item received."""
+        text_ids: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for (kind, user, item), doc in zip(self.content_owner, self.content):
+            if kind == "review" and reviews:
+                text_ids["user", user] += doc.main_ids
+                text_ids["item", item] += doc.main_ids
+            elif kind != "review":
+                text_ids[kind, user if kind == "user" else item] += doc.main_ids
+        return dict(text_ids)
 
     # ---- per-epoch batch streams -----------------------------------------------------------------
 
