@@ -31,7 +31,8 @@ from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
 from trainer.build import RunParts, build_run, pick_device, pick_dtype, resolve_dataset
-from trainer.config import ABLATION_NAMES, RESUMABLE_KEYS, ConfigError, TrainConfig, config_to_dict, flatten
+from trainer.ablations import ABLATIONS
+from trainer.config import RESUMABLE_KEYS, ConfigError, TrainConfig, config_to_dict, flatten
 from trainer.curves import plot_training_curves
 from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import Dist, init_distributed
@@ -219,7 +220,7 @@ class Recipe:
         self.tracker: Tracker | None = None  # set by train(): per-step losses go to its phase run
         self.state: dict[str, Any] = {"best_score": None, "best_tag": None, "bad_epochs": 0,
                                       "stopped": False, "history": [], "in_progress": None}
-        self.model_name = ABLATION_NAMES[config.ablation]
+        self.model_name = ABLATIONS[config.ablation].name
         # called on every rank after each checkpointed unit (Ray Train reports through it)
         self.on_unit: Callable[[str, dict[str, float]], None] | None = None
 
