@@ -12,6 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -631,11 +632,12 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} → {'a.b': 1} (for MLflow params)."""
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: {'a': {'b': 1}, 'c': {}} → {'a.b': 1, 'c': {}} (an empty mapping
+    stays a value). Config keys (`pretrain.lr`) and MLflow params come from it."""
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping) and value:
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
