@@ -19,11 +19,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data_prep.atomic import atomic_file
 from trainer.ablations import ABLATIONS, LLM_COLOR, NONE, ablation_rows, reproduce_defaults
 from trainer.config import ConfigError, TrainConfig, config_to_dict, load_config
 from trainer.distributed import launched_world_size
-from trainer.results import column_title, markdown_table, write_report
+from trainer.results import column_title, markdown_table, save_png, write_report
 from trainer.tracking import PARENT_TAG, Tracker
 
 if TYPE_CHECKING:
@@ -131,10 +130,8 @@ def table_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_table(report: dict[str, Any], path: Path) -> Path:
-    """`table_figure` of `report` written to `path` as a PNG (atomically)."""
-    with atomic_file(path) as tmp:
-        table_figure(report).savefig(tmp, format="png", dpi=110)
-    return path
+    """`table_figure` of `report` written to `path` as a PNG."""
+    return save_png(table_figure(report), path)
 
 
 def table_figure(report: dict[str, Any]) -> Figure:
