@@ -21,6 +21,7 @@ import statistics
 import time
 from collections import defaultdict
 
+from trainer.ablations import NONE
 from trainer.baselines import run_baselines
 from trainer.build import resolve_dataset
 from trainer.config import load_config
@@ -33,7 +34,7 @@ COLUMNS = ("recall@20", "recall@40", "ndcg@100")
 
 def run_name(recipe: str, ablation: str, seed: int) -> str:
     """The run (and output folder) name of one benchmark cell, e.g. bench-quick-cf-seed1."""
-    return f"bench-{recipe}{'' if ablation == 'none' else '-' + ablation}-seed{seed}"
+    return f"bench-{recipe}{'' if ablation == NONE else '-' + ablation}-seed{seed}"
 
 
 def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
@@ -55,7 +56,7 @@ def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
     results = json.loads(results_file.read_text())
     rows = results["models"]
     phases: dict[str, float] = defaultdict(float)
-    prefix = "" if ablation == "none" else f"{ablation} "
+    prefix = "" if ablation == NONE else f"{ablation} "
     for unit in results["history"]:
         phases[prefix + unit["unit"].split("-")[0]] += unit["epoch_seconds"]
     for name in ("Multi-VAE", "EASE"):
@@ -68,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ablations", nargs="+", default=["none"],
+    parser.add_argument("--ablations", nargs="+", default=[NONE],
                         help="ablations to train on every seed (none = CLLM4Rec; cf = LLM-CF; ...)")
     parser.add_argument("--baselines-only", action="store_true")
     parser.add_argument("--resume", action="store_true",

@@ -70,6 +70,16 @@ class ProcessedDataset:
         np.cumsum(counts, out=indptr[1:])
         return indptr, items.astype(np.int64)
 
+    def content_samples(self) -> list[dict[str, Any]]:
+        """The content corpus in canonical order: biographies, item texts, training reviews (empty texts
+        left out), each {"kind": "user"|"item"|"review", "user", "item", "text"} (-1: none). Training
+        (trainer/data.py) and the shards (data_prep/shards.py) both read it from here."""
+        samples = [{"kind": "user", "user": u, "item": -1, "text": t} for u, t in enumerate(self.user_text) if t]
+        samples += [{"kind": "item", "user": -1, "item": j, "text": t} for j, t in enumerate(self.item_text) if t]
+        samples += [{"kind": "review", "user": int(u), "item": int(j), "text": t}
+                    for u, j, t in zip(self.review_user, self.review_item, self.review_text) if t]
+        return samples
+
     def counts(self) -> dict[str, int]:
         split_counts = np.bincount(self.inter_split, minlength=3)
         return {

@@ -41,17 +41,13 @@ _BLOCK, _RECORD = 512, 10240  # tar block size; tarfile pads a closed archive to
 
 
 def corpus_samples(ds: ProcessedDataset, corpus: str) -> list[dict[str, Any]]:
-    """The samples of one corpus in canonical order (the order of trainer/data.py Corpora.build)."""
+    """The samples of one corpus in canonical order (the order trainer/data.py Corpora.build reads them in)."""
     if corpus in ("collab", "finetune"):
         indptr, items = ds.split_csr("train")
         return [{"user": u, "items": items[indptr[u]:indptr[u + 1]].tolist()}
                 for u in range(ds.n_users) if indptr[u + 1] > indptr[u]]
     if corpus == "content":
-        samples = [{"kind": "user", "user": u, "item": -1, "text": t} for u, t in enumerate(ds.user_text) if t]
-        samples += [{"kind": "item", "user": -1, "item": j, "text": t} for j, t in enumerate(ds.item_text) if t]
-        samples += [{"kind": "review", "user": int(u), "item": int(j), "text": t}
-                    for u, j, t in zip(ds.review_user, ds.review_item, ds.review_text) if t]
-        return samples
+        return ds.content_samples()
     raise DataPrepError(f"unknown corpus {corpus!r}; one of {', '.join(CORPORA)}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -76,21 +77,28 @@ def catalogue_scale():
     return catalogue_scale
 
 
-def test_catalogue_scale_pairs_each_step_with_the_rates_probed_around_it():
+def test_catalogue_scale_pairs_each_step_with_the_rates_probed_around_it(monkeypatch):
     log, probes = [], iter([(100.0, 10.0), (300.0, 30.0), (500.0, 50.0), (700.0, 70.0), (900.0, 90.0)])
+    clock = [0.0]  # a fake perf_counter: each call and each probe advances it by a known amount
+    module = catalogue_scale()
+    common = sys.modules[module.probed_steps.__module__]
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
-    def call(name: str):
-        return lambda: log.append(name)
+    def call(name: str, seconds: float):
+        def step() -> None:
+            log.append(name)
+            clock[0] += seconds
+        return step
 
     def probe() -> tuple[float, float]:
         log.append("probe")
+        clock[0] += 1000.0  # the probes' own time is never counted
         return next(probes)
 
-    timed = catalogue_scale().probed_steps({"a": call("a"), "b": call("b")}, 2, probe)
+    timed = module.probed_steps({"a": call("a", 2.0), "b": call("b", 5.0)}, 2, probe)
     assert log == ["a", "b", "probe", "a", "probe", "b", "probe", "b", "probe", "a", "probe"]
-    assert [(b, h) for _, b, h in timed["a"]] == [(200.0, 20.0), (800.0, 80.0)]  # the probes either side
-    assert [(b, h) for _, b, h in timed["b"]] == [(400.0, 40.0), (600.0, 60.0)]
-    assert all(t >= 0 for runs in timed.values() for t, _, _ in runs)
+    assert timed["a"] == [(2.0, 200.0, 20.0), (2.0, 800.0, 80.0)]  # its seconds, the probes either side
+    assert timed["b"] == [(5.0, 400.0, 40.0), (5.0, 600.0, 60.0)]
 
 
 def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes():

@@ -13,7 +13,7 @@ import torch
 
 import trainer.checkpoint as ckpt
 from trainer.checkpoint import (CheckpointError, check_identity, config_hash, find_latest, load_checkpoint,
-                                load_model, mark_best, prune_checkpoints, restore_optimizer, save_checkpoint,
+                                load_model, prune_checkpoints, restore_optimizer, save_checkpoint,
                                 save_model, save_optimizer)
 
 CONFIG = {"pretrain": {"rounds": 3, "lr": 0.001}, "finetune": {"epochs": 2}, "model": {"backbone": "tiny"}}
@@ -147,16 +147,16 @@ def test_config_hash_ignores_dotted_keys() -> None:
     assert config_hash(CONFIG, ignore=("absent.key", "finetune.none")) == config_hash(CONFIG)
 
 
-def test_prune_keeps_newest_and_best(tmp_path: Path) -> None:
+def test_prune_keeps_newest_and_latest(tmp_path: Path) -> None:
     for epoch in range(1, 6):
         path = _save(tmp_path, f"e{epoch}")
         os.utime(path / "COMPLETE", ns=(epoch * 10**9, epoch * 10**9))
-    mark_best(tmp_path, "e2")
+    (tmp_path / "latest").write_text("e2\n")  # older than the newest two, and still kept
     (tmp_path / "e1" / "COMPLETE").unlink()  # damaged: left alone, not counted
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")) == \
         ["e1", "e2", "e4", "e5"]
-    assert find_latest(tmp_path) == tmp_path / "e5"
+    assert find_latest(tmp_path) == tmp_path / "e2"
 
 
 def test_crash_during_save_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

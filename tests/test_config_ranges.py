@@ -7,7 +7,8 @@ import typing
 
 import pytest
 
-from trainer.config import ABLATIONS, RANGES, RECIPES_DIR, ConfigError, TrainConfig, load_config
+from trainer.ablations import ABLATIONS
+from trainer.config import RANGES, RECIPES_DIR, ConfigError, TrainConfig, config_to_dict, flatten, load_config
 
 RECIPES = [None, *sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))]
 
@@ -79,6 +80,8 @@ def test_a_recipe_file_value_out_of_range_names_the_file_and_key(tmp_path):
 def test_every_shipped_recipe_and_ablation_preset_loads(recipe, ablation):
     config = load_config(recipe, [f"ablation={ablation}"])
     assert config.ablation == ablation
+    values = flatten(config_to_dict(config))
+    assert {key: values[key] for key in ABLATIONS[ablation].overrides} == dict(ABLATIONS[ablation].overrides)
 
 
 def _numeric_keys(cls: type, prefix: str = "") -> list[str]:

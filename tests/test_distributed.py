@@ -320,3 +320,27 @@ def test_zero3_lora_trains_only_adapters_and_tables(planted_dataset, tiny_llama,
     with deepspeed.zero.GatheredParameters(list(named.values())):
         moved = {n for n, p in named.items() if not torch.equal(p.detach(), before[n])}
     assert moved and moved <= set(adapters)
+
+
+# every shipped DeepSpeed config: (bf16 on, where parameters and optimizer state are offloaded)
+SHIPPED_DS_CONFIGS = {"zero3_bf16": (True, None), "zero3_cpu": (False, None), "zero3_offload": (True, "cpu")}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_DS_CONFIGS))
+def test_shipped_ds_configs_take_the_batch_keys_and_parse_in_deepspeed(name: str) -> None:
+    """Each file of ds_configs/ is filled by the trainer and then accepted by DeepSpeed's own parser (a
+    misspelt key inside a section, e.g. zero_optimization.offload_parm, is an error there): ZeRO-3, no
+    clipping, the trainer's batch, bf16 and offloading as listed above."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from trainer.engine import fill_ds_config, resolve_ds_config
+
+    assert sorted(p.stem for p in (REPO / "ds_configs").glob("*.json")) == sorted(SHIPPED_DS_CONFIGS)
+    parsed = DeepSpeedConfig(fill_ds_config(resolve_ds_config(name, torch.device("cpu")), batch_size=6, world_size=1))
+    assert (parsed.train_batch_size, parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (6, 6, 1)
+    assert parsed.zero_optimization_stage == 3 and parsed.gradient_clipping == 0.0
+    bf16, offload = SHIPPED_DS_CONFIGS[name]
+    assert parsed.bfloat16_config.enabled is bf16
+    zero = parsed.zero_config
+    for part in (zero.offload_param, zero.offload_optimizer):
+        assert (None if part is None else part.device) == offload, name

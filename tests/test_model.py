@@ -166,12 +166,23 @@ def test_masked_prompts(mode, target):
     for n in (1, 2, 5, 23):
         items = np.arange(100, 100 + n)
         ex = masked_prompt(items, rng, mode=mode, ratio=0.2, target=target)
-        dropped = set(items.tolist()) - set(ex.prompt_items.tolist())
+        prompt = ex.prompt_items.tolist()
+        assert len(set(prompt)) == len(prompt) and set(prompt) <= set(items.tolist())  # no repeats, none invented
+        dropped = set(items.tolist()) - set(prompt)
         if mode == "fixed":
-            assert len(dropped) == max(1, int(np.floor(0.2 * n)))
-        assert not dropped & set(ex.prompt_items.tolist())
+            assert len(dropped) == {1: 1, 2: 1, 5: 1, 23: 4}[n]  # max(1, ⌊0.2·n⌋)
         expected = sorted(items.tolist()) if target == "all" else sorted(dropped)
         assert ex.target_items.tolist() == expected
+        if n == 23:
+            assert prompt != sorted(prompt)  # the kept items are shuffled
+
+
+def test_bernoulli_masking_drops_each_item_with_the_ratio():
+    rng = np.random.default_rng(3)
+    drops = [10 - masked_prompt(np.arange(10), rng, mode="bernoulli", ratio=0.2).prompt_items.shape[0]
+             for _ in range(2000)]
+    assert np.mean(drops) == pytest.approx(2.0, abs=0.1)  # 20000 items, 0.2 each: mean 2, standard error 0.02
+    assert min(drops) == 0 and max(drops) >= 5  # not a fixed count
 
 
 def test_masked_prompt_caps_items_but_keeps_them_unseen_free():

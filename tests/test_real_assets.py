@@ -10,6 +10,9 @@ import json
 import pytest
 
 from trainer.cli import main
+from trainer.data import user_item_lists
+from trainer.evaluate import evaluate, scoring_prompt
+from trainer.serving import load_saved
 
 pytestmark = [pytest.mark.assets, pytest.mark.slow]
 
@@ -43,5 +46,13 @@ def test_readme_main_job_smoke(tmp_path):
     assert results["backbone"].endswith("smollm2-135m")
     units = [h["unit"] for h in results["history"]]
     assert units == ["warmup-r000-e000", "finetune-r000-e000"]
-    assert 0.0 <= results["models"]["CLLM4Rec"]["recall@20"] <= 1.0
+    reported = results["models"]["CLLM4Rec"]
+    assert reported["n_users_evaluated"] == 24  # eval.max_users: every ML-100K user has test items
+    # the saved model scores the same 24 users to the same figures
+    config, parts, engine = load_saved(tmp_path / "run" / "model")
+    again = evaluate(engine, parts.corpora, user_item_lists(parts.dataset, "test"), prompt=scoring_prompt(config),
+                     seed=config.seed, batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
+                     ndcg_ks=config.eval.ndcg_ks, max_users=config.eval.max_users, progress=False)
+    assert {k: again[k] for k in ("recall@20", "ndcg@100")} == pytest.approx(
+        {k: reported[k] for k in ("recall@20", "ndcg@100")}, abs=1e-6)
     assert (tmp_path / "run" / "results.md").read_text().startswith("| Model |")

@@ -2,26 +2,74 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from matplotlib.colors import to_rgba
 
 from cllm4rec.backbone import load_backbone
 
 from conftest import tiny_overrides
-from test_curves import png_size
-from trainer import cli
-from trainer.config import ConfigError
+from test_curves import png_colour_share, png_size
+from trainer import ablations, cli
+from trainer.ablations import Ablation, ablation_rows, reproduce_defaults
+from trainer.config import ConfigError, load_config
 from trainer.checkpoint import load_model
-from trainer.reproduce import row_configs
+from trainer.reproduce import plot_table, row_color, row_configs, table_figure, table_order
 from trainer.serving import evaluate_saved
 
-ROWS = ["MostPop", "Multi-VAE", "EASE", "Two-Tower", "LLM-Scratch", "LLM-CF", "LLM-FtAll", "LLM-FtAll (LoRA)", "LLM-FixOrd", "LLM-PreRec",
-        "CLLM4Rec-Emb", "CLLM4Rec"]
 COLUMNS = ["recall@10", "recall@20", "recall@40", "ndcg@10", "ndcg@100"]
+ABLATIONS = {a.key: a.name for a in ablation_rows()}  # every ablation row: key → table row
+
+
+def test_table_order_is_the_papers():
+    assert table_order() == ("MostPop", "Multi-VAE", "EASE", "Two-Tower", "LLM-Scratch", "LLM-CF", "LLM-FtAll",
+                             "LLM-FtAll (LoRA)", "LLM-FixOrd", "LLM-PreRec", "CLLM4Rec-Emb", "CLLM4Rec")
+    assert reproduce_defaults() == ("scratch", "cf", "ftall-lora", "fixord", "prerec")
+    assert [row_color(n) for n in ("MostPop", "LLM-CF", "CLLM4Rec-Emb", "CLLM4Rec")] == \
+        ["tab:gray", "tab:orange", "tab:orange", "tab:red"]
+
+
+def test_a_registered_ablation_joins_the_table_and_the_defaults(monkeypatch):
+    """One record is all a new ablation needs: its row is in the table order (before CLLM4Rec-Emb and
+    CLLM4Rec), its bars take its colour, and reproduce trains it by default when marked so."""
+    new = Ablation("nomr", "LLM-NoMR", {"pretrain.lambda_c": 0.0}, reproduce_default=True, color="tab:purple")
+    monkeypatch.setitem(ablations.ABLATIONS, new.key, new)
+    order = table_order()
+    assert order[-3:] == ("LLM-NoMR", "CLLM4Rec-Emb", "CLLM4Rec") and order.count("LLM-NoMR") == 1
+    assert row_color("LLM-NoMR") == "tab:purple" and reproduce_defaults()[-1] == "nomr"
+    with pytest.raises(TypeError):
+        new.overrides["pretrain.lambda_c"] = 1.0  # a record cannot change under its users
+
+
+def test_unknown_ablations_are_refused_naming_the_known_ones():
+    with pytest.raises(ConfigError, match=r"--ablations: unknown bogus, none \(choose from scratch, cf, ftall, "
+                                          r"ftall-lora, fixord, prerec\)"):
+        row_configs(None, ["output_dir=/tmp/{name}"], ("cf", "bogus", "none"))
+    with pytest.raises(ConfigError, match=r"'ablation': 'bogus' is not one of none, scratch, cf, ftall, ftall-lora, "
+                                          r"fixord, prerec"):
+        load_config(None, ["ablation=bogus"])
+
+
+def test_table_png_draws_a_bar_per_row_in_its_colour(tmp_path):
+    names = table_order()
+    report = {"dataset": "planted", "columns": ["recall@20", "ndcg@100"],
+              "rows": {n: {"recall@20": 0.05 * (i + 1), "ndcg@100": 0.5} for i, n in enumerate(names)}}
+    figure = table_figure(report)
+    assert len(figure.axes) == 2
+    for axes in figure.axes:
+        bars = axes.patches
+        assert len(bars) == len(names)
+        assert [tuple(bar.get_facecolor()) for bar in bars] == [to_rgba(row_color(n)) for n in names]
+    widths = [bar.get_width() for bar in figure.axes[0].patches]
+    assert widths == pytest.approx([0.05 * (i + 1) for i in range(len(names))])
+    path = plot_table(report, tmp_path / "table.png")
+    assert png_size(path) == (704, 616)  # 6.4 x (0.35 * 12 + 1.4) inches at 110 dpi
+    assert png_colour_share(path) > 0.05  # the bars are drawn, not only axes and text
 
 
 def test_row_configs_add_the_cutoffs_and_keep_the_selection(tmp_path):
@@ -52,10 +100,6 @@ def test_unknown_ablation_row_is_named(capsys):
     assert "unknown bogus" in capsys.readouterr().err
 
 
-ABLATIONS = {"scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll", "ftall-lora": "LLM-FtAll (LoRA)",
-             "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
-
-
 @dataclass
 class Reproduced:
     root: Path
@@ -82,9 +126,12 @@ def test_reproduce_makes_every_row_the_files_and_tagged_runs(reproduced):
     from mlflow import MlflowClient
 
     root, report = reproduced.root, reproduced.report
-    assert list(report["rows"]) == ROWS and report["columns"] == COLUMNS
+    assert list(report["rows"]) == list(table_order()) and report["columns"] == COLUMNS
     for name, row in report["rows"].items():
-        assert all(0.0 <= row[c] <= 1.0 for c in COLUMNS), name
+        # 40 items: every candidate is in the top 40, and the worst ranking (the one held-out item last of
+        # at most 40 candidates) still scores NDCG 1/log2(41); with one held-out item both grow with K
+        assert row["recall@40"] == 1.0 and row["recall@10"] <= row["recall@20"] <= 1.0, name
+        assert row["ndcg@10"] <= row["ndcg@100"] and 1 / math.log2(41) <= row["ndcg@100"] <= 1.0, name
     for ablation, name in (("cllm4rec", "CLLM4Rec"), *ABLATIONS.items()):
         saved = json.loads((root / f"rp-{ablation}" / "results.json").read_text())["models"]
         assert set(saved) == {name}  # no baseline inside a training row
@@ -92,14 +139,15 @@ def test_reproduce_makes_every_row_the_files_and_tagged_runs(reproduced):
         config = yaml.safe_load((root / f"rp-{ablation}" / "config.yaml").read_text())
         assert config["eval"]["selection_metrics"] == ["recall@20", "recall@40", "ndcg@100"]
     table = (root / "rp-reproduce" / "table.md").read_text()
-    assert all(f"| {name} |" in table for name in ROWS) and "Recall@10" in table and "NDCG@10 " in table
-    assert png_size(root / "rp-reproduce" / "table.png")[0] > 600
+    assert all(f"| {name} |" in table for name in table_order()) and "Recall@10" in table and "NDCG@10 " in table
+    png = root / "rp-reproduce" / "table.png"
+    assert png_size(png) == (1760, 616) and png_colour_share(png) > 0.05  # (5 x 3.2) x (0.35 * 12 + 1.4) in, 110 dpi
 
     client = MlflowClient(tracking_uri=reproduced.uri)
     runs = client.search_runs([client.get_experiment_by_name("cllm4rec").experiment_id], max_results=1000)
     (parent,) = [r for r in runs if r.info.run_name == "rp-reproduce"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["row"] for r in children) == sorted(ROWS)
+    assert sorted(r.data.tags["row"] for r in children) == sorted(table_order())
     for run in children:
         assert run.data.tags["reproduce"] == "rp" and run.data.tags["model"] == run.data.tags["row"]
         row = report["rows"][run.data.tags["row"]]

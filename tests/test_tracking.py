@@ -14,7 +14,7 @@ from trainer.tracking import (
     MAX_PARAM_VALUE_CHARS,
     TRUNCATION_MARKER,
     Tracker,
-    flatten_params,
+    mlflow_params,
     safe_key,
 )
 
@@ -51,10 +51,12 @@ def _children(client: mlflow.MlflowClient, experiment_id: str, parent: str) -> d
     return {run.data.tags["phase"]: run for run in runs}
 
 
-def test_flatten_params_dotted_and_truncated() -> None:
-    flat = flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None, "long": "x" * 7000})
-    assert flat["a.b"] == "1" and flat["a.c.d"] == "[1, 2]" and flat["e"] == "None"
-    assert len(flat["long"]) == MAX_PARAM_VALUE_CHARS and flat["long"].endswith(TRUNCATION_MARKER)
+def test_mlflow_params_dotted_safe_and_truncated() -> None:
+    flat = mlflow_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None, "tags": {}, "recall@20": {"k": 1},
+                          "long": "x" * 7000, "fits": "y" * MAX_PARAM_VALUE_CHARS})
+    assert flat == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None", "tags": "{}", "recall_at_20.k": "1",
+                    "long": "x" * (MAX_PARAM_VALUE_CHARS - len(TRUNCATION_MARKER)) + TRUNCATION_MARKER,
+                    "fits": "y" * MAX_PARAM_VALUE_CHARS}
 
 
 def test_parent_and_phases(tracker: Tracker, store: Path) -> None:

@@ -3,7 +3,7 @@
 A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), optional extra.safetensors
 (trainable backbone/LoRA weights), state.json (training position), config.yaml, identity.json, the
 engine's optimizer state and, written last, COMPLETE (JSON: the sha256 of every other file). Folders
-are written whole (`atomic_folder`); `root/latest` and `root/best` name a tag. Nothing without a valid
+are written whole (`atomic_folder`); `root/latest` names the last tag written. Nothing without a valid
 COMPLETE loads.
 
 Pickles. This module writes and reads only safetensors, JSON and YAML; it never pickles or unpickles.
@@ -35,14 +35,18 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 from data_prep.atomic import atomic_folder, atomic_write_text, sha256_file
+from trainer.config import RESUMABLE_KEYS, TrainConfig, config_to_dict
 from trainer.distributed import LOCAL, Dist
+
+if TYPE_CHECKING:
+    from trainer.build import RunParts
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ CONFIG = "config.yaml"
 IDENTITY = "identity.json"
 MODEL_FILES = (TABLES, CONFIG, IDENTITY)
 CHECKPOINT_FILES = (*MODEL_FILES, STATE)
-POINTERS = ("latest", "best")
+LATEST = "latest"  # the pointer file naming the last checkpoint written
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -63,9 +67,9 @@ class CheckpointError(RuntimeError):
 
 
 def _check_name(name: str, what: str) -> str:
-    """Return `name` if it is a safe single path component (and not a pointer file name)."""
-    if not _NAME.fullmatch(name) or name in POINTERS:
-        raise CheckpointError(f"invalid {what} {name!r}: use letters, digits, '.', '_', '-' (not {POINTERS})")
+    """Return `name` if it is a safe single path component (and not the pointer file's name)."""
+    if not _NAME.fullmatch(name) or name == LATEST:
+        raise CheckpointError(f"invalid {what} {name!r}: use letters, digits, '.', '_', '-' (not {LATEST!r})")
     return name
 
 
@@ -216,21 +220,16 @@ def save_checkpoint(root: Path, tag: str, *, tables: dict[str, torch.Tensor], wr
             _write_json(tmp / STATE, state)
             _write_complete(tmp)
     if dist.is_main:
-        atomic_write_text(root / "latest", tag + "\n")
+        atomic_write_text(root / LATEST, tag + "\n")
     dist.barrier()
     return dest
 
 
-def mark_best(root: Path, tag: str) -> None:
-    """Point `root/best` at checkpoint `tag`, which `prune_checkpoints` then always keeps."""
-    atomic_write_text(Path(root) / "best", _check_name(tag, "checkpoint tag") + "\n")
-
-
-def _pointer(root: Path, name: str) -> str | None:
-    """The tag a pointer file names, or None if it is absent or not a valid tag."""
-    path = root / name
+def _latest_tag(root: Path) -> str | None:
+    """The tag `root/latest` names, or None if it is absent or not a valid tag."""
+    path = root / LATEST
     tag = path.read_text(encoding="utf-8").strip() if path.is_file() else None
-    if tag is not None and (not _NAME.fullmatch(tag) or tag in POINTERS):
+    if tag is not None and (not _NAME.fullmatch(tag) or tag == LATEST):
         log.warning("ignoring %s: %r is not a checkpoint tag", path, tag)
         return None
     return tag
@@ -258,10 +257,10 @@ def _newest_first(root: Path) -> list[Path]:
 def find_latest(root: Path) -> Path | None:
     """The checkpoint named in `root/latest` if valid, else the newest valid one, else None."""
     root = Path(root)
-    tag = _pointer(root, "latest")
+    tag = _latest_tag(root)
     if tag is not None:
         if not (root / tag).is_dir():
-            log.warning("%s names %r, which does not exist", root / "latest", tag)
+            log.warning("%s names %r, which does not exist", root / LATEST, tag)
         elif _is_valid(root / tag):
             return root / tag
     return next((folder for folder in _newest_first(root)
@@ -297,18 +296,32 @@ def config_hash(config: dict, ignore: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def identity_of(config: TrainConfig, parts: RunParts) -> dict[str, Any]:
+    """What a checkpoint or saved model must share with the run that loads it: the config (without the
+    keys that may change on resume), the dataset, the backbone and tokenizer, and the table shapes."""
+    return {
+        "config_hash": config_hash(config_to_dict(config), ignore=RESUMABLE_KEYS),
+        "dataset_hash": parts.dataset_hash,
+        "backbone": parts.backbone_ref,
+        "tokenizer": parts.backbone_ref,
+        "n_users": parts.dataset.n_users,
+        "n_items": parts.dataset.n_items,
+        "vocab_rows": parts.model.vocab_rows,
+    }
+
+
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` valid checkpoints, always keeping those named by `latest` and `best`.
+    """Delete all but the newest `keep` valid checkpoints, always keeping the one `latest` names.
 
     Invalid folders are left in place (with a warning) so a damaged run can still be inspected.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     root = Path(root)
-    protected = {_pointer(root, name) for name in POINTERS}
+    latest = _latest_tag(root)
     valid = [folder for folder in _newest_first(root) if _is_valid(folder)]
     for folder in valid[keep:]:
-        if folder.name not in protected:
+        if folder.name != latest:
             (folder / COMPLETE).unlink()  # first, so a crash mid-delete leaves an ignored, incomplete folder
             shutil.rmtree(folder)
             log.debug("pruned checkpoint %s", folder)

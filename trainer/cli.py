@@ -13,9 +13,9 @@ from pathlib import Path
 
 from cllm4rec.backbone import BackboneError
 from data_prep.errors import AssetFetchError, DataPrepError
+from trainer.ablations import reproduce_defaults
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
-from trainer.reproduce import DEFAULT_ABLATIONS
 
 USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError, ConfigError, CheckpointError, BackboneError)
 
@@ -357,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides shared by every run")
     p = sub.add_parser("reproduce", help="CLLM4Rec, its ablations, CLLM4Rec-Emb and the baselines on one split: the paper's table")
     p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
-    p.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS),
-                   help=f"comma-separated ablation rows (default {','.join(DEFAULT_ABLATIONS)}; ftall = full finetuning)")
+    p.add_argument("--ablations", default=",".join(reproduce_defaults()),
+                   help=f"comma-separated ablation rows (default {','.join(reproduce_defaults())}; ftall = full finetuning)")
     p.add_argument("--two-tower-epochs", type=int, default=30, help="epochs of CLLM4Rec-Emb and Two-Tower (default 30)")
     _add_start_flags(p, rows=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,8 +1,9 @@
 """Typed training configuration: dataclasses loaded from YAML, with `section.key=value` overrides.
 
 Unknown keys (in YAML or overrides) and values of the wrong type are errors that name the key.
-`ablation` is a one-line switch for the paper's ablations; it sets the fields listed in ABLATIONS
-after loading, and the resolved config (what actually runs) is what gets saved and logged.
+`ablation` is a one-line switch for the paper's ablations; it sets the keys of its record in
+trainer/ablations.py after loading, and the resolved config (what actually runs) is what gets saved
+and logged.
 """
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trainer.ablations import ABLATIONS, NONE
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -331,7 +335,7 @@ class TrainConfig:
     output_dir: str = "runs/{name}"
     """Run folder (`config.yaml`, `checkpoints/`, `best/`, `model/`, `pyfunc/`, results, `curves.png`). With
     ranks on several nodes it must be on a filesystem all nodes share."""
-    ablation: str = "none"
+    ablation: str = NONE
     """A preset of the paper's ablations (table below), applied last."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -355,18 +359,6 @@ RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs"
                   "data.dataset", "distributed", "checkpoint", "model.attention", "model.fused_norm", "model.compile",
                   "model.head_gradient_dtype", "model.activation_checkpointing", "serving")
 
-
-ABLATION_NAMES = {"none": "CLLM4Rec", "scratch": "LLM-Scratch", "cf": "LLM-CF", "ftall": "LLM-FtAll",
-                  "ftall-lora": "LLM-FtAll (LoRA)", "fixord": "LLM-FixOrd", "prerec": "LLM-PreRec"}
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "scratch": {"model.random_init": True, "model.train_backbone": "full"},
-    "cf": {"pretrain.content": False, "pretrain.lambda_c": 0.0, "finetune.lambda_c": 0.0},
-    "ftall": {"model.train_backbone": "full"},
-    "ftall-lora": {"model.train_backbone": "lora"},
-    "fixord": {"pretrain.reorder": False},
-    "prerec": {"finetune.enabled": False},
-}
 CHOICES = {
     "ablation": tuple(ABLATIONS),
     "model.dtype": ("auto", "bfloat16", "float32"),
@@ -585,7 +577,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> TrainCo
             raise ConfigError(f"{path}: {err}") from None
     for text in overrides:
         _apply(config, parse_override(text))
-    for key, value in ABLATIONS[config.ablation].items():
+    for key, value in ABLATIONS[config.ablation].overrides.items():
         _apply(config, _nested(key, value))
     _check(config)
     return config
@@ -643,11 +635,12 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} → {'a.b': 1} (for MLflow params)."""
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: {'a': {'b': 1}, 'c': {}} → {'a.b': 1, 'c': {}} (an empty mapping
+    stays a value). Config keys (`pretrain.lr`) and MLflow params come from it."""
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping) and value:
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from data_prep.atomic import atomic_file
+from trainer.results import save_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,10 +35,7 @@ def popularity_reference(history: Sequence[dict[str, Any]]) -> float | None:
 def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Write the curves of `history` (one dict per epoch unit: "unit" plus metrics) to `path` (PNG,
     atomically); returns `path`. Raises ValueError on an empty history."""
-    figure = training_figure(history, title)
-    with atomic_file(Path(path)) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return Path(path)
+    return save_png(training_figure(history, title), path)
 
 
 def training_figure(history: Sequence[dict[str, Any]], title: str = "") -> Figure:

@@ -71,11 +71,13 @@ def bucketed_stream(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
     return EpochStream((make(*own_share(rows, dist)) for rows in batches), len(batches))
 
 
-def content_document(kind: str, user: int, item: int, text: str) -> tuple[list, list]:
-    """(prompt segments, main segments) of a content document: kind user (biography), item or review."""
+def content_document(sample: dict) -> tuple[list, list]:
+    """(prompt segments, main segments) of a content-corpus sample (`ProcessedDataset.content_samples`):
+    kind user (biography), item or review."""
+    kind, user, item = sample["kind"], sample["user"], sample["item"]
     prompt = {"user": biography_prompt, "item": item_content_prompt, "review": review_prompt}[kind]
     args = {"user": (user,), "item": (item,), "review": (user, item)}[kind]
-    return prompt(*args), [Text(text)]
+    return prompt(*args), [Text(sample["text"])]
 
 
 def own_share(rows: np.ndarray, dist: Dist) -> tuple[np.ndarray, float]:
@@ -157,12 +159,9 @@ class Corpora:
         """In-memory corpora; with `shards`, their manifest is checked against `dataset_path` and every
         shard's sha256 verified once here (epochs then check sizes only)."""
         kinds = tuple(k for k, on in (("user", biographies), ("item", item_texts), ("review", reviews)) if on)
-        rows = [("user", u, -1, t) for u, t in enumerate(dataset.user_text) if t]
-        rows += [("item", -1, j, t) for j, t in enumerate(dataset.item_text) if t]
-        rows += [("review", int(u), int(j), t) for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text) if t]
-        rows = [r for r in rows if r[0] in kinds]
-        docs = [content_document(*r) for r in rows]
-        owner = [(kind, u, j) for kind, u, j, _ in rows]
+        samples = [s for s in dataset.content_samples() if s["kind"] in kinds]
+        docs = [content_document(s) for s in samples]
+        owner = [(s["kind"], s["user"], s["item"]) for s in samples]
         content = []
         for start in range(0, len(docs), 1024):
             content += tokenizer.encode_documents(docs[start : start + 1024], max_main_tokens=max_main_tokens)
@@ -212,7 +211,7 @@ class Corpora:
     def content_batches(self, rng: np.random.Generator, batch_size: int, dist: Dist = LOCAL) -> EpochStream:
         if self.shards is not None:
             def batch(samples: list[dict], weight: float) -> Batch:
-                docs = [content_document(s["kind"], s["user"], s["item"], s["text"]) for s in samples]
+                docs = [content_document(s) for s in samples]
                 encoded = self.tokenizer.encode_documents(docs, max_main_tokens=self.max_main_tokens)
                 return {**pad_documents(encoded), "weight": torch.tensor(weight)}
 

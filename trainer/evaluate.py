@@ -9,8 +9,15 @@ from tqdm.auto import tqdm
 from cllm4rec.diagnostics import LogitMoments
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import PAD, evaluate_scores, topk_excluding
+from trainer.config import TrainConfig
 from trainer.data import Corpora
 from trainer.engine import Engine
+
+
+def scoring_prompt(config: TrainConfig) -> str:
+    """The prompt a trained model is evaluated and served with: "rec" (the finetuning prompt) when it was
+    finetuned, else "interaction" (LLM-PreRec ranks from the pretraining prompt)."""
+    return "rec" if config.finetune.enabled else "interaction"
 
 
 def limit_users(heldout: UserItems, max_users: int | None) -> UserItems:

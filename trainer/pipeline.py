@@ -31,15 +31,17 @@ from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.baselines import run_baselines
 from trainer.build import RunParts, build_run, pick_device, pick_dtype, resolve_dataset
-from trainer.config import ABLATION_NAMES, RESUMABLE_KEYS, ConfigError, TrainConfig, config_to_dict, flatten
+from trainer.ablations import ABLATIONS
+from trainer.config import RESUMABLE_KEYS, ConfigError, TrainConfig, config_to_dict, flatten
 from trainer.curves import plot_training_curves
 from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import Dist, init_distributed
 from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config, resolve_ds_config, want_deepspeed
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate, scoring_prompt
 from trainer.loop import EpochProgress, run_epoch
 from trainer.results import write_results
 from trainer.schedule import StepPlan, step_plans
+from trainer.serving import save_pyfunc
 from trainer.tracking import PARENT_TAG, Tracker
 
 log = logging.getLogger(__name__)
@@ -99,18 +101,6 @@ def schedule(config: TrainConfig) -> list[Unit]:
 def engine_kind(engine: Engine) -> str:
     """Names the optimizer-state layout: a checkpoint resumes only under the same engine and world size."""
     return f"deepspeed-zero3 x{engine.dist.world_size}" if isinstance(engine, DeepSpeedEngine) else "plain"
-
-
-def identity_of(config: TrainConfig, parts: RunParts) -> dict[str, Any]:
-    return {
-        "config_hash": ckpt.config_hash(config_to_dict(config), ignore=RESUMABLE_KEYS),
-        "dataset_hash": parts.dataset_hash,
-        "backbone": parts.backbone_ref,
-        "tokenizer": parts.backbone_ref,
-        "n_users": parts.dataset.n_users,
-        "n_items": parts.dataset.n_items,
-        "vocab_rows": parts.model.vocab_rows,
-    }
 
 
 def unit_parts(unit: Unit, config: TrainConfig) -> list[tuple[str, str]]:
@@ -211,7 +201,7 @@ class Recipe:
         ds = load_ds_config(config, self.dist, device)
         self.parts = build_run(config, device, model_dtype(config, device, ds))
         self.engine = build_engine(config, self.dist, self.parts, device, ds, step_plans(config, self.steps_per_epoch()))
-        self.identity = identity_of(config, self.parts)
+        self.identity = ckpt.identity_of(config, self.parts)
         self.checkpoint_identity = {**self.identity, "engine": engine_kind(self.engine)}
         self.splits = {s: user_item_lists(self.parts.dataset, s) for s in ("train", "val", "test")}
         # the collaborative LM loss of a model that learned item popularity only (nats per item token)
@@ -219,7 +209,7 @@ class Recipe:
         self.tracker: Tracker | None = None  # set by train(): per-step losses go to its phase run
         self.state: dict[str, Any] = {"best_score": None, "best_tag": None, "bad_epochs": 0,
                                       "stopped": False, "history": [], "in_progress": None}
-        self.model_name = ABLATION_NAMES[config.ablation]
+        self.model_name = ABLATIONS[config.ablation].name
         # called on every rank after each checkpointed unit (Ray Train reports through it)
         self.on_unit: Callable[[str, dict[str, float]], None] | None = None
 
@@ -453,7 +443,7 @@ class Recipe:
             self.train(tracker)
             train_seconds = time.perf_counter() - started
             self.final_model()
-            prompt = "rec" if cfg.finetune.enabled else "interaction"
+            prompt = scoring_prompt(cfg)
             with tracker.phase("test"):
                 test = self.validate("test", prompt)
                 val = self.validate("val", prompt)
@@ -484,8 +474,6 @@ class Recipe:
                 if (self.out / name).is_file():
                     tracker.log_artifact(self.out / name)
             tracker.log_artifact(self.out / "model" / "tables.safetensors", "model")
-            from trainer.serving import save_pyfunc  # (serving imports this module)
-
             tracker.log_artifact(save_pyfunc(self.out / "model", self.out / "pyfunc"), "pyfunc")
         print(f"\n{table}")
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from data_prep.atomic import atomic_write_text
+from data_prep.atomic import atomic_file, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PNG_DPI = 110  # every plot the trainer writes
 
 
 def column_title(column: str) -> str:
@@ -29,6 +34,13 @@ def write_results(out_dir: Path, rows: dict[str, dict[str, float]], columns: lis
     atomic_write_text(out_dir / "results.md", table)
     atomic_write_text(out_dir / "results.json", json.dumps({"models": rows, **extra}, indent=2, sort_keys=True) + "\n")
     return table
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Write `figure` to `path` as a PNG at PNG_DPI, whole or not at all; returns `path`."""
+    with atomic_file(Path(path)) as tmp:
+        figure.savefig(tmp, format="png", dpi=PNG_DPI)
+    return Path(path)
 
 
 def write_report(out: Path, stem: str, report: dict[str, Any], markdown: str, plot: Callable[[dict[str, Any], Path], Path],

@@ -21,9 +21,8 @@ from trainer import checkpoint as ckpt
 from trainer.build import RunParts, build_run, load_weights
 from trainer.config import TrainConfig, config_from_dict, override_serving
 from trainer.engine import PlainEngine
-from trainer.evaluate import evaluate, recommend
+from trainer.evaluate import evaluate, recommend, scoring_prompt
 from trainer.data import Batch, user_item_lists
-from trainer.pipeline import identity_of
 from trainer.rest import RequestError, echo_ids
 
 
@@ -36,19 +35,15 @@ def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
     saved = ckpt.load_model(Path(model_dir))
     config = config_from_dict(saved.config)
     parts = build_run(config)
-    ckpt.check_identity(saved.identity, identity_of(config, parts))
+    ckpt.check_identity(saved.identity, ckpt.identity_of(config, parts))
     load_weights(parts.model, saved.tables, saved.extra)
     engine = PlainEngine(parts.model, config.pretrain.lr, config.finetune.lr)
     return config, parts, engine
 
 
-def _prompt(config: TrainConfig) -> str:
-    return "rec" if config.finetune.enabled else "interaction"
-
-
 def evaluate_saved(model_dir: Path, split: str = "test") -> dict[str, float]:
     config, parts, engine = load_saved(model_dir)
-    return evaluate(engine, parts.corpora, user_item_lists(parts.dataset, split), prompt=_prompt(config),
+    return evaluate(engine, parts.corpora, user_item_lists(parts.dataset, split), prompt=scoring_prompt(config),
                     seed=config.seed, batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
                     ndcg_ks=config.eval.ndcg_ks)
 
@@ -74,7 +69,8 @@ def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256) ->
         raise DataPrepError(f"diagnose needs at least 2 users with {split} items, got {len(users)}")
     hidden, moments = [], LogitMoments.zeros(parts.dataset.n_items)
     for start in range(0, len(users), config.eval.batch_size):
-        batch = parts.corpora.scoring_batch(users[start : start + config.eval.batch_size], _prompt(config), config.seed)
+        batch = parts.corpora.scoring_batch(users[start : start + config.eval.batch_size], scoring_prompt(config),
+                                            config.seed)
         states, logits = last_hidden_and_logits(engine, batch)
         hidden.append(states.cpu())
         moments.update(logits)
@@ -132,7 +128,7 @@ class Recommender:
             train = self.parts.corpora.train
             items_of = [first_occurrences(np.concatenate([train.row(int(u)), self._indices(list(h), "item")]))
                         for u, h in zip(users, histories)]
-        items, scores = recommend(self.engine, self.parts.corpora, users, top_m, prompt=_prompt(self.config),
+        items, scores = recommend(self.engine, self.parts.corpora, users, top_m, prompt=scoring_prompt(self.config),
                                   seed=self.config.seed, batch_size=self.config.eval.batch_size, histories=items_of)
         rows, ranks = np.nonzero(np.isfinite(scores))
         picked = items[rows, ranks]

@@ -12,12 +12,13 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data_prep.atomic import atomic_file
 from trainer.config import ConfigError, config_to_dict, flatten, load_config
-from trainer.results import column_title, write_report
+from trainer.results import column_title, save_png, write_report
 from trainer.tracking import Tracker
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from trainer.pipeline import Start
 
 ALIASES = {"lambda_c": "pretrain.lambda_c", "lambda_l": "pretrain.lambda_l"}
@@ -81,7 +82,12 @@ def sweep_table(report: dict[str, Any]) -> str:
 
 
 def plot_sweep(report: dict[str, Any], path: Path) -> Path:
-    """Every metric against the swept value (log axis when every value is positive), as a PNG."""
+    """`sweep_figure` of `report` written to `path` as a PNG."""
+    return save_png(sweep_figure(report), path)
+
+
+def sweep_figure(report: dict[str, Any]) -> Figure:
+    """Every metric against the swept value, one marked line each (log axis when every value is positive)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -103,7 +109,4 @@ def plot_sweep(report: dict[str, Any], path: Path) -> Path:
     axes.legend(fontsize=8)
     if not all(math.isfinite(row[c]) for row in report["rows"] for c in report["metrics"]):
         axes.text(0.5, 0.02, "some metrics are not finite", ha="center", transform=axes.transAxes)
-    with atomic_file(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
-
+    return figure

@@ -19,10 +19,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from trainer.config import flatten
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Tracker", "flatten_params", "safe_key"]
+__all__ = ["Tracker", "mlflow_params", "safe_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +42,16 @@ def safe_key(name: str) -> str:
     return _INVALID_KEY_CHARS.sub("_", name.replace("@", "_at_"))
 
 
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten nested mappings into dotted keys with string values cut to MLflow's value limit."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{safe_key(str(key))}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_params(value, prefix=f"{name}."))
-            continue
-        text = str(value)
-        if len(text) > MAX_PARAM_VALUE_CHARS:
-            text = text[: MAX_PARAM_VALUE_CHARS - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
-        flat[name] = text
-    return flat
+def mlflow_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """`flatten`ed params with MLflow-safe keys and string values cut to MLflow's value limit."""
+    return {safe_key(key): _cut(str(value)) for key, value in flatten(params).items()}
+
+
+def _cut(text: str) -> str:
+    """`text`, or its start and TRUNCATION_MARKER when longer than MAX_PARAM_VALUE_CHARS."""
+    if len(text) <= MAX_PARAM_VALUE_CHARS:
+        return text
+    return text[: MAX_PARAM_VALUE_CHARS - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
 
 
 def _sqlite_artifact_root(uri: str) -> Path | None:
@@ -136,7 +135,7 @@ class Tracker:
         from mlflow.entities import Param
 
         assert self._client is not None
-        entries = [Param(k, v) for k, v in flatten_params(params).items()]
+        entries = [Param(k, v) for k, v in mlflow_params(params).items()]
         for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
             self._client.log_batch(run_id, params=entries[start : start + MAX_PARAMS_PER_BATCH])
 
