@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from data_prep.errors import DataPrepError
 from data_prep.processed import ProcessedDataset, build_processed, is_processed, write_processed
@@ -36,11 +36,13 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output(out: Path, inputs: list[Path], *, force: bool = False) -> Path:
-    """`out`, resolved, if a prepared dataset may replace it; else DataPrepError naming it.
+def check_output(out: Path, inputs: list[Path], *, force: bool = False,
+                 replaceable: Callable[[Path], bool] = is_processed, what: str = "a prepared dataset") -> Path:
+    """`out`, resolved, if a prepared dataset (or `what`, told by `replaceable`) may replace it; else
+    DataPrepError naming it.
 
     Never replaced: a folder holding an input being read or the current directory, or a file. A
-    non-empty folder that is not a prepared dataset is replaced only with `force`.
+    non-empty folder that is not `what` is replaced only with `force`.
     """
     target = Path(out).expanduser().resolve()
     held = [p for p in inputs if _within(Path(p).expanduser().resolve(), target)]
@@ -50,8 +52,8 @@ def check_output(out: Path, inputs: list[Path], *, force: bool = False) -> Path:
         raise DataPrepError(f"{out}: is (or holds) the current directory; choose another output folder")
     if target.exists() and not target.is_dir():
         raise DataPrepError(f"{out}: is a file, not a folder; choose another output folder")
-    if target.is_dir() and not force and any(target.iterdir()) and not is_processed(target):
-        raise DataPrepError(f"{out}: not empty and not a prepared dataset; refusing to replace it: choose "
+    if target.is_dir() and not force and any(target.iterdir()) and not replaceable(target):
+        raise DataPrepError(f"{out}: not empty and not {what}; refusing to replace it: choose "
                             f"another output folder, or pass --force")
     return target
 

@@ -57,6 +57,7 @@ STATE = "state.json"
 CONFIG = "config.yaml"
 IDENTITY = "identity.json"
 MODEL_FILES = (TABLES, CONFIG, IDENTITY)
+DATASET = "dataset"  # a model folder's own processed dataset (a fold-in's grown catalogue), read instead of data.dataset
 CHECKPOINT_FILES = (*MODEL_FILES, STATE)
 LATEST = "latest"  # the pointer file naming the last checkpoint written
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -330,13 +331,20 @@ def prune_checkpoints(root: Path, keep: int) -> None:
 def save_model(dir: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
                extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the exported model folder whole: tables, config.yaml, identity.json (backbone, tokenizer), COMPLETE."""
+    with atomic_folder(Path(dir)) as tmp:
+        write_model_files(tmp, tables, config, identity, extra_tensors)
+    return Path(dir)
+
+
+def write_model_files(folder: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
+                      extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a saved model's files into `folder`, a staging folder the caller renames into place; COMPLETE
+    (last) also covers whatever else the caller wrote there first (a fold-in's DATASET)."""
     absent = [key for key in ("backbone", "tokenizer") if key not in identity]
     if absent:
         raise CheckpointError(f"a saved model's identity needs {absent} (the backbone and tokenizer references)")
-    with atomic_folder(Path(dir)) as tmp:
-        _write_common(tmp, tables, config, identity, extra_tensors)
-        _write_complete(tmp)
-    return Path(dir)
+    _write_common(folder, tables, config, identity, extra_tensors)
+    _write_complete(folder)
 
 
 def load_model(dir: Path) -> SavedModel:

@@ -53,22 +53,28 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     common(p, 5)
     p = sources.add_parser("generic", help="generic CSV / Parquet / JSON-lines tables (or a YAML spec)")
     p.add_argument("--spec", type=Path, help="YAML table spec (see docs/data.md); replaces the table flags")
-    p.add_argument("--interactions", type=Path, help="interactions table")
-    p.add_argument("--user-col", default="user")
-    p.add_argument("--item-col", default="item")
-    p.add_argument("--time-col", help="optional: unix seconds or ISO-8601 dates")
-    p.add_argument("--users", type=Path, help="user text table")
-    p.add_argument("--user-id-col", help="default: --user-col")
-    p.add_argument("--user-text-col", action="append", help="repeatable; columns are joined")
-    p.add_argument("--items", type=Path, help="item text table")
-    p.add_argument("--item-id-col", help="default: --item-col")
-    p.add_argument("--item-text-col", action="append", help="repeatable; columns are joined")
+    _add_table_flags(p, "interactions table", "user text table", "item text table")
     p.add_argument("--reviews", type=Path, help="review table (user, item, text)")
     p.add_argument("--review-user-col")
     p.add_argument("--review-item-col")
     p.add_argument("--review-text-col", default="text")
     p.add_argument("--name", help="dataset name (default: the spec's name, else 'generic')")
     common(p, 0)
+
+
+def _add_table_flags(p: argparse.ArgumentParser, interactions: str, users: str, items: str,
+                     text_default: str | None = None) -> None:
+    """The generic reader's table flags (`prepare generic`, `fold-in`): an interactions table and a user and
+    an item text table, each with its columns; the help of each table, and the text columns' default."""
+    p.add_argument("--interactions", type=Path, help=interactions)
+    p.add_argument("--user-col", default="user")
+    p.add_argument("--item-col", default="item")
+    p.add_argument("--time-col", help="optional: unix seconds or ISO-8601 dates")
+    for kind, help_text in (("user", users), ("item", items)):
+        p.add_argument(f"--{kind}s", type=Path, help=help_text)
+        p.add_argument(f"--{kind}-id-col", help=f"default: --{kind}-col")
+        p.add_argument(f"--{kind}-text-col", action="append", help="repeatable; columns are joined"
+                       + (f" (default: {text_default})" if text_default else ""))
 
 
 def _generic_spec(args: argparse.Namespace):
@@ -312,6 +318,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold_in_tables(args: argparse.Namespace) -> dict:
+    """The table specs of `fold-in` (text columns default to 'text')."""
+    from data_prep.readers.generic_spec import InteractionTableSpec, TextTableSpec
+
+    return {"items": args.items and TextTableSpec(args.items, args.item_id_col or args.item_col,
+                                                  tuple(args.item_text_col or ["text"])),
+            "users": args.users and TextTableSpec(args.users, args.user_id_col or args.user_col,
+                                                  tuple(args.user_text_col or ["text"])),
+            "interactions": args.interactions and InteractionTableSpec(args.interactions, args.user_col, args.item_col,
+                                                                      args.time_col)}
+
+
+def cmd_fold_in(args: argparse.Namespace) -> int:
+    """New users and items into a saved model without retraining it (trainer/fold_in.py)."""
+    from data_prep.prepare import check_output
+    from data_prep.readers.new_entities import read_new_entities
+    from trainer.checkpoint import COMPLETE
+    from trainer.fold_in import FoldInOptions, fold_in
+
+    tables = _fold_in_tables(args)
+    inputs = [args.model, *(t.path for t in tables.values() if t is not None)]
+    out = check_output(args.out, inputs, force=args.force, replaceable=lambda p: (p / COMPLETE).is_file(),
+                       what="a saved model")
+    pyfunc = None if args.no_pyfunc else check_output(
+        args.pyfunc or out.parent / "pyfunc", [*inputs, out], force=args.force,
+        replaceable=lambda p: (p / "MLmodel").is_file(), what="an MLflow model")
+    new = read_new_entities(**tables, skip_bad_lines=args.skip_bad_lines)
+    options = FoldInOptions(passes=args.passes, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                            progress=not args.no_progress)
+    result = fold_in(args.model, new, out, options, pyfunc=pyfunc)
+    losses = " ".join(f"{name} loss {values[0]:.3f} -> {values[-1]:.3f};" for name, values in
+                      (("content", result.content_loss), ("collaborative", result.collab_loss)) if values)
+    print(f"folded {result.added['users']:,} users, {result.added['items']:,} items and "
+          f"{result.added['interactions']:,} interactions into {out} in {sum(result.seconds.values()):.1f} s; {losses}"
+          f" pyfunc: {result.pyfunc or 'not written'}")
+    return 0
+
+
 def _add_start_flags(p: argparse.ArgumentParser, *, rows: bool) -> None:
     """--resume, --overwrite (one run: --resume-or-start); none: refuse a folder that holds a run.
 
@@ -393,6 +437,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a saved-model folder from a (ZeRO-3 or plain) training checkpoint")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, a run's checkpoints/ folder or a run folder")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced whole)")
+    p = sub.add_parser("fold-in", help="add new users and items to a saved model without retraining it (docs/fold_in.md)")
+    p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
+    p.add_argument("--out", type=Path, required=True, help="new model folder (written whole; it may replace only a saved "
+                   "model or an empty folder)")
+    _add_table_flags(p, "interactions of new users with known or new items", "new users: id and biography columns",
+                     "new items: id and text columns (CSV, TSV, JSON lines, Parquet)", text_default="text")
+    p.add_argument("--passes", type=int, default=5, help="epochs over the new texts and over the new users' histories "
+                   "(default 5)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam lr of the new rows (default 0.01)")
+    p.add_argument("--batch-size", type=int, help="documents per step (default: the model's pretrain.batch_size)")
+    p.add_argument("--seed", type=int, default=0, help="batch order (default 0)")
+    p.add_argument("--pyfunc", type=Path, help="MLflow pyfunc model folder (default: pyfunc beside --out)")
+    p.add_argument("--no-pyfunc", action="store_true", help="do not write the pyfunc model")
+    p.add_argument("--force", action="store_true", help="replace --out / --pyfunc even when another, non-empty folder")
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed rows instead of failing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p = sub.add_parser("serve", help="serve a saved model over HTTP (MLflow's /invocations format; no MLflow loader)")
     p.add_argument("model", type=Path, help="saved model folder (<output_dir>/model) or pyfunc model folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -405,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"prepare": cmd_prepare, "fetch-backbone": cmd_fetch_backbone, "info": cmd_info, "demo": cmd_demo,
             "train": cmd_train, "sweep": cmd_sweep, "reproduce": cmd_reproduce, "config": cmd_config, "evaluate": cmd_evaluate,
             "diagnose": cmd_diagnose, "recommend": cmd_recommend, "export": cmd_export, "serve": cmd_serve,
-            "export-embeddings": cmd_export_embeddings, "two-tower": cmd_two_tower}
+            "export-embeddings": cmd_export_embeddings, "two-tower": cmd_two_tower, "fold-in": cmd_fold_in}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,9 @@ from data_prep.atomic import atomic_folder
 from data_prep.processed import ProcessedDataset, load_processed
 from trainer import checkpoint as ckpt
 from trainer.build import resolve_dataset
-from trainer.config import EvalConfig, TrainConfig, config_from_dict
+from trainer.config import EvalConfig, TrainConfig
 from trainer.data import user_item_lists
-from trainer.serving import UnknownIdError
+from trainer.serving import UnknownIdError, saved_config
 
 
 def _vectors(table: np.ndarray) -> pa.FixedSizeListArray:
@@ -32,7 +32,7 @@ def _vectors(table: np.ndarray) -> pa.FixedSizeListArray:
 def load_tables_and_dataset(model_dir: Path) -> tuple[dict, TrainConfig, ProcessedDataset]:
     """(fp32 tables, config, processed dataset) of a saved model — without its backbone."""
     saved = ckpt.load_model(Path(model_dir))
-    config = config_from_dict(saved.config)
+    config = saved_config(saved)
     dataset = load_processed(resolve_dataset(config.data.dataset, config.data.split_seed))
     return {name: t.float().contiguous() for name, t in saved.tables.items()}, config, dataset
 

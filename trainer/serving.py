@@ -30,10 +30,18 @@ class UnknownIdError(RequestError):
     """A raw user or item id that the model's dataset does not have; the message names it (HTTP 400)."""
 
 
+def saved_config(saved: ckpt.SavedModel) -> TrainConfig:
+    """A saved model's config; a model folder that holds its own dataset (`ckpt.DATASET`: a fold-in's grown
+    catalogue) reads that one instead of data.dataset, so it serves without the original dataset folder."""
+    config = config_from_dict(saved.config)
+    bundled = saved.path / ckpt.DATASET
+    return replace(config, data=replace(config.data, dataset=str(bundled))) if bundled.is_dir() else config
+
+
 def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
     """Rebuild the run of a saved model and load its tables; refuses a changed dataset or backbone."""
     saved = ckpt.load_model(Path(model_dir))
-    config = config_from_dict(saved.config)
+    config = saved_config(saved)
     parts = build_run(config)
     ckpt.check_identity(saved.identity, ckpt.identity_of(config, parts))
     load_weights(parts.model, saved.tables, saved.extra)

@@ -48,17 +48,24 @@ def _read_interactions(
     spec: InteractionTableSpec, reader: LineReader, builder: RawBuilder, reviews: dict[tuple[str, str], str]
 ) -> set[tuple[str, str]]:
     """Add every interaction row (with its review, if any); return the (user, item) pairs added."""
-    table = _Table(spec.path, reader)
     pairs: set[tuple[str, str]] = set()
+    for _, user, item, time in interaction_rows(spec, reader):
+        builder.add_interaction(user, item, time, reviews.get((user, item), ""))
+        pairs.add((user, item))
+    return pairs
+
+
+def interaction_rows(spec: InteractionTableSpec, reader: LineReader) -> Iterator[tuple[int, str, str, int | None]]:
+    """(row, user id, item id, unix seconds or None without a time column) of each valid interaction row;
+    bad rows are reported (or skipped) naming file, row and column. `where` formats a row."""
+    table = _Table(spec.path, reader)
     columns = [spec.user, spec.item] + ([spec.time] if spec.time else [])
     for row, values in table.rows(columns):
         pair = table.id_pair(row, (spec.user, spec.item), values[0], values[1])
         time = table.time_value(row, spec.time, values[2]) if pair and spec.time else None
         if pair is None or (spec.time and time is None):
             continue
-        builder.add_interaction(pair[0], pair[1], time, reviews.get(pair, ""))
-        pairs.add(pair)
-    return pairs
+        yield row, pair[0], pair[1], time
 
 
 def _read_reviews(spec: ReviewTableSpec, reader: LineReader) -> dict[tuple[str, str], str]:
@@ -74,18 +81,34 @@ def _read_reviews(spec: ReviewTableSpec, reader: LineReader) -> dict[tuple[str, 
 
 
 def _attach(spec: TextTableSpec, reader: LineReader, known: set[str], setter: Callable[[str, str], None]) -> int:
-    """Set the text (its columns joined as sentences) of each known id; return the rows of unknown ids."""
-    table = _Table(spec.path, reader)
+    """Set the text of each known id; return the rows of unknown ids."""
     unknown = 0
-    for row, values in table.rows([spec.id, *spec.text]):
-        entity = table.id_value(row, spec.id, values[0])
-        if entity is None:
-            continue
+    for _, entity, text in text_rows(spec, reader):
         if entity in known:
-            setter(entity, _sentences([_text(value, reader) for value in values[1:]]))
+            setter(entity, text)
         else:
             unknown += 1
     return unknown
+
+
+def text_rows(spec: TextTableSpec, reader: LineReader) -> Iterator[tuple[int, str, str]]:
+    """(row, id, text: the text columns joined as sentences) of each row with a valid id; bad ids are
+    reported (or skipped) naming file, row and column. `where` formats a row."""
+    table = _Table(spec.path, reader)
+    for row, values in table.rows([spec.id, *spec.text]):
+        entity = table.id_value(row, spec.id, values[0])
+        if entity is not None:
+            yield row, entity, _sentences([_text(value, reader) for value in values[1:]])
+
+
+def row_label(path: Path, row: int) -> str:
+    """A row of a table in errors: 'line N' for JSON lines (file lines), else 'row N' (data rows, header excluded)."""
+    return f"{'line' if _table_format(Path(path)) == 'jsonl' else 'row'} {row}"
+
+
+def where(path: Path, row: int) -> str:
+    """'<path>: line N' or '<path>: row N' (`row_label`)."""
+    return f"{path}: {row_label(path, row)}"
 
 
 class _Table:
@@ -156,9 +179,7 @@ class _Table:
         if self.format == "jsonl":
             self.reader.bad_line(self.path, row, reason)
         elif not self.reader.skip_bad_lines:
-            raise DataPrepError(
-                f"{self.path}: row {row}: {reason} (use --skip-bad-lines to skip and count such rows)"
-            )
+            raise DataPrepError(f"{where(self.path, row)}: {reason} (use --skip-bad-lines to skip and count such rows)")
         else:
             self.reader.bad_lines.append((str(self.path), row, reason))
 

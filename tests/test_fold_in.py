@@ -1,0 +1,233 @@
+"""Fold-in (`cllm4rec fold-in`): new items and users join a trained model without retraining it.
+
+One smallest-schedule run (tiny LLaMA) on a private copy of the planted dataset, and one fold-in of
+four new items (one per planted cluster), two new users with biographies and interactions, and one
+new user known only from interactions, are shared by the module.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CLUSTER_WORDS, planted_raw, tiny_overrides
+from data_prep.errors import DataPrepError
+from data_prep.prepare import prepare
+from data_prep.processed import dataset_hash, load_processed
+from data_prep.readers.generic_spec import InteractionTableSpec, TextTableSpec
+from data_prep.readers.new_entities import read_new_entities
+from trainer import checkpoint as ckpt
+from trainer import cli
+from trainer.catalogue import grow_dataset
+from trainer.config import load_config
+from trainer.fold_in import FoldInOptions, fold_in
+from trainer.pipeline import train
+from trainer.serving import Recommender
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+SMALL = {
+    "pretrain.warmup_epochs": 1, "pretrain.rounds": 1, "finetune.epochs": 1, "data.reviews": False,
+    "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False, "tracking.mlflow": False,
+    # MR as a mean (the quick recipe's scale), weak: the random backbone's text signal is small beside it
+    "pretrain.mr_reduction": "mean", "pretrain.lambda_c": 0.01,
+}
+N_USERS, N_ITEMS = 80, 40  # the planted dataset's
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llama) -> Path:
+    """A trained run on a private dataset folder (a test later removes it)."""
+    root = tmp_path_factory.mktemp("fold-in")
+    prepare(planted_raw(), root / "data", seed=0)
+    train(load_config(None, tiny_overrides(root / "data", tiny_llama, root / "run", **SMALL)), progress=False)
+    return root / "run"
+
+
+def new_tables(folder: Path) -> dict[str, Path]:
+    """New items (CSV), users (JSON lines) and interactions (Parquet): one item per planted cluster, new user
+    nu<c> of cluster c with three of its items and its new item, nx0 known only from two interactions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"item": [f"new{c}" for c in range(4)], "text": [f"a {w}" for w in CLUSTER_WORDS]}).to_csv(
+        folder / "items.csv", index=False)
+    pd.DataFrame({"user": ["nu0", "nu1"], "text": [f"a user who loves {CLUSTER_WORDS[c]}" for c in range(2)]}).to_json(
+        folder / "users.jsonl", orient="records", lines=True)
+    rows = [(f"nu{c}", f"i{c + 4 * k}") for c in range(2) for k in range(3)] + [("nu0", "new0"), ("nu1", "new1")]
+    rows += [("nx0", "i2"), ("nx0", "new2"), ("nx0", "i2")]  # a repeated pair is merged
+    pd.DataFrame(rows, columns=["user", "item"]).to_parquet(folder / "inter.parquet")
+    return {"items": folder / "items.csv", "users": folder / "users.jsonl", "interactions": folder / "inter.parquet"}
+
+
+def read(tables: dict[str, Path]):
+    return read_new_entities(TextTableSpec(tables["items"], "item", ("text",)),
+                             TextTableSpec(tables["users"], "user", ("text",)),
+                             InteractionTableSpec(tables["interactions"], "user", "item"))
+
+
+@pytest.fixture(scope="module")
+def folded(run: Path, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("folded")
+    result = fold_in(run / "model", read(new_tables(root / "input")), root / "model", FoldInOptions(progress=False),
+                     pyfunc=root / "pyfunc")
+    return {"result": result, "root": root, "model": root / "model", "pyfunc": root / "pyfunc"}
+
+
+def tables(model: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model / ckpt.TABLES))
+
+
+def test_old_rows_are_bit_identical_and_new_rows_learned(run: Path, folded: dict) -> None:
+    before, after = tables(run / "model"), tables(folded["model"])
+    grown = {"user": N_USERS + 3, "item": N_ITEMS + 4}
+    for name, table in before.items():
+        kind = name.split("_")[1]
+        assert after[name].shape == (grown[kind], table.shape[1])
+        assert torch.equal(after[name][: table.shape[0]], table), name  # bit-identical
+    result = folded["result"]
+    assert result.added == {"users": 3, "items": 4, "interactions": 10}
+    assert len(result.content_loss) == 5 and result.content_loss[-1] < result.content_loss[0] - 1e-3
+    assert len(result.collab_loss) == 5 and result.collab_loss[-1] < 0.95 * result.collab_loss[0]
+    for kind, old in (("user", N_USERS), ("item", N_ITEMS)):
+        centroid = before[f"content_{kind}"].mean(dim=0)  # where every new row started
+        moved = (after[f"content_{kind}"][old:] - centroid).norm(dim=1)
+        learned = moved[:2] if kind == "user" else moved  # nx0 has no biography: its content row stays
+        assert bool((learned > 1e-2).all()), moved
+    # new items sit at their MR prior's mean; new users' collaborative rows were refined from it
+    assert torch.equal(after["collab_item"][N_ITEMS:], after["content_item"][N_ITEMS:])
+    assert bool(((after["collab_user"][N_USERS:] - after["content_user"][N_USERS:]).norm(dim=1) > 1e-3).all())
+
+
+def test_model_folder_records_the_grown_catalogue(run: Path, folded: dict) -> None:
+    model = folded["model"]
+    saved = ckpt.load_model(model)  # every checksum, the bundled dataset's included
+    dataset = load_processed(model / ckpt.DATASET)
+    assert dataset.item_raw[N_ITEMS:] == ["new0", "new1", "new2", "new3"]
+    assert dataset.user_raw[N_USERS:] == ["nu0", "nu1", "nx0"] and dataset.user_text[-1] == ""
+    assert dataset.item_text[N_ITEMS] == f"a {CLUSTER_WORDS[0]}"
+    source = ckpt.load_model(run / "model").identity
+    assert saved.identity == {**source, "dataset_hash": dataset_hash(model / ckpt.DATASET),
+                              "n_users": N_USERS + 3, "n_items": N_ITEMS + 4}
+    assert set(dataset.split_csr("train")[1][-10:]) >= {N_ITEMS, N_ITEMS + 1, N_ITEMS + 2}
+    report = json.loads((model / "fold_in.json").read_text())
+    assert report["added"] == folded["result"].added and report["options"]["passes"] == 5
+    assert not [p.name for p in folded["root"].iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_folded_model_serves_new_ids_without_the_original_dataset(run: Path, folded: dict) -> None:
+    import mlflow
+
+    data = run.parent / "data"
+    shutil.move(data, data.with_name("moved-away"))
+    try:
+        recommender = Recommender.load(folded["model"])
+        everything = recommender.recommend(["u0", "u1"], N_ITEMS + 4).to_pydict()
+        for c in range(4):  # whole-catalogue scoring ranks the new items for old users
+            assert everything["item"].count(f"new{c}") == 2
+        assert everything["item_text"][everything["item"].index("new3")] == f"a {CLUSTER_WORDS[3]}"
+        answer = recommender.recommend(["nu0", "nx0"], 5, histories=[["new3"], []]).to_pydict()
+        assert answer["user"] == ["nu0"] * 5 + ["nx0"] * 5
+        seen = {"i0", "i4", "i8", "new0", "new3"}
+        assert not seen & set(answer["item"][:5])  # history and training items are excluded
+        model = mlflow.pyfunc.load_model(str(folded["pyfunc"]))
+        got = model.predict(pd.DataFrame({"user": ["nu1"]}), params={"top_m": 3})
+        assert got["item"].tolist() == recommender.recommend(["nu1"], 3).to_pydict()["item"]
+    finally:
+        shutil.move(data.with_name("moved-away"), data)
+
+
+def test_new_user_is_recommended_items_of_their_cluster(folded: dict) -> None:
+    """The planted property for a new user: nu0's history is cluster 0, so are most of its top items."""
+    answer = Recommender.load(folded["model"]).recommend(["nu0"], 5).to_pydict()
+    clusters = [int(item.removeprefix("i").removeprefix("new")) % 4 for item in answer["item"]]
+    assert clusters.count(0) >= 3, answer["item"]
+
+
+def test_failed_fold_in_leaves_the_previous_output_whole(run: Path, folded: dict, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "model"
+    shutil.copytree(folded["model"], out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-pass")
+
+    monkeypatch.setattr("trainer.fold_in.run_epoch", crash)
+    with pytest.raises(RuntimeError, match="killed mid-pass"):
+        fold_in(run / "model", read(new_tables(tmp_path / "input")), out, FoldInOptions(progress=False))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input", "model"]
+
+
+# ---- bad input: one-line errors naming file, row and field ----------------------------------------
+
+@pytest.fixture(scope="module")
+def planted(run: Path):
+    return load_processed(run.parent / "data")
+
+
+def test_duplicate_ids_name_both_rows(tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text("item,text\na,one\nb,two\na,three\n")
+    with pytest.raises(DataPrepError, match=r"items.csv: row 3: column 'item': duplicate id 'a' \(first at row 1\)"):
+        read_new_entities(TextTableSpec(tmp_path / "items.csv", "item", ("text",)))
+    (tmp_path / "users.jsonl").write_text('{"user": "x", "text": "a"}\n{"user": "x", "text": "b"}\n')
+    with pytest.raises(DataPrepError, match=r"users.jsonl: line 2: column 'user': duplicate id 'x' \(first at line 1\)"):
+        read_new_entities(users=TextTableSpec(tmp_path / "users.jsonl", "user", ("text",)))
+
+
+def test_missing_text_column_names_file_and_column(tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text("item,title\na,one\n")
+    with pytest.raises(DataPrepError, match=r"items.csv: missing column 'text' \(available: item, title\)"):
+        read_new_entities(TextTableSpec(tmp_path / "items.csv", "item", ("text",)))
+
+
+def test_ids_already_in_the_model_are_refused_naming_a_few(planted, tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text("item,text\n" + "".join(f"i{j},t\n" for j in range(7)) + "fresh,t\n")
+    new = read_new_entities(TextTableSpec(tmp_path / "items.csv", "item", ("text",)))
+    with pytest.raises(DataPrepError) as error:
+        grow_dataset(planted, new)
+    assert str(error.value) == (f"{tmp_path / 'items.csv'}: column 'item': 7 item id(s) already in the model: "
+                                "'i0', 'i1', 'i2', 'i3', 'i4' … and 2 more (fold-in adds new items only)")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("user,item\nn1,i3\nn1,nowhere\n", "inter.csv: row 2: column 'item': unknown item 'nowhere': neither in the model "
+                                       "nor among the new items"),
+    ("user,item\nu5,i3\n", "inter.csv: row 1: column 'user': user 'u5' is already in the model"),
+])
+def test_bad_interactions_name_file_row_and_column(planted, tmp_path: Path, rows: str, message: str) -> None:
+    (tmp_path / "inter.csv").write_text(rows)
+    new = read_new_entities(interactions=InteractionTableSpec(tmp_path / "inter.csv", "user", "item"))
+    with pytest.raises(DataPrepError, match=message):
+        grow_dataset(planted, new)
+
+
+def test_cli_errors_are_one_line_and_write_nothing(run: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "inter.csv").write_text("user,item\nn1,nowhere\n")
+    out = tmp_path / "out"
+    code = cli.main(["fold-in", "--model", str(run / "model"), "--interactions", str(tmp_path / "inter.csv"),
+                     "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "column 'item': unknown item 'nowhere'" in err, err
+    assert not out.exists() and not (tmp_path / "pyfunc").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    code = cli.main(["fold-in", "--model", str(run / "model"), "--interactions", str(tmp_path / "inter.csv"),
+                     "--out", str(tmp_path / "notes")])
+    assert code == 2 and "not empty and not a saved model; refusing to replace it" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    code = cli.main(["fold-in", "--model", str(run / "model"), "--interactions", str(tmp_path / "inter.csv"),
+                     "--out", str(run), "--force"])
+    assert code == 2 and "holds the input" in capsys.readouterr().err and (run / "model" / ckpt.COMPLETE).is_file()
+
+
+def test_bad_options_are_refused() -> None:
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="passes=-1"):
+        FoldInOptions(passes=-1)
+    with pytest.raises(ConfigError, match="lr=0"):
+        FoldInOptions(lr=0)

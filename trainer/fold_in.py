@@ -1,0 +1,202 @@
+"""Fold new users and items into a trained model without retraining it (`cllm4rec fold-in`, docs/fold_in.md).
+
+1. The model's dataset grows by the new ids (`trainer/catalogue.py`), and the ID token ranges with it
+   (users V..V+N'-1, then items: cllm4rec/tokenization.py). Every new row starts at the centroid (the
+   mean) of the old rows of its table.
+2. The content LLM reads the new entities' own texts (biographies, item texts) for `passes` epochs of
+   task `content`, the model's C-step: MR pulls each content row toward its collaborative row, still
+   the centroid, which keeps the new rows at the scale of the old ones. Only the new content rows move
+   (every old row's gradient is zeroed before each Adam step, so Adam leaves it bit-identical).
+3. Each new collaborative row is set to the mean of its MR prior N(z^c, λ_c⁻¹I): its content row.
+4. New users with interactions: `passes` epochs of the finetuning objective (task `rec`, masked prompts
+   as in finetuning; the collaborative LLM, task `collab`, for a model trained without finetuning)
+   over their histories, with the model's MR toward their content rows. Only the new users'
+   collaborative rows move; new items keep their prior mean.
+5. The new model folder, written whole: the grown tables, the config, the identity of the grown
+   dataset, the grown dataset itself (`ckpt.DATASET`, so serving needs no other dataset folder), and
+   `fold_in.json` (what was added, the options, the loss of every pass, seconds); then its pyfunc.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cllm4rec.interactions import UserItems
+from data_prep.atomic import atomic_folder
+from data_prep.processed import dataset_hash, load_processed, write_processed
+from data_prep.readers.new_entities import NewEntities
+from trainer import checkpoint as ckpt
+from trainer.build import build_run, load_weights, resolve_dataset
+from trainer.catalogue import grow_dataset
+from trainer.config import ConfigError, TrainConfig, config_to_dict
+from trainer.data import Corpora, EpochStream, epoch_rng
+from trainer.engine import PlainEngine
+from trainer.loop import run_epoch
+from trainer.pipeline import identity_of
+from trainer.schedule import StepPlan, step_plans
+from trainer.serving import save_pyfunc, saved_config
+
+REPORT = "fold_in.json"
+
+
+@dataclass(frozen=True)
+class FoldInOptions:
+    """passes: epochs over the new entities' texts, and over the new users' histories; lr: Adam's rate for
+    the new rows; batch_size: documents per step (None: the model's pretrain.batch_size); seed: batch order."""
+
+    passes: int = 5
+    lr: float = 1e-2
+    batch_size: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.passes < 0 or not self.lr > 0 or (self.batch_size is not None and self.batch_size < 1):
+            raise ConfigError(f"fold-in: need passes >= 0, lr > 0 and batch_size >= 1; got passes={self.passes}, "
+                              f"lr={self.lr}, batch_size={self.batch_size}")
+
+
+@dataclass
+class FoldInResult:
+    """What `fold_in` wrote and measured; `content_loss` / `collab_loss`: the mean LM loss of each pass;
+    `seconds`: of each stage (setup, content, collab, write, pyfunc)."""
+
+    out: Path
+    added: dict[str, int]
+    content_loss: list[float] = field(default_factory=list)
+    collab_loss: list[float] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    pyfunc: Path | None = None
+
+
+def grown_tables(tables: dict[str, torch.Tensor], n_users: int, n_items: int) -> dict[str, torch.Tensor]:
+    """Each [N, K] / [J, K] table with rows appended up to n_users / n_items, each the centroid of the old rows."""
+    grown = {}
+    for name, table in tables.items():
+        rows = (n_users if name.endswith("user") else n_items) - table.shape[0]
+        grown[name] = torch.cat([table, table.mean(dim=0, keepdim=True).expand(rows, -1)])
+    return grown
+
+
+def freeze_rows(optimizer: torch.optim.Optimizer, first_trainable: dict[torch.nn.Parameter, int]) -> None:
+    """Before every step, zero the gradient rows of each parameter below its first trainable row (a
+    parameter not in `first_trainable` is frozen whole): Adam's moments of those rows stay 0, and so does
+    their update, so they stay bit-identical."""
+    def zero_old_rows(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in opt.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad[: first_trainable.get(param, param.shape[0])] = 0
+
+    optimizer.register_step_pre_hook(zero_old_rows)
+
+
+def fold_in_plans(config: TrainConfig, lr: float) -> dict[str, StepPlan]:
+    """The model's own steps (C-step, L-step, finetuning: their MR and prior weights) at a constant `lr`."""
+    plans = step_plans(config, {"collab": 1, "content": 1, "rec": 1})
+    return {step: replace(plans[step], lr=lr, schedule="constant", warmup_steps=0) for step in ("content", "collab", "rec")}
+
+
+def new_user_histories(train: UserItems, first_new: int) -> UserItems:
+    """The training items of users first_new.. only (earlier users' rows empty)."""
+    start = train.indptr[first_new]
+    indptr = np.concatenate([np.zeros(first_new, np.int64), train.indptr[first_new:] - start])
+    return UserItems(indptr, train.indices[start:], train.n_items)
+
+
+def new_corpora(corpora: Corpora, n_users: int, n_items: int) -> Corpora:
+    """`corpora` cut to what the new entities own: content documents of users >= n_users and items
+    >= n_items (their biographies and texts), and the new users' training items."""
+    mine = [k for k, (kind, index) in enumerate(corpora.content_owner)
+            if (kind == "user" and index >= n_users) or (kind == "item" and index >= n_items)]
+    return replace(corpora, content=[corpora.content[k] for k in mine],
+                   content_owner=[corpora.content_owner[k] for k in mine], train=new_user_histories(corpora.train, n_users))
+
+
+def _passes(engine: PlainEngine, task: str, streams: list[EpochStream], progress: bool) -> list[float]:
+    """Train one epoch per stream; the mean LM loss of each."""
+    return [run_epoch(engine, task, task, stream, total=stream.steps, max_steps=None, progress=progress,
+                      desc=f"fold-in {task} {index + 1}/{len(streams)}")["lm_loss"]
+            for index, stream in enumerate(streams)]
+
+
+def _collab_passes(engine: PlainEngine, corpora: Corpora, config: TrainConfig, options: FoldInOptions,
+                   batch: int) -> list[float]:
+    """The new users' passes: the finetuning objective (masked prompts), or the collaborative LLM for a
+    model trained without finetuning."""
+    fine = config.finetune
+    task = "rec" if fine.enabled else "collab"
+
+    def stream(index: int) -> EpochStream:
+        rng = epoch_rng(options.seed, "fold-in", task, index)
+        if fine.enabled:
+            return corpora.finetune_batches(rng, batch, mode=fine.mask_mode, ratio=fine.mask_ratio, target=fine.target)
+        return corpora.collab_batches(rng, batch, reorder=config.pretrain.reorder)
+
+    return _passes(engine, task, [stream(p) for p in range(options.passes)], options.progress)
+
+
+def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions = FoldInOptions(),
+            pyfunc: Path | None = None) -> FoldInResult:
+    """Write a model folder `out` that is the saved model `model_dir` plus `new` (module docstring); with
+    `pyfunc`, also its MLflow pyfunc model there."""
+    start = time.perf_counter()
+
+    def lap(name: str) -> None:
+        result.seconds[name] = time.perf_counter() - start - sum(result.seconds.values())
+
+    saved = ckpt.load_model(Path(model_dir))
+    config = saved_config(saved)
+    old_path = resolve_dataset(config.data.dataset, config.data.split_seed)
+    old = load_processed(old_path)
+    grown = grow_dataset(old, new)
+    result = FoldInResult(Path(out), {key: grown.stats[f"fold_in_{key}"] for key in ("users", "items", "interactions")})
+    # the new folder reads its own dataset; shards of the old one no longer match it
+    written = replace(config, data=replace(config.data, dataset=str(Path(out).resolve() / ckpt.DATASET), shards=None))
+    with atomic_folder(Path(out)) as tmp:
+        write_processed(grown, tmp / ckpt.DATASET, old.meta["templates"]["prompts"])
+        parts = build_run(replace(written, data=replace(written.data, dataset=str(tmp / ckpt.DATASET))))
+        ckpt.check_identity(saved.identity, {**identity_of(config, parts), "dataset_hash": dataset_hash(old_path),
+                                             "n_users": old.n_users, "n_items": old.n_items})
+        model = parts.model
+        load_weights(model, grown_tables(saved.tables, grown.n_users, grown.n_items), saved.extra)
+        model.backbone.requires_grad_(False)  # trained backbone or LoRA weights stay as they are
+        engine = PlainEngine(model, options.lr, options.lr, plans=fold_in_plans(config, options.lr))
+        freeze_rows(engine.optimizer, {model.content_user: old.n_users, model.content_item: old.n_items,
+                                       model.collab_user: old.n_users})
+        corpora = new_corpora(parts.corpora, old.n_users, old.n_items)
+        batch = options.batch_size or config.pretrain.batch_size
+        lap("setup")
+        if corpora.content:
+            result.content_loss = _passes(engine, "content", [
+                corpora.content_batches(epoch_rng(options.seed, "fold-in", "content", p), batch)
+                for p in range(options.passes)], options.progress)
+        with torch.no_grad():  # each new collaborative row at the mean of its MR prior: its content row
+            model.collab_user[old.n_users:] = model.content_user[old.n_users:]
+            model.collab_item[old.n_items:] = model.content_item[old.n_items:]
+        lap("content")
+        if corpora.train.nnz:
+            result.collab_loss = _collab_passes(engine, corpora, config, options, batch)
+        lap("collab")
+        _write_report(tmp / REPORT, Path(model_dir), saved.identity, options, result)
+        ckpt.write_model_files(tmp, engine.full_tables(), config_to_dict(written), identity_of(written, parts),
+                               extra_tensors=saved.extra or None)
+    lap("write")
+    if pyfunc is not None:
+        result.pyfunc = save_pyfunc(Path(out), Path(pyfunc))
+        lap("pyfunc")
+    return result
+
+
+def _write_report(path: Path, model_dir: Path, source_identity: dict, options: FoldInOptions, result: FoldInResult) -> None:
+    """fold_in.json: the source model, what was added, the options, each pass's loss, the stages' seconds so far."""
+    report = {"source": {"model": str(model_dir.resolve()), "identity": source_identity}, "added": result.added,
+              "options": {k: v for k, v in asdict(options).items() if k != "progress"},
+              "content_loss": result.content_loss, "collab_loss": result.collab_loss, "seconds": result.seconds}
+    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
