@@ -38,7 +38,6 @@ from trainer.config import ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
 from trainer.engine import PlainEngine
 from trainer.loop import run_epoch
-from trainer.pipeline import identity_of
 from trainer.schedule import StepPlan, step_plans
 from trainer.serving import save_pyfunc, saved_config
 
@@ -113,8 +112,8 @@ def new_user_histories(train: UserItems, first_new: int) -> UserItems:
 def new_corpora(corpora: Corpora, n_users: int, n_items: int) -> Corpora:
     """`corpora` cut to what the new entities own: content documents of users >= n_users and items
     >= n_items (their biographies and texts), and the new users' training items."""
-    mine = [k for k, (kind, index) in enumerate(corpora.content_owner)
-            if (kind == "user" and index >= n_users) or (kind == "item" and index >= n_items)]
+    mine = [k for k, (kind, user, item) in enumerate(corpora.content_owner)
+            if (kind == "user" and user >= n_users) or (kind == "item" and item >= n_items)]
     return replace(corpora, content=[corpora.content[k] for k in mine],
                    content_owner=[corpora.content_owner[k] for k in mine], train=new_user_histories(corpora.train, n_users))
 
@@ -162,7 +161,7 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
     with atomic_folder(Path(out)) as tmp:
         write_processed(grown, tmp / ckpt.DATASET, old.meta["templates"]["prompts"])
         parts = build_run(replace(written, data=replace(written.data, dataset=str(tmp / ckpt.DATASET))))
-        ckpt.check_identity(saved.identity, {**identity_of(config, parts), "dataset_hash": dataset_hash(old_path),
+        ckpt.check_identity(saved.identity, {**ckpt.identity_of(config, parts), "dataset_hash": dataset_hash(old_path),
                                              "n_users": old.n_users, "n_items": old.n_items})
         model = parts.model
         load_weights(model, grown_tables(saved.tables, grown.n_users, grown.n_items), saved.extra)
@@ -185,7 +184,7 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
             result.collab_loss = _collab_passes(engine, corpora, config, options, batch)
         lap("collab")
         _write_report(tmp / REPORT, Path(model_dir), saved.identity, options, result)
-        ckpt.write_model_files(tmp, engine.full_tables(), config_to_dict(written), identity_of(written, parts),
+        ckpt.write_model_files(tmp, engine.full_tables(), config_to_dict(written), ckpt.identity_of(written, parts),
                                extra_tensors=saved.extra or None)
     lap("write")
     if pyfunc is not None:
