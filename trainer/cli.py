@@ -376,6 +376,14 @@ def _add_start_flags(p: argparse.ArgumentParser, *, rows: bool) -> None:
     p.set_defaults(start="new")
 
 
+def _add_rows_args(p: argparse.ArgumentParser, unit: str) -> None:
+    """--recipe, the start flags, --no-progress and shared overrides of a command that trains several runs."""
+    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    _add_start_flags(p, rows=True)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help=f"config overrides shared by every {unit}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cllm4rec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -395,18 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5 or ablation=cf")
     p = sub.add_parser("sweep", help="train once per value of a config key; plot the test metrics against it")
     p.add_argument("sweep", help="KEY=V1,V2,... e.g. lambda_c=0.01,0.1,1,10 (lambda_c = pretrain.lambda_c)")
-    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
-    _add_start_flags(p, rows=True)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="config overrides shared by every run")
+    _add_rows_args(p, "run")
     p = sub.add_parser("reproduce", help="CLLM4Rec, its ablations, CLLM4Rec-Emb and the baselines on one split: the paper's table")
-    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
     p.add_argument("--ablations", default=",".join(reproduce_defaults()),
                    help=f"comma-separated ablation rows (default {','.join(reproduce_defaults())}; ftall = full finetuning)")
     p.add_argument("--two-tower-epochs", type=int, default=30, help="epochs of CLLM4Rec-Emb and Two-Tower (default 30)")
-    _add_start_flags(p, rows=True)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="config overrides shared by every row")
+    _add_rows_args(p, "row")
     p = sub.add_parser("config", help="print the resolved config (recipe + overrides) as YAML, or the configuration reference")
     p.add_argument("--recipe", help="shipped recipe (quick, paper) or a YAML file (default: none, the defaults)")
     p.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown) instead")
