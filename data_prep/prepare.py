@@ -15,9 +15,15 @@ log = logging.getLogger(__name__)
 DEFAULT_KCORE = {"movielens": 0, "amazon": 5, "yelp": 5, "generic": 0}
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether `name` is a dataset name that stays inside the cache (no separator, no leading '.' or '~'),
+    as opposed to a path."""
+    return bool(name) and not name.startswith((".", "~")) and "/" not in name and "\\" not in name
+
+
 def check_name(name: str) -> str:
     """`name` if it is a plain folder name, one that stays inside the cache; else DataPrepError."""
-    if not name or name.startswith(".") or "/" in name or "\\" in name or Path(name).is_absolute():
+    if not is_plain_name(name):
         raise DataPrepError(f"dataset name (--name) {name!r}: not a plain name (no '/', '\\' or leading '.'); "
                             f"give a path with --out instead")
     return name

@@ -12,6 +12,7 @@ from cllm4rec.model import CLLM4Rec
 from cllm4rec.rms_norm import fuse_rms_norms
 from cllm4rec.tokenization import IdTokenizer
 from data_prep.errors import DataPrepError
+from data_prep.prepare import default_output, is_plain_name, prepare
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Corpora, epoch_rng
@@ -20,19 +21,12 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATASETS = ("ml-100k",)
 
 
-def _is_bare_name(ref: str) -> bool:
-    """Whether `ref` is a dataset name (like `cllm4rec prepare --name`), not a path."""
-    return bool(ref) and not ref.startswith((".", "~")) and "/" not in ref and "\\" not in ref
-
-
 def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
     """A processed dataset folder; a bare name is the folder `cllm4rec prepare … --name <name>` wrote
     to the cache (`<cache>/datasets/<name>`); an embedded name is prepared there on demand (`split_seed`)."""
     path = Path(ref).expanduser()
-    if path.is_dir() or not _is_bare_name(ref):
+    if path.is_dir() or not is_plain_name(ref):
         return path
-    from data_prep.prepare import default_output
-
     if ref in EMBEDDED_DATASETS:
         return _prepare_embedded(ref, split_seed)
     out = default_output(ref)
@@ -45,7 +39,6 @@ def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
 def _prepare_embedded(name: str, split_seed: int) -> Path:
     """The cache folder of the embedded dataset `name`, prepared unless it is there with this split seed."""
     from data_prep.assets import fetch_ml100k_raw
-    from data_prep.prepare import default_output, prepare
     from data_prep.processed import read_meta
     from data_prep.readers import read_movielens
 
