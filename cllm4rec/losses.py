@@ -1,5 +1,5 @@
-"""Losses of CLLM4Rec (docs/architecture.md, section 2): main-part LM losses, the multinomial recommendation
-likelihood, and the mutual-regularisation / prior terms, with the authors' scaling (docs/configuration.md, "Scaling of the MR term").
+"""Losses of CLLM4Rec (docs/method.md §5–§7, §9.2): main-part LM losses, the multinomial recommendation
+likelihood, and the mutual-regularisation / prior terms, with the authors' scaling (docs/method.md §7.3).
 
 Scaling: an LM loss is the MEAN over the batch's main-part tokens; the MR term is λ_c × the SUM over
 every ID-token occurrence of ||z − ẑ||² (no ½); the prior likewise with λ_l. `*_sum` functions return

@@ -1,5 +1,5 @@
-"""Top-K ranking metrics (Recall@K, NDCG@K) of the evaluation protocol (docs/architecture.md,
-section 6), vectorised in torch.
+"""Top-K ranking metrics (Recall@K, NDCG@K) of the evaluation protocol (docs/method.md §11),
+vectorised in torch.
 
 Protocol: only training items are excluded from the ranking (score -inf); an item whose score is
 -inf is not a candidate, so when K exceeds the candidate count the ranking is simply shorter (padded

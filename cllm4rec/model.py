@@ -1,5 +1,5 @@
 """CLLM4Rec: one frozen causal-LM backbone, four ID tables and the heads tied to them
-(docs/architecture.md, sections 1-2).
+(docs/method.md §3, §5–§7, §9–§10).
 
 Token ids follow `cllm4rec.tokenization`: words 0..V-1, user i = V+i, item j = V+N+j. One module
 holds everything so that a single `forward(task, ...)` serves every phase (and a DeepSpeed engine):

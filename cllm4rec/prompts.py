@@ -1,5 +1,5 @@
 """Item-list manipulation for documents: stochastic reordering and masked prompting
-(docs/architecture.md, section 4).
+(docs/method.md §5.2, §9.1).
 
 All randomness comes from a caller-owned `np.random.Generator`, so a seed fixes every document.
 """
@@ -41,7 +41,7 @@ def masked_prompt(
     target: TargetMode = "all",
     max_items: int | None = None,
 ) -> MaskedPrompt:
-    """Drop some training items from the prompt, shuffle the rest (docs/architecture.md, section 4).
+    """Drop some training items from the prompt, shuffle the rest (docs/method.md §9.1).
 
     mode "fixed": drop exactly max(1, ⌊ratio·n⌋) items (the authors' code); "bernoulli": drop each
     item with probability `ratio` (the paper's wording). target "all": every training item (authors'

@@ -1,5 +1,5 @@
 """Documents as structured segments, and the soft+hard prompt templates of the corpora and of
-finetuning (docs/architecture.md, sections 1 and 4).
+finetuning (docs/method.md §2, §4, §9.1).
 
 A document is a list of segments: :class:`Text` (hard words), :class:`User`, :class:`Item` and
 :class:`Items` (soft ID tokens). Documents are never parsed from raw text, so text containing the

@@ -1,6 +1,6 @@
 """ID-token tokenizer: atomic ``<user_i>`` / ``<item_j>`` tokens over any Hugging Face tokenizer.
 
-Token-id layout (docs/architecture.md, section 1), with V the number of rows of the backbone's input embedding
+Token-id layout (docs/method.md §2), with V the number of rows of the backbone's input embedding
 (not ``len(tokenizer)``: padded vocabularies have more rows than tokens):
 
     word w   ->  w            (0 <= w < V, the backbone tokenizer's own ids)

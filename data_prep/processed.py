@@ -1,4 +1,4 @@
-"""The processed-dataset format (DESIGN.md): build it from a `RawDataset`, write it whole, load it back.
+"""The processed-dataset format (docs/data.md, section 3): build it from a `RawDataset`, write it whole, load it back.
 
 Folder layout: meta.json, users.parquet (user, raw_id, text), items.parquet (item, raw_id, text),
 interactions.parquet (user, item, timestamp, split), reviews.parquet (user, item, text; training

@@ -1,4 +1,4 @@
-"""A one-node Ray cluster on loopback, for tests and benchmarks on one machine (DESIGN.md).
+"""A one-node Ray cluster on loopback, for tests and benchmarks on one machine (docs/cluster.md, section 8.7).
 
 Every Ray process stays on 127.0.0.1 and belongs to the head's process group, so stopping it kills
 exactly what was started (never `ray stop`, which would stop other clusters on the machine too).

@@ -76,8 +76,8 @@ def pick_head_gradient_dtype(name: str, backbone_dtype: torch.dtype) -> torch.dt
 
 
 def pick_attention(name: str, device: torch.device) -> str:
-    """Backbone attention kernel: 'auto' → eager on CPU (1.15-1.6x faster than PyTorch's SDPA for
-    SmolLM2 in bf16 on a 2-core Xeon, equal in fp32: benchmarks/throughput.py), else sdpa."""
+    """Backbone attention kernel: 'auto' → eager on CPU (1.1-1.6x faster than PyTorch's SDPA for
+    SmolLM2 in bf16 on 2 cores, equal in fp32: benchmarks/throughput.py, docs/performance.md), else sdpa."""
     if name != "auto":
         return name
     return "eager" if device.type == "cpu" else "sdpa"

@@ -75,8 +75,8 @@ class ModelConfig:
     value that contradicts it is an error. ID tables and their Adam state are always fp32."""
     attention: str = "auto"
     """The backbone's attention kernel (transformers' `attn_implementation`). `auto`: `eager` on a CPU
-    (1.3–1.6× faster than PyTorch SDPA for SmolLM2 in bf16 on 2 cores; [performance.md](performance.md)),
-    `sdpa` on a GPU. Both give the same losses (tested)."""
+    (1.1–1.6× faster than PyTorch SDPA for SmolLM2 in bf16 on 2 cores, measured on two CPUs;
+    [performance.md](performance.md)), `sdpa` on a GPU. Both give the same losses (tested)."""
     fused_norm: bool = True
     """LLaMA-family backbones (SmolLM2, Llama, Mistral, Qwen2): each RMSNorm runs as one autograd function
     with a hand-written backward (cllm4rec/rms_norm.py) instead of transformers' chain of elementwise ops —
@@ -122,7 +122,7 @@ class ModelConfig:
     """Std σ of the N(0, σ²) ID-table init; null uses the std of the backbone's word embeddings."""
     content_init: str = "collab"
     """`collab`: the content tables start as copies of the collaborative ones, so MR starts at 0
-    ([architecture.md](architecture.md)); `random`: independent draws."""
+    ([method.md](method.md) §3.3); `random`: independent draws."""
     content_init_from_text: bool = False
     """Then set each content row that has text to the mean word embedding of that biography or item text."""
     content_init_reviews: bool = False
@@ -136,7 +136,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    """Content warm-up, then alternating L-step and C-step rounds (docs/architecture.md, section 4)."""
+    """Content warm-up, then alternating L-step and C-step rounds ([method.md](method.md) §8)."""
 
     warmup_epochs: int = 10
     """Content-LLM epochs before the first round."""
@@ -181,7 +181,7 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Masked-prompt finetuning with the multinomial head, selected on validation (docs/architecture.md, section 4)."""
+    """Masked-prompt finetuning with the multinomial head, selected on validation ([method.md](method.md) §9)."""
 
     enabled: bool = True
     """False: no finetuning; rank with the pretrained collaborative head (LLM-PreRec)."""
@@ -218,7 +218,7 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
-    """The metrics (docs/architecture.md, section 6) and how users are scored."""
+    """The metrics ([method.md](method.md) §11) and how users are scored."""
 
     batch_size: int = 32
     """Users per scoring forward pass (evaluation and `recommend`)."""

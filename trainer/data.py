@@ -1,12 +1,12 @@
 """Corpora and batches for the three LLM tasks, built from a processed dataset at read time.
 
 Documents are rebuilt every epoch from raw indices and text (reordering and masking are random per
-epoch); every epoch's randomness comes from a generator seeded by (run seed, phase, epoch), so a
-resumed run sees exactly the documents an uninterrupted one would.
+epoch); every epoch's randomness comes from a generator seeded by (run seed, phase, round, epoch, task)
+(docs/method.md §8.4), so a resumed run sees exactly the documents an uninterrupted one would.
 
 Under several ranks every rank draws the same global batches and keeps its share of each (rows
 rank, rank+R, ...), so no document is seen twice in an epoch; each document's own randomness
-(reordering, caps, masks) is seeded by (epoch, user), so a document is the same whichever rank
+(reordering, caps, masks) is seeded by (the epoch's seed, user), so a document is the same whichever rank
 builds it — R ranks see exactly the documents of one rank. A rank whose share of a global batch is
 empty gets a padding batch with weight 0 (ZeRO-3 steps are collective: every rank must step).
 """
@@ -42,7 +42,7 @@ Batch = dict[str, torch.Tensor]
 
 
 def epoch_rng(seed: int, *tags: object) -> np.random.Generator:
-    """A generator for one (phase, epoch): seeded from the run seed and the tags, nothing else."""
+    """A generator seeded from the run seed and the tags (an epoch's: phase, round, epoch, task), nothing else."""
     digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 

@@ -1,5 +1,4 @@
-"""Whole-catalogue evaluation and top-M recommendation with a CLLM4Rec model (docs/architecture.md,
-section 6)."""
+"""Whole-catalogue evaluation and top-M recommendation with a CLLM4Rec model (docs/method.md §10–§11)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,10 +1,10 @@
 """The CLLM4Rec recipe: content warm-up → alternating L/C rounds → finetuning with validation-based
-selection → test → results table beside MostPop, Multi-VAE and EASE (docs/architecture.md, sections 4 and 6).
+selection → test → results table beside MostPop, Multi-VAE and EASE (docs/method.md §8–§11).
 
 Training is a list of epoch units; after each unit (and every `checkpoint.every_steps` steps inside
 one) the tables, optimizer state and position are checkpointed, so `start="resume"` continues from the
 last complete checkpoint in the same phase, epoch and step (documents of every epoch are seeded by
-(seed, phase, epoch), so a resumed run sees what an uninterrupted one would).
+(seed, phase, round, epoch, task), docs/method.md §8.4, so a resumed run sees what an uninterrupted one would).
 
 The same recipe runs in one process (plain engine) and under DeepSpeed ZeRO-3 on any number of
 ranks: every rank runs every method here; only rank 0 writes files, logs to MLflow and prints.

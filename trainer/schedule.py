@@ -1,6 +1,6 @@
 """What each kind of training step does to the optimizer: which table group it moves, at which
 learning rate (with an optional warm-up + cosine schedule), and how strongly the MR and prior terms
-pull (docs/architecture.md, sections 2-3).
+pull (docs/method.md §7.4, §8.3, §9.3; the optimizer groups: docs/architecture.md, section 3).
 
 Step kinds: "warmup" (content warm-up), "content" (C-step), "collab" (L-step), "rec" (finetuning),
 "rec_content" (finetuning content epoch). A group's schedule runs over its steps in one stage
