@@ -100,7 +100,7 @@ def model_scorers(config: TrainConfig, parts: RunParts, engine: PlainEngine, kin
                   *, seed: int, progress: bool) -> dict[str, Scorer]:
     """The folded model, and the same with the held-out items' or users' collaborative rows drawn at random
     (`random_rows`, the model's init_std, else the std of the backbone's word embeddings) instead of the
-    fold-in's (the MR prior's mean; refined by their history for users)."""
+    fold-in's (the MR prior's mean, docs/method.md §7; refined by their history for users)."""
     model = parts.model
     std = config.model.init_std or float(model.backbone.get_input_embeddings().weight.float().std())
     drawn = random_rows(n_new, model.dim, std, seed)
@@ -134,9 +134,9 @@ def baseline_scorers(parts: RunParts, history: UserItems, kind: str, seed: int) 
 
 def cold_start_metrics(score: Scorer, train: UserItems, targets: UserItems, n_old_items: int, k: int,
                        batch_size: int, settings: tuple[str, ...] = tuple(SETTINGS)) -> dict[str, float]:
-    """Recall@k and NDCG@k of each ranking of `settings` (SETTINGS), averaged over the users with targets:
-    "held-out recall@k", ..., "catalogue ndcg@k". Training items are excluded; the held-out ranking also
-    leaves out the items below `n_old_items` (score -inf: not a candidate)."""
+    """Recall@k and NDCG@k (docs/method.md §11.2) of each ranking of `settings` (SETTINGS), averaged over the
+    users with targets: "held-out recall@k", ..., "catalogue ndcg@k". Training items are excluded; the
+    held-out ranking also leaves out the items below `n_old_items` (score -inf: not a candidate)."""
     def heldout_only(rows: np.ndarray) -> torch.Tensor:
         scores = score(rows)
         scores[:, :n_old_items] = float("-inf")
