@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -197,14 +197,28 @@ def _tables(ds: ProcessedDataset) -> dict[str, pa.Table]:
     }
 
 
-def write_processed(ds: ProcessedDataset, out_dir: Path, prompt_templates: dict[str, str]) -> dict[str, Any]:
-    """Write `ds` to `out_dir` whole or not at all; returns the meta.json content."""
+def _write_tables(folder: Path, tables: Mapping[str, pa.Table]) -> dict[str, dict[str, Any]]:
+    """Write each table to folder/<name> (subfolders made); their {"sha256", "bytes"} by name."""
+    files = {}
+    for name, table in tables.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / name, compression="zstd")
+        files[name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+    return files
+
+
+def write_processed(ds: ProcessedDataset, out_dir: Path, prompt_templates: dict[str, str], *,
+                    extra_tables: Mapping[str, pa.Table] | None = None,
+                    extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write `ds` to `out_dir` whole or not at all; returns the meta.json content.
+
+    extra_tables: Parquet files kept in the folder beside the dataset but not part of it (relative name ->
+    table; a cold-start split's held-out part), pinned in meta.json's "extra_files" like the dataset's own
+    (`read_extra` reads one back); extra_meta: further meta.json fields.
+    """
     out_dir = Path(out_dir)
     with atomic_folder(out_dir) as tmp:
-        files = {}
-        for name, table in _tables(ds).items():
-            pq.write_table(table, tmp / name, compression="zstd")
-            files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+        files = _write_tables(tmp, _tables(ds))
         meta = {
             "schema_version": SCHEMA_VERSION,
             "name": ds.name,
@@ -219,6 +233,8 @@ def write_processed(ds: ProcessedDataset, out_dir: Path, prompt_templates: dict[
             "filters": ds.stats,
             "templates": {"text": ds.text_templates, "prompts": prompt_templates},
             "files": files,
+            **({"extra_files": _write_tables(tmp, extra_tables)} if extra_tables else {}),
+            **(extra_meta or {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     ds.meta = meta
@@ -259,18 +275,30 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _read_pinned(file: Path, pin: Mapping[str, Any] | None) -> pa.Table:
+    """The Parquet table `file` of a processed dataset; refused when missing, or when its sha256 differs from
+    `pin` (its meta.json entry; None: not checked)."""
+    if not file.is_file():
+        raise DataPrepError(f"{file}: missing from the processed dataset")
+    if pin is not None and sha256_file(file) != pin["sha256"]:
+        raise DataPrepError(f"{file}: sha256 differs from meta.json (file changed or corrupted)")
+    return pq.read_table(file)
+
+
+def read_extra(path: Path, name: str) -> pa.Table:
+    """The extra table `name` that `write_processed` kept in dataset folder `path`, checked against meta.json."""
+    meta = read_meta(path)
+    pin = meta.get("extra_files", {}).get(name)
+    if pin is None:
+        raise DataPrepError(f"{Path(path) / 'meta.json'}: field 'extra_files' names no {name!r}")
+    return _read_pinned(Path(path) / name, pin)
+
+
 def load_processed(path: Path, verify: bool = True) -> ProcessedDataset:
     """Load a processed dataset; with `verify`, every file's sha256 must match meta.json."""
     path = Path(path)
     meta = read_meta(path)
-    tables = {}
-    for name in FILES:
-        file = path / name
-        if not file.is_file():
-            raise DataPrepError(f"{file}: missing from the processed dataset")
-        if verify and sha256_file(file) != meta["files"][name]["sha256"]:
-            raise DataPrepError(f"{file}: sha256 differs from meta.json (file changed or corrupted)")
-        tables[name] = pq.read_table(file)
+    tables = {name: _read_pinned(path / name, meta["files"][name] if verify else None) for name in FILES}
     users, items = tables["users.parquet"], tables["items.parquet"]
     inter, reviews = tables["interactions.parquet"], tables["reviews.parquet"]
     split_codes = {name: code for code, name in enumerate(SPLIT_NAMES)}

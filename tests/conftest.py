@@ -97,6 +97,14 @@ def tiny_overrides(dataset: Path, backbone: Path, out: Path, **extra: object) ->
     return [f"{k}={v}" for k, v in values.items()]
 
 
+SMALL = {  # overrides for the smallest schedule: one epoch per phase, no baselines, no MLflow
+    "pretrain.warmup_epochs": 1, "pretrain.rounds": 1, "finetune.epochs": 1, "data.reviews": False,
+    "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False, "tracking.mlflow": False,
+    # MR as a mean (the quick recipe's scale), weak: the random backbone's text signal is small beside it
+    "pretrain.mr_reduction": "mean", "pretrain.lambda_c": 0.01,
+}
+
+
 def load_script(name: str):
     """A script of `scripts/` (not a package) imported as a module, e.g. load_script("amazon_sample")."""
     import importlib.util

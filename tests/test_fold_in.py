@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CLUSTER_WORDS, planted_raw, tiny_overrides
+from conftest import CLUSTER_WORDS, SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
 from data_prep.prepare import prepare
 from data_prep.processed import dataset_hash, load_processed
@@ -31,12 +31,6 @@ from trainer.serving import Recommender
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SMALL = {
-    "pretrain.warmup_epochs": 1, "pretrain.rounds": 1, "finetune.epochs": 1, "data.reviews": False,
-    "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False, "tracking.mlflow": False,
-    # MR as a mean (the quick recipe's scale), weak: the random backbone's text signal is small beside it
-    "pretrain.mr_reduction": "mean", "pretrain.lambda_c": 0.01,
-}
 N_USERS, N_ITEMS = 80, 40  # the planted dataset's
 
 

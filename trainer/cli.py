@@ -15,6 +15,8 @@ from cllm4rec.backbone import BackboneError
 from data_prep.errors import AssetFetchError, DataPrepError
 from trainer.ablations import reproduce_defaults
 from trainer.checkpoint import CheckpointError
+from trainer.cli_cold_start import (add_evaluate_cold_start, add_fold_in_options, add_prepare_cold_start,
+                                    evaluate_cold_start, fold_in_options, prepare_cold_start)
 from trainer.config import ConfigError
 
 USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError, ConfigError, CheckpointError, BackboneError)
@@ -60,6 +62,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--review-text-col", default="text")
     p.add_argument("--name", help="dataset name (default: the spec's name, else 'generic')")
     common(p, 0)
+    add_prepare_cold_start(sources)
 
 
 def _add_table_flags(p: argparse.ArgumentParser, interactions: str, users: str, items: str,
@@ -134,6 +137,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Read, check where the dataset goes (before the long read where known), prepare, summarise."""
     from data_prep.prepare import check_name, check_output, default_output, prepare, summary
 
+    if args.source == "cold-start":
+        return prepare_cold_start(args)
     start = time.perf_counter()
     spec = _generic_spec(args) if args.source == "generic" else None
     inputs = _raw_inputs(args, spec)
@@ -238,6 +243,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainer.serving import evaluate_saved
 
+    if args.cold_start:
+        return evaluate_cold_start(args)
+
     metrics = evaluate_saved(args.model, args.split)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) and not k.startswith("n_") else f"{k}={int(v)}"
                    for k, v in metrics.items()))
@@ -335,7 +343,7 @@ def cmd_fold_in(args: argparse.Namespace) -> int:
     from data_prep.prepare import check_output
     from data_prep.readers.new_entities import read_new_entities
     from trainer.checkpoint import COMPLETE
-    from trainer.fold_in import FoldInOptions, fold_in
+    from trainer.fold_in import fold_in
 
     tables = _fold_in_tables(args)
     inputs = [args.model, *(t.path for t in tables.values() if t is not None)]
@@ -345,9 +353,7 @@ def cmd_fold_in(args: argparse.Namespace) -> int:
         args.pyfunc or out.parent / "pyfunc", [*inputs, out], force=args.force,
         replaceable=lambda p: (p / "MLmodel").is_file(), what="an MLflow model")
     new = read_new_entities(**tables, skip_bad_lines=args.skip_bad_lines)
-    options = FoldInOptions(passes=args.passes, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                            progress=not args.no_progress)
-    result = fold_in(args.model, new, out, options, pyfunc=pyfunc)
+    result = fold_in(args.model, new, out, fold_in_options(args), pyfunc=pyfunc)
     losses = " ".join(f"{name} loss {values[0]:.3f} -> {values[-1]:.3f};" for name, values in
                       (("content", result.content_loss), ("collaborative", result.collab_loss)) if values)
     print(f"folded {result.added['users']:,} users, {result.added['items']:,} items and "
@@ -414,9 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown) instead")
     p.add_argument("--update", type=Path, help="with --reference: rewrite the generated part of this file (docs/configuration.md)")
     p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5")
-    p = sub.add_parser("evaluate", help="evaluate a saved model on its dataset's validation or test split")
+    p = sub.add_parser("evaluate", help="evaluate a saved model on its dataset's validation or test split, or "
+                       "(--cold-start) on the held-out items of its cold-start split")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--split", default="test", choices=("val", "test"))
+    add_evaluate_cold_start(p)
     p = sub.add_parser("diagnose", help="how user-specific a saved model's hidden states and item logits are")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--split", default="val", choices=("val", "test"), help="users with items in this split (default val)")
@@ -445,11 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "model or an empty folder)")
     _add_table_flags(p, "interactions of new users with known or new items", "new users: id and biography columns",
                      "new items: id and text columns (CSV, TSV, JSON lines, Parquet)", text_default="text")
-    p.add_argument("--passes", type=int, default=5, help="epochs over the new texts and over the new users' histories "
-                   "(default 5)")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam lr of the new rows (default 0.01)")
-    p.add_argument("--batch-size", type=int, help="documents per step (default: the model's pretrain.batch_size)")
-    p.add_argument("--seed", type=int, default=0, help="batch order (default 0)")
+    add_fold_in_options(p)
     p.add_argument("--pyfunc", type=Path, help="MLflow pyfunc model folder (default: pyfunc beside --out)")
     p.add_argument("--no-pyfunc", action="store_true", help="do not write the pyfunc model")
     p.add_argument("--force", action="store_true", help="replace --out / --pyfunc even when another, non-empty folder")
