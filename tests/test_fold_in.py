@@ -24,7 +24,7 @@ from data_prep.readers.new_entities import read_new_entities
 from trainer import checkpoint as ckpt
 from trainer import cli
 from trainer.catalogue import grow_dataset
-from trainer.config import load_config
+from trainer.config_loading import load_config
 from trainer.fold_in import FoldInOptions, fold_in
 from trainer.pipeline import train
 from trainer.serving import Recommender
