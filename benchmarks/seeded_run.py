@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/seeded_run.py --out after.json --resume /tmp/short        # on the new code
     .venv/bin/python benchmarks/seeded_run.py --compare before.json after.json
 
+"The old code": a checkout of the commit before the change (e.g. `git archive REV | tar -x -C /tmp/old`)
+with this file copied into its benchmarks/, run from there.
+
 Each variant trains the quick recipe on ML-100K with the tiny backbone (benchmarks/common.py), a few
 capped steps per epoch, in its own process with one thread (deterministic reductions), through
 `python -m trainer`: the plain engine in bf16 (`auto` on a CPU with bf16) and in fp32 with most
@@ -49,10 +52,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain-lora": {"model.dtype": "float32", "ablation": "ftall-lora", "model.lora_target_modules": "[q_proj, v_proj]"},
     "plain-prerec": {"model.dtype": "float32", "ablation": "prerec", "pretrain.rounds": 2},
     "deepspeed": {"distributed.engine": "deepspeed", "pretrain.rounds": 2, "pretrain.mr_reduction": "sum",
-                  "pretrain.lambda_c": 0.01, "pretrain.lr_schedule": "cosine", "finetune.lr_schedule": "cosine",
-                  "pretrain.collab_from_content": True},
+                  "pretrain.lambda_c": 0.01, "pretrain.lr_schedule": "cosine", "pretrain.collab_from_content": True},
 }
-RESUMED = ("plain-bf16", "deepspeed")  # trained short by --keep-short, continued by --resume
+# trained short by --keep-short, continued by --resume: their finetuning lr is constant (a cosine schedule's
+# length is finetune.epochs, so a run extended on resume follows another schedule than one trained whole)
+RESUMED = ("plain-bf16", "deepspeed")
 TIMINGS = ("seconds", "tokens_per_s")
 
 
@@ -85,13 +89,15 @@ def train(variant: str, out: Path, backbone: Path, *, finetune_epochs: int | Non
 
 
 def tensor_hashes(run: Path) -> dict[str, str]:
-    """sha256 of each tensor's bytes (with its dtype and shape) in every safetensors file under `run`."""
+    """sha256 of each tensor's bytes (with its dtype and shape) in every safetensors file under `run`, but
+    MLflow's copies (mlartifacts/<random run id>/: the model/ and pyfunc/ hashed here already)."""
+    import torch
     from safetensors.torch import load_file
 
     hashes = {}
-    for path in sorted(run.rglob("*.safetensors")):
+    for path in sorted(p for p in run.rglob("*.safetensors") if "mlartifacts" not in p.relative_to(run).parts):
         for name, tensor in sorted(load_file(str(path)).items()):
-            raw = tensor.contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
+            raw = tensor.contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes()
             key = f"{path.relative_to(run)}::{name}"
             hashes[key] = f"{tensor.dtype} {list(tensor.shape)} {hashlib.sha256(raw).hexdigest()}"
     return hashes
