@@ -34,7 +34,7 @@ class StepKind(Enum):
     something in the backbone trains, moves in every kind. How far and how fast (lr, its schedule, the
     MR and prior weights) is the kind's `StepPlan` (trainer/schedule.py)."""
 
-    #                  label          task              trains            stage
+    # (label, task, trains, stage)
     WARMUP = ("warmup", Task.CONTENT_LM, TableSet.CONTENT, Stage.PRETRAIN)
     C_STEP = ("content", Task.CONTENT_LM, TableSet.CONTENT, Stage.PRETRAIN)
     L_STEP = ("collab", Task.COLLAB_LM, TableSet.COLLAB, Stage.PRETRAIN)
