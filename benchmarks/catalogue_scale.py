@@ -88,11 +88,13 @@ def worker(args: argparse.Namespace) -> dict:
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
     from cllm4rec.tokenization import Document, IdTokenizer
     from cllm4rec.table_gradients import TableGradients
+    from cllm4rec.tasks import TableSet
     from common import backbone_flops_per_token, matmul_rate, product_rate_probe, seconds
     from data_prep.assets import resolve_backbone
     from trainer.build import pick_attention, pick_dtype, pick_head_gradient_dtype
     from trainer.data import pad_documents
     from trainer.engine import PlainEngine, SkipInactiveGroups, peak_rss_mib
+    from trainer.phases import StepKind
 
     torch.manual_seed(0)
     dtype = pick_dtype(args.dtype, torch.device("cpu"))
@@ -105,6 +107,7 @@ def worker(args: argparse.Namespace) -> dict:
     # the plain path's whole-logits head has no gradient products of its own: fp32 through autograd
     head_dtype = pick_head_gradient_dtype(args.head_gradient_dtype, dtype) if args.variant != "plain" else torch.float32
     task = args.task
+    step = {"collab": StepKind.L_STEP, "rec": StepKind.FINETUNE}[task]
     rows = args.collab_docs * COLLAB_ITEMS if task == "collab" else args.rec_users  # item-softmax rows
     gradients_dtype = products_dtype(rows, torch.float32, head_dtype)  # what the kernel runs them in
     model = CLLM4Rec(backbone, args.users, args.items, init_std=0.02, seed=0, head_gradient_dtype=head_dtype)
@@ -117,8 +120,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.variant == "plain":
         cllm4rec.model.item_softmax_nll_sum = plain_item_softmax_nll_sum
         per_tensor = type("PerTensorAdam", (SkipInactiveGroups, torch.optim.Adam), {})
-        engine.optimizer = per_tensor({"collab": model.table_parameters("collab"),
-                                       "content": model.table_parameters("content")}, 1e-3, foreach=False)
+        engine.optimizer = per_tensor({s.value: model.table_parameters(s) for s in TableSet}, 1e-3, foreach=False)
     rng = np.random.default_rng(0)
     users = rng.choice(args.users, size=max(args.collab_docs, args.rec_users), replace=False)
     collab = pad_documents(tok.encode_documents(
@@ -146,18 +148,18 @@ def worker(args: argparse.Namespace) -> dict:
         rate_of = dict(zip(products, rates))
         return sum(flops / rate_of[product] for flops, product in parts.values())
 
-    engine.train_step(task, dict(batch), task)  # untimed (a compiled backbone compiles here)
+    engine.train_step(step, dict(batch))  # untimed (a compiled backbone compiles here)
 
     shipped_kernel = cllm4rec.model.item_softmax_nll_sum
 
     def step_with(sink: TableGradients | None, norm: str = "fused", head: torch.dtype = head_dtype,
                   kernel: Callable = shipped_kernel) -> Callable[[], object]:
         def run_step() -> None:
-            model.table_gradients, model.head_gradient_dtype = sink, head
+            engine.table_gradients, model.head_gradient_dtype = sink, head
             cllm4rec.model.item_softmax_nll_sum = kernel
             for name, module in norms[norm]:
                 backbone.set_submodule(name, module)
-            engine.train_step(task, dict(batch), task)
+            engine.train_step(step, dict(batch))
         return run_step
 
     probes = [product_rate_probe(*product) for product in products]
@@ -166,10 +168,11 @@ def worker(args: argparse.Namespace) -> dict:
         return tuple(p() for p in probes)
 
     rates = [[matmul_rate(*product) for product in products]]
-    undone = {"kept-gradients": lambda: step_with(None), "fused-norm": lambda: step_with(model.table_gradients, "transformers"),
-              "bf16-head": lambda: step_with(model.table_gradients, head=torch.float32),
-              "losses": lambda: step_with(model.table_gradients, kernel=load_losses(args.baseline_losses).item_softmax_nll_sum)}
-    calls = {"shipped": step_with(model.table_gradients)}
+    kept = engine.table_gradients
+    undone = {"kept-gradients": lambda: step_with(None), "fused-norm": lambda: step_with(kept, "transformers"),
+              "bf16-head": lambda: step_with(kept, head=torch.float32),
+              "losses": lambda: step_with(kept, kernel=load_losses(args.baseline_losses).item_softmax_nll_sum)}
+    calls = {"shipped": step_with(kept)}
     if args.compare and args.variant == "fused":  # the same steps with one part undone, interleaved
         calls["undone"] = undone[args.compare]()
     timed = probed_steps(calls, args.steps, probe)

@@ -28,7 +28,7 @@ from common import backbone_ref, machine
 
 def tiny_model(folder: Path) -> Path:
     """The quick recipe on ML-100K with the tiny backbone, one warm-up and one finetuning epoch."""
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.pipeline import train
 
     overrides = [f"model.backbone={backbone_ref('tiny', folder)}", f"output_dir={folder / 'run'}", "tracking.mlflow=false",

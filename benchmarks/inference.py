@@ -29,7 +29,7 @@ from common import backbone_ref, machine
 def ml100k_case(folder: Path):
     """(engine, corpora, description) of the quick recipe's model on ML-100K."""
     from trainer.build import build_run
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.engine import PlainEngine
 
     config = load_config("quick", ["tracking.mlflow=false", f"output_dir={folder / 'run'}"])

@@ -24,7 +24,7 @@ from collections import defaultdict
 from trainer.ablations import NONE
 from trainer.baselines import run_baselines
 from trainer.build import resolve_dataset
-from trainer.config import load_config
+from trainer.config_loading import load_config
 from trainer.data import user_item_lists
 from trainer.pipeline import train
 from data_prep.processed import load_processed

@@ -16,27 +16,28 @@ import time
 
 import torch
 
-from trainer.config import load_config
+from trainer.config_loading import load_config
 from trainer.data import epoch_rng
 from trainer.engine import PlainEngine
-from trainer.pipeline import Recipe, train
+from trainer.phases import StepKind
+from trainer.pipeline import TrainingRun, train
+from trainer.schedule import PLANNED_STEPS
 
 
-def measure(recipe: Recipe, task: str, steps: int) -> tuple[float, float]:
+def measure(run: TrainingRun, step: StepKind, steps: int) -> tuple[float, float]:
     """(training tokens per second on `steps` batches after one warm-up batch, tokens per epoch)."""
     def stream():
-        return recipe.batches(task, epoch_rng(0, "probe", task), finetuning=task == "rec")[0]
+        return run.batches(step, epoch_rng(0, "probe", step.task))[0]
 
     epoch_tokens = float(sum(int(b["lengths"].sum()) for b in stream()))
-    engine: PlainEngine = recipe.engine
-    optimizer = {"collab": "collab", "content": "content", "rec": "rec"}[task]
+    engine: PlainEngine = run.engine
     batches = list(itertools.islice(stream(), steps + 1))
-    engine.train_step(task, batches[0], optimizer)
+    engine.train_step(step, batches[0])
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start, tokens = time.perf_counter(), 0
     for batch in batches[1:]:
-        engine.train_step(task, batch, optimizer)
+        engine.train_step(step, batch)
         tokens += int(batch["lengths"].sum())
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -50,9 +51,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for the paper recipe")
     args = parser.parse_args()
     config = load_config("paper", ["model.dtype=auto", "device=auto", *args.overrides])
-    probe = Recipe(load_config("paper", ["model.dtype=auto", "device=auto", "tracking.mlflow=false",
+    probe = TrainingRun(load_config("paper", ["model.dtype=auto", "device=auto", "tracking.mlflow=false",
                                          "output_dir=runs/paper-probe", *args.overrides]), progress=False)
-    rates = {task: measure(probe, task, args.probe_steps) for task in ("collab", "content", "rec")}
+    rates = {step.task.value: measure(probe, step, args.probe_steps) for step in PLANNED_STEPS}
     epoch_s = {task: tokens / rate for task, (rate, tokens) in rates.items()}
     pre, fine = config.pretrain, config.finetune
     validation_s = epoch_s["rec"] / 3  # forward only, one prompt per user

@@ -75,8 +75,9 @@ def dense_step(model, shape: tuple[int, int], vocab_head: bool, gen: torch.Gener
 def measure(backbone: str, dtype: str, attention: str, compile_backbone: bool, fused_norm: bool, steps: int,
             folder: Path) -> list[dict]:
     from trainer.build import build_run
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.engine import PlainEngine
+    from trainer.schedule import PLANNED_STEPS
 
     config = load_config("quick", [f"model.backbone={backbone}", f"model.dtype={dtype}", f"model.attention={attention}",
                                    f"model.compile={str(compile_backbone).lower()}", f"model.fused_norm={str(fused_norm).lower()}",
@@ -85,7 +86,8 @@ def measure(backbone: str, dtype: str, attention: str, compile_backbone: bool, f
     engine = PlainEngine(parts.model, config.pretrain.lr, config.finetune.lr)
     gen = torch.Generator().manual_seed(0)
     rows = []
-    for task in TASKS:
+    for step in PLANNED_STEPS:  # one step kind per task: L-step, C-step, finetuning
+        task = step.task.value
         stream = epoch_stream(parts, config, task, seed=0)
         train_s = dense_s = 0.0
         real = padded = 0
@@ -93,7 +95,7 @@ def measure(backbone: str, dtype: str, attention: str, compile_backbone: bool, f
             start = time.perf_counter()
             batch = next(stream)
             shape = tuple(batch["input_ids"].shape)
-            engine.train_step(task, batch, task)
+            engine.train_step(step, batch)
             middle = time.perf_counter()
             dense_step(parts.model, shape, task == "content", gen)
             end = time.perf_counter()

@@ -24,31 +24,32 @@ from pathlib import Path
 
 from common import REPO, backbone_ref
 
-TASKS = {"collab": ("collab", False), "content": ("content", False), "rec": ("rec", True)}  # task → (step, finetuning)
 
 
 def worker(args: argparse.Namespace) -> None:
     """Runs on every rank under the launcher; rank 0 writes the figures to args.out as JSON."""
     import deepspeed.comm as ds_comm
 
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.data import epoch_rng
-    from trainer.pipeline import Recipe
+    from trainer.pipeline import TrainingRun
+    from trainer.schedule import PLANNED_STEPS
 
     config = load_config("quick", [f"model.backbone={args.backbone}", "distributed.engine=deepspeed",
                                    f"distributed.ds_config={args.ds_config}", "tracking.mlflow=false",
                                    f"output_dir={args.scratch}"])
-    recipe = Recipe(config, progress=False)
-    engine, dist = recipe.engine, recipe.dist
+    run = TrainingRun(config, progress=False)
+    engine, dist = run.engine, run.dist
     figures: dict[str, dict[str, float]] = {}
-    for task, (step_name, finetuning) in TASKS.items():
-        stream, total = recipe.batches(task, epoch_rng(0, "bench", task), finetuning=finetuning)
+    for step in PLANNED_STEPS:  # one step kind per task: L-step, C-step, finetuning
+        task = step.task.value
+        stream, total = run.batches(step, epoch_rng(0, "bench", task))
         batches = list(itertools.islice(stream, args.steps + 1))
-        engine.train_step(task, batches[0], step_name)  # untimed: first-step allocations
+        engine.train_step(step, batches[0])  # untimed: first-step allocations
         ds_comm.reset_log()
         start = time.perf_counter()
         for batch in batches[1:]:
-            engine.train_step(task, batch, step_name)
+            engine.train_step(step, batch)
         seconds = time.perf_counter() - start
         log = ds_comm.log_summary(return_dict=True)["summary"]
         volume = {op: sum(v["count"] * v["msg_size_bytes"] for v in sizes.values()) / args.steps
@@ -59,7 +60,7 @@ def worker(args: argparse.Namespace) -> None:
                          "calls_per_step_by_bytes": calls}
     ranks = dist.all_gather(engine.stats())
     if dist.is_main:
-        model = recipe.parts.model
+        model = run.parts.model
         sizes = {"backbone_params": sum(p.ds_numel for p in model.backbone.parameters()),
                  "table_params": sum(getattr(model, n).ds_numel for n in ("collab_user", "collab_item", "content_user",
                                                                          "content_item"))}

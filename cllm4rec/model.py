@@ -2,15 +2,21 @@
 (docs/method.md §3, §5–§7, §9–§10).
 
 Token ids follow `cllm4rec.tokenization`: words 0..V-1, user i = V+i, item j = V+N+j. One module
-holds everything so that a single `forward(task, ...)` serves every phase (and a DeepSpeed engine):
+holds everything, and `forward(task, ...)` is its one entry point (a DeepSpeed engine gathers the
+partitioned parameters in the module's forward hooks). The task (`cllm4rec.tasks.Task`) picks the
+table set whose rows embed the ID tokens and the method that scores the hidden states:
 
-  task "collab"  collaborative LLM: item-space next-token loss, head tied to Z^{l,v};
-                 MR toward the content tables; prior λ_l. Gradients reach the collaborative tables.
-  task "content" content LLM: vocabulary next-token loss through the backbone's own (frozen) output
-                 head; MR toward the collaborative tables. Gradients reach the content tables.
-  task "rec"     finetuning: multinomial likelihood of the last prompt position's item logits
-                 (head tied to Z^{l,v}); MR toward the content tables.
-  task "score"   item logits [B, J] of the last prompt position (no loss).
+  COLLAB_LM   `collab_lm_sum`: item-space next-token loss, head tied to Z^{l,v}; MR toward the content
+              tables, prior λ_l. Gradients reach the collaborative tables.
+  CONTENT_LM  `content_lm_sum`: vocabulary next-token loss through the backbone's own (frozen) output
+              head; MR toward the collaborative tables. Gradients reach the content tables.
+  RECOMMEND   `recommendation_nll_sum`: multinomial likelihood of the last prompt position's item
+              logits (head tied to Z^{l,v}); MR toward the content tables.
+  SCORE       `last_position_item_logits`: item logits [B, J] of the last prompt position (no loss).
+
+Where the tables' gradients go is the caller's `sink` argument: None leaves them to autograd (`.grad`);
+a `TableGradients` collects them in kept buffers, and the caller applies it after backward
+(cllm4rec/table_gradients.py). Nothing else outside the arguments changes what a forward does.
 
 Batches are right-padded: input_ids / attention_mask [B, T], lengths [B] (real tokens), n_prompt [B]
 (prompt tokens incl. BOS; the LM loss covers positions n_prompt..length-1 only).
@@ -18,7 +24,7 @@ Batches are right-padded: input_ids / attention_mask [B, T], lengths [B] (real t
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -30,9 +36,9 @@ from cllm4rec.losses import (
     vocab_cross_entropy_sum,
 )
 from cllm4rec.table_gradients import TableGradients, gather_rows
+from cllm4rec.tasks import TableSet, Task
 
-TableSet = Literal["collab", "content"]
-TABLE_NAMES = ("collab_user", "collab_item", "content_user", "content_item")
+TABLE_NAMES = (*TableSet.COLLAB.table_names, *TableSet.CONTENT.table_names)
 
 
 class TableRows(NamedTuple):
@@ -117,8 +123,6 @@ class CLLM4Rec(nn.Module):
                 p.requires_grad_(False)
         self.compiled_decoder: Callable[..., Any] | None = None  # set by `compile_backbone`
         self.checkpointed_layers: list[nn.Module] = []  # set by `enable_activation_checkpointing`
-        # set by a single-process trainer that calls its `apply()` after each backward (table_gradients.py)
-        self.table_gradients: TableGradients | None = None
         self.train(False)
 
     def enable_activation_checkpointing(self) -> None:
@@ -156,7 +160,8 @@ class CLLM4Rec(nn.Module):
 
     def tables(self, which: TableSet) -> tuple[nn.Parameter, nn.Parameter]:
         """(user table, item table) of a table set."""
-        return (self.collab_user, self.collab_item) if which == "collab" else (self.content_user, self.content_item)
+        user, item = which.table_names
+        return getattr(self, user), getattr(self, item)
 
     def table_parameters(self, which: TableSet) -> list[nn.Parameter]:
         return list(self.tables(which))
@@ -199,12 +204,12 @@ class CLLM4Rec(nn.Module):
         ipos = (flat >= self.vocab_rows + self.n_users).nonzero(as_tuple=True)[0]
         return upos, flat[upos] - self.vocab_rows, ipos, flat[ipos] - self.vocab_rows - self.n_users
 
-    def id_rows(self, ids: torch.Tensor, which: TableSet) -> IdRows:
-        """The ID tokens of ids [B, T] and their rows of table set `which`."""
+    def id_rows(self, ids: torch.Tensor, which: TableSet, sink: TableGradients | None = None) -> IdRows:
+        """The ID tokens of ids [B, T] and their rows of table set `which`; the rows' gradients go to
+        `sink` when one is given (module docstring)."""
         upos, users, ipos, items = self._id_positions(ids)
         user_table, item_table = self.tables(which)
-        return IdRows(upos, TableRows.gather(user_table, users, self.table_gradients),
-                      ipos, TableRows.gather(item_table, items, self.table_gradients))
+        return IdRows(upos, TableRows.gather(user_table, users, sink), ipos, TableRows.gather(item_table, items, sink))
 
     def embed(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None) -> torch.Tensor:
         """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
@@ -234,11 +239,11 @@ class CLLM4Rec(nn.Module):
         """(MR sum, prior sum) over every ID occurrence in ids: Σ||z − ẑ_other||², Σ||z||² (the
         prior only for the collaborative set)."""
         rows = self.id_rows(ids, which) if rows is None else rows
-        other_user, other_item = self.tables("content" if which == "collab" else "collab")
+        other_user, other_item = self.tables(which.other)
         users, items = rows.users, rows.items
         mr = (squared_distance_sum(users.vectors, other_user.detach()[users.index], users.counts)
               + squared_distance_sum(items.vectors, other_item.detach()[items.index], items.counts))
-        if which == "content":  # content tables have only the conditional prior N(z^l, λ_c⁻¹I)
+        if which is TableSet.CONTENT:  # content tables have only the conditional prior N(z^l, λ_c⁻¹I)
             return mr, mr.new_zeros(())
         prior = squared_norm_sum(users.vectors, users.counts) + squared_norm_sum(items.vectors, items.counts)
         return mr, prior
@@ -252,54 +257,82 @@ class CLLM4Rec(nn.Module):
         """Item logits [B, J] (fp32) from the hidden state at each row's last real position."""
         return self.last_position(hidden, lengths).float() @ self.collab_item.float().t()
 
-    # ---- the one forward -------------------------------------------------------------------------
+    # ---- the tasks' LM sums over hidden [B, T, K] of input_ids [B, T]: each (scalar sum, number of targets)
+
+    def main_part_targets(self, hidden: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor,
+                          n_prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states [M, K] at the main-part positions, their next tokens [M])."""
+        mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
+        return hidden[:, :-1][mask], input_ids[:, 1:][mask]
+
+    def collab_lm_sum(self, hidden: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor,
+                      n_prompt: torch.Tensor, sink: TableGradients | None = None) -> tuple[torch.Tensor, int]:
+        """Task COLLAB_LM: Σ over main-part tokens of −log softmax over the J items of (hidden @ Z^{l,v}ᵀ)
+        at the item token that follows (the softmax covers items only)."""
+        selected, targets = self.main_part_targets(hidden, input_ids, lengths, n_prompt)
+        positions = torch.arange(targets.shape[0], device=targets.device)
+        lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users,
+                                      sink=sink, gradient_dtype=self.head_gradient_dtype)
+        return lm_sum, targets.shape[0]
+
+    def content_lm_sum(self, hidden: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor,
+                       n_prompt: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Task CONTENT_LM: Σ over main-part tokens of the cross-entropy of the backbone's vocabulary
+        logits against the word that follows."""
+        selected, targets = self.main_part_targets(hidden, input_ids, lengths, n_prompt)
+        return vocab_cross_entropy_sum(self.backbone.get_output_embeddings()(selected), targets), targets.shape[0]
+
+    def recommendation_nll_sum(self, hidden: torch.Tensor, lengths: torch.Tensor, target_rows: torch.Tensor,
+                               target_items: torch.Tensor, sink: TableGradients | None = None
+                               ) -> tuple[torch.Tensor, int]:
+        """Task RECOMMEND: Σ over the multi-hot targets (COO: target_rows [P], target_items [P]) of −log
+        softmax over the J items of each prompt's last-position logits (a user's c targets weigh its
+        log-sum-exp c times)."""
+        lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
+                                      sink=sink, gradient_dtype=self.head_gradient_dtype)
+        return lm_sum, target_items.shape[0]
+
+    # ---- the one entry point ---------------------------------------------------------------------
 
     def forward(
         self,
-        task: str,
+        task: Task,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         lengths: torch.Tensor,
         n_prompt: torch.Tensor | None = None,
         target_rows: torch.Tensor | None = None,
         target_items: torch.Tensor | None = None,
+        *,
+        sink: TableGradients | None = None,
         lm_denominator: float | None = None,
         mr_weight: float | None = None,
         prior_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run one task on a batch; returns loss parts (see module docstring) or item logits.
+        """Run `task` on a batch (module docstring); SCORE returns {"logits": [B, J]}, the others loss parts.
 
         Keys: "loss" = lm_sum / lm_denominator + mr_loss + prior_loss with mr_loss = mr_weight·mr_sum
-        and prior_loss = prior_weight·prior_sum, and "lm_sum", "lm_count" (main-part tokens, or users
-        for "rec"), "target_count" (main-part tokens, or multi-hot target entries for "rec": lm_sum per
-        target compares with the entropy of item popularity), "mr_sum", "prior_sum". lm_denominator
-        defaults to lm_count; a distributed caller passes the global count. mr_weight / prior_weight default to λ_c / λ_l (the authors' sum
-        reduction); a caller that reduces by the mean passes λ / (ID occurrences in the global batch).
+        and prior_loss = prior_weight·prior_sum, and "lm_sum", "lm_count" (`Task.lm_count`: main-part
+        tokens, or users for RECOMMEND), "target_count" (main-part tokens, or multi-hot target entries
+        for RECOMMEND: lm_sum per target compares with the entropy of item popularity), "mr_sum",
+        "prior_sum". lm_denominator defaults to lm_count; a distributed caller passes the global count.
+        mr_weight / prior_weight default to λ_c / λ_l (the authors' sum reduction); a caller that reduces
+        by the mean passes λ / (ID occurrences in the global batch). sink: where the tables' gradients
+        go (module docstring).
         """
-        which: TableSet = "content" if task == "content" else "collab"
-        rows = self.id_rows(input_ids, which)
+        which = task.table_set
+        rows = self.id_rows(input_ids, which, sink)
         hidden = self.hidden_states(input_ids, attention_mask, which, rows)
-        if task == "score":
+        if task is Task.SCORE:
             return {"logits": self.last_position_item_logits(hidden, lengths)}
-        if task == "rec":
-            lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
-                                          sink=self.table_gradients, gradient_dtype=self.head_gradient_dtype)
-            lm_count = torch.tensor(float(input_ids.shape[0]))
-            target_count = torch.tensor(float(target_items.shape[0]))
-        elif task in ("collab", "content"):
-            mask = self.main_part(n_prompt, lengths, input_ids.shape[1])
-            selected = hidden[:, :-1][mask]
-            targets = input_ids[:, 1:][mask]
-            if task == "collab":
-                positions = torch.arange(targets.shape[0], device=targets.device)
-                lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users,
-                                              sink=self.table_gradients, gradient_dtype=self.head_gradient_dtype)
-            else:
-                logits = self.backbone.get_output_embeddings()(selected)
-                lm_sum = vocab_cross_entropy_sum(logits, targets)
-            lm_count = target_count = torch.tensor(float(targets.shape[0]))
+        if task is Task.RECOMMEND:
+            lm_sum, targets = self.recommendation_nll_sum(hidden, lengths, target_rows, target_items, sink)
+        elif task is Task.COLLAB_LM:
+            lm_sum, targets = self.collab_lm_sum(hidden, input_ids, lengths, n_prompt, sink)
         else:
-            raise ValueError(f"unknown task {task!r}; expected collab, content, rec or score")
+            lm_sum, targets = self.content_lm_sum(hidden, input_ids, lengths, n_prompt)
+        lm_count = torch.tensor(task.lm_count(lengths, n_prompt))
+        target_count = torch.tensor(float(targets))
         mr_sum, prior_sum = self.regulariser_sums(input_ids, which, rows)
         denominator = lm_count.clamp(min=1.0) if lm_denominator is None else lm_denominator
         mr_loss = (self.lambda_c if mr_weight is None else mr_weight) * mr_sum

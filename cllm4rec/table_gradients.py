@@ -15,9 +15,10 @@ the cost of writing it. Here:
   the row gradients in place.
 
 The gradients are the same dense tensors autograd would give (summed in the same order). Only for a
-single-process optimizer that reads `.grad` after `backward()` and `apply()` (trainer `PlainEngine`):
-without `apply()` the tables get no gradient. DeepSpeed's ZeRO-3 partitions the tables and reduces
-gradients through its own autograd hooks, so its engine leaves `CLLM4Rec.table_gradients` unset.
+single-process optimizer that reads `.grad` after `backward()` and `apply()` (trainer `PlainEngine`,
+which passes its `TableGradients` to every forward as the `sink` argument): without `apply()` the
+tables get no gradient. DeepSpeed's ZeRO-3 partitions the tables and reduces gradients through its
+own autograd hooks, so its engine passes no sink.
 """
 from __future__ import annotations
 

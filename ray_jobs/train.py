@@ -1,12 +1,12 @@
-"""Train CLLM4Rec with Ray Train: a TorchTrainer whose workers run the recipe under DeepSpeed ZeRO-3.
+"""Train CLLM4Rec with Ray Train: a TorchTrainer whose workers run the training under DeepSpeed ZeRO-3.
 
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \\
         python ray_jobs/train.py --workers 8 --gpus-per-worker 1 --storage /shared/cllm4rec \\
         --recipe paper name=paper-ray
 
 Ray creates the process group (nccl with GPUs, gloo on CPUs) and sets RANK / WORLD_SIZE /
-LOCAL_RANK; the recipe adopts it (`trainer.distributed.init_distributed`). Every worker runs the
-whole recipe with `start="resume-or-start"` (the first start begins the run): the run's checkpoints
+LOCAL_RANK; the run adopts it (`trainer.distributed.init_distributed`). Every worker runs the
+whole `trainer.pipeline.TrainingRun` with `start="resume-or-start"` (the first start begins the run): the run's checkpoints
 live under `--storage` (a filesystem every node sees), so when a worker dies, Ray restarts the worker
 group (`--max-failures`) and it continues from the last complete checkpoint — inside an epoch with
 `checkpoint.every_steps`. Rank 0 alone logs to MLflow. Each finished epoch unit is reported to Ray
@@ -25,24 +25,24 @@ if str(REPO) not in sys.path:  # `python ray_jobs/train.py` from a job's working
 
 
 def train_loop(loop_config: dict) -> None:
-    """One Ray Train worker: the recipe under DeepSpeed on this worker's device."""
+    """One Ray Train worker: the training run under DeepSpeed on this worker's device."""
     import ray.train
     import ray.train.torch
 
-    from trainer.config import load_config
-    from trainer.pipeline import Recipe
+    from trainer.config_loading import load_config
+    from trainer.pipeline import TrainingRun
 
     device = ray.train.torch.get_device()
     overrides = [*loop_config["overrides"], "distributed.engine=deepspeed",
                  f"device={device.type}:{device.index}" if device.type == "cuda" else "device=cpu"]
-    recipe = Recipe(load_config(loop_config["recipe"], overrides), progress=False, start="resume-or-start")
+    run = TrainingRun(load_config(loop_config["recipe"], overrides), progress=False, start="resume-or-start")
 
     def report(tag: str, metrics: dict[str, float]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         ray.train.report({"unit": tag, **clean})
 
-    recipe.on_unit = report
-    recipe.run()
+    run.on_unit = report
+    run.run()
 
 
 def build_trainer(args: argparse.Namespace):
@@ -50,7 +50,7 @@ def build_trainer(args: argparse.Namespace):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
 
     storage = Path(args.storage).resolve()
     overrides = list(args.overrides)

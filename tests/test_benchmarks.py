@@ -2,6 +2,7 @@
 the figures themselves live in docs/performance.md)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,25 @@ def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes()
     assert steps[0]["floor_seconds"] == pytest.approx(1e3 / 2000 + 0.1e3 / 100 + 0.2e3 / 400)
     assert steps[2]["ratio"] == pytest.approx(2.0 / (1e3 / 500 + 0.1e3 / 100 + 0.2e3 / 100))
     assert all(s["own_floor_seconds"] == 9.0 for s in steps)
+
+
+def test_seeded_run_comparison_names_every_difference(tmp_path):
+    """benchmarks/seeded_run.py --compare: identical fingerprints pass; a changed loss or tensor hash, or a
+    resumed run that differs from the run trained whole, is named by its path and fails (exit 1)."""
+    run = {"history": [{"unit": "warmup-r000-e000", "content_lm_loss": 10.25}], "tensors": {"model/t::a": "f32 [2] ab"},
+           "step_losses": {"finetune/step_rec_loss": [7.5, 7.25]}}
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps({"plain": run}))
+    resumed = {k: v for k, v in run.items() if k != "step_losses"}
+    after.write_text(json.dumps({"plain": run, "plain+resumed": resumed}))
+    ok = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeded_run.py"), "--compare", str(before), str(after)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "identical" in ok.stdout and "plain+resumed = before.json:plain" in ok.stdout
+    changed = {**resumed, "history": [{"unit": "warmup-r000-e000", "content_lm_loss": 10.250001}],
+               "tensors": {"model/t::a": "f32 [2] cd"}}
+    after.write_text(json.dumps({"plain": run, "plain+resumed": changed}))
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeded_run.py"), "--compare", str(before), str(after)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "plain+resumed/history[0]/content_lm_loss: 10.25 != 10.250001" in bad.stdout
+    assert "plain+resumed/tensors/model/t::a: 'f32 [2] ab' != 'f32 [2] cd'" in bad.stdout

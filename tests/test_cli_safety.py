@@ -15,7 +15,7 @@ from conftest import tiny_overrides
 from data_prep.errors import DataPrepError
 from trainer import cli
 from trainer.build import resolve_dataset
-from trainer.pipeline import start_problem
+from trainer.run_folder import start_problem
 
 REVIEWS = [{"reviewerID": f"u{u}", "asin": f"i{(u + k) % 6}", "unixReviewTime": 1000 + k, "summary": "ok"}
            for u in range(8) for k in range(4)]

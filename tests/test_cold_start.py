@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SMALL, planted_raw, tiny_overrides
+from conftest import FOLD_IN_SMALL, planted_raw, tiny_overrides
 from cllm4rec.baselines.content import mean_word_vectors, profile_scores, random_scores, tfidf_vectors
 from cllm4rec.interactions import UserItems
 from data_prep.cold_start import HISTORY, TEXTS, read_heldout, write_cold_start
@@ -27,7 +27,7 @@ from data_prep.processed import load_processed
 from trainer import cli
 from trainer.cold_start_scoring import (FOLD_IN, MOSTPOP, RANDOM, RANDOM_COLLAB, ROW_KEYS, TFIDF, cold_start_metrics,
                                         logit_scorer, replaced_rows)
-from trainer.config import load_config
+from trainer.config_loading import load_config
 from trainer.pipeline import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -58,7 +58,7 @@ def root(tmp_path_factory) -> Path:
 
 def train_and_evaluate(root: Path, backbone: Path, kind: str, *flags: str) -> dict:
     """One run on the split of `kind` and its `evaluate --cold-start` (MLflow's default store: beside the run)."""
-    train(load_config(None, tiny_overrides(root / f"cold-{kind}", backbone, root / kind / "run", **SMALL)),
+    train(load_config(None, tiny_overrides(root / f"cold-{kind}", backbone, root / kind / "run", **FOLD_IN_SMALL)),
           progress=False)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):

@@ -8,7 +8,9 @@ import typing
 import pytest
 
 from trainer.ablations import ABLATIONS
-from trainer.config import RANGES, RECIPES_DIR, ConfigError, TrainConfig, config_to_dict, flatten, load_config
+from trainer.config import ConfigError, TrainConfig, config_to_dict, flatten
+from trainer.config_checks import RANGES
+from trainer.config_loading import RECIPES_DIR, load_config
 
 RECIPES = [None, *sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))]
 

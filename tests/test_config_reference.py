@@ -9,7 +9,8 @@ import yaml
 
 from trainer import cli
 from trainer import config as config_module
-from trainer.config import ConfigError, config_from_dict, config_to_dict, load_config
+from trainer.config import ConfigError, config_to_dict
+from trainer.config_loading import config_from_dict, load_config
 from trainer.config_reference import BEGIN, END, field_docs, render_reference, update_file
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"

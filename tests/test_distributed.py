@@ -22,7 +22,9 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from trainer.checkpoint import CheckpointError, load_checkpoint
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loading import load_config
+from trainer.phases import StepKind
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -240,7 +242,7 @@ def group_of_one():
 def _zero3_engine(overrides: list[str], dist):
     """(run parts, DeepSpeedEngine, backbone weights before) for a 1-rank ZeRO-3 engine in this process."""
     from trainer.build import build_run
-    from trainer.engine import DeepSpeedEngine, fill_ds_config, resolve_ds_config
+    from trainer.deepspeed_engine import DeepSpeedEngine, fill_ds_config, resolve_ds_config
 
     parts = build_run(load_config("quick", overrides), torch.device("cpu"), torch.float32)
     before = {n: p.detach().clone() for n, p in parts.model.backbone.named_parameters()}
@@ -263,18 +265,18 @@ def test_zero3_step_moves_only_its_own_tables(planted_dataset, tiny_llama, group
     content = next(parts.corpora.content_batches(epoch_rng(0, "t"), 4))
 
     snap = engine.full_tables()
-    engine.train_step("collab", collab, "collab")
+    engine.train_step(StepKind.L_STEP, collab)
     after_l = engine.full_tables()
     assert not torch.equal(after_l["collab_item"], snap["collab_item"])
     assert torch.equal(after_l["content_item"], snap["content_item"]) and torch.equal(after_l["content_user"], snap["content_user"])
     for _ in range(2):
-        engine.train_step("content", content, "content")
+        engine.train_step(StepKind.C_STEP, content)
     after_c = engine.full_tables()
     assert not (torch.equal(after_c["content_user"], after_l["content_user"])
                 and torch.equal(after_c["content_item"], after_l["content_item"]))
     assert torch.equal(after_c["collab_item"], after_l["collab_item"]) and torch.equal(after_c["collab_user"], after_l["collab_user"])
     # finetuning starts the collaborative group with fresh Adam state and the finetuning rate
-    engine.activate("rec")
+    engine.activate(StepKind.FINETUNE)
     (group,) = [g for g in engine.optimizer.param_groups if g["name"] == "collab"]
     assert group["stage"] == "finetune" and group["lr"] == 0.01
     assert all(t not in engine.optimizer.state for t in engine.group_tensors(engine.optimizer.param_groups.index(group)))
@@ -285,7 +287,7 @@ def test_zero3_step_moves_only_its_own_tables(planted_dataset, tiny_llama, group
 
 
 def test_ds_config_batch_keys_come_from_the_trainer(tmp_path: Path) -> None:
-    from trainer.engine import fill_ds_config, resolve_ds_config
+    from trainer.deepspeed_engine import fill_ds_config, resolve_ds_config
 
     filled = fill_ds_config(resolve_ds_config("zero3_bf16", torch.device("cpu")), batch_size=20, world_size=8)
     assert (filled["train_micro_batch_size_per_gpu"], filled["gradient_accumulation_steps"], filled["train_batch_size"]) == (3, 1, 24)
@@ -316,7 +318,7 @@ def test_zero3_lora_trains_only_adapters_and_tables(planted_dataset, tiny_llama,
     assert adapters and all("lora_" in n for n in adapters)
     tables = (2 * parts.dataset.n_users + 2 * parts.dataset.n_items) * parts.model.dim
     assert engine.stats()["trainable_elements_on_rank"] == tables + sum(before[n].numel() for n in adapters)
-    engine.train_step("collab", next(parts.corpora.collab_batches(epoch_rng(0, "t"), 4, True)), "collab")
+    engine.train_step(StepKind.L_STEP, next(parts.corpora.collab_batches(epoch_rng(0, "t"), 4, True)))
     with deepspeed.zero.GatheredParameters(list(named.values())):
         moved = {n for n, p in named.items() if not torch.equal(p.detach(), before[n])}
     assert moved and moved <= set(adapters)
@@ -333,7 +335,7 @@ def test_shipped_ds_configs_take_the_batch_keys_and_parse_in_deepspeed(name: str
     clipping, the trainer's batch, bf16 and offloading as listed above."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from trainer.engine import fill_ds_config, resolve_ds_config
+    from trainer.deepspeed_engine import fill_ds_config, resolve_ds_config
 
     assert sorted(p.stem for p in (REPO / "ds_configs").glob("*.json")) == sorted(SHIPPED_DS_CONFIGS)
     parsed = DeepSpeedConfig(fill_ds_config(resolve_ds_config(name, torch.device("cpu")), batch_size=6, world_size=1))

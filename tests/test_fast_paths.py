@@ -10,10 +10,12 @@ import torch
 from cllm4rec.backbone import load_backbone
 from cllm4rec.model import CLLM4Rec
 from cllm4rec.rms_norm import fuse_rms_norms
+from cllm4rec.tasks import TableSet, Task
 from cllm4rec.templates import Items, Text, biography_prompt, interaction_prompt, recommendation_prompt
 from cllm4rec.tokenization import Document, IdTokenizer
 from trainer.data import bucket_batches, pad_documents
 from trainer.engine import PlainEngine, TableSetAdam
+from trainer.phases import StepKind
 
 N_USERS, N_ITEMS = 7, 30
 
@@ -27,7 +29,7 @@ def build(folder, dtype=torch.float32, attention=None, fused_norm=True) -> tuple
     return model, IdTokenizer(hf_tok, model.vocab_rows, N_USERS, N_ITEMS)
 
 
-def batches(tok: IdTokenizer) -> dict[str, dict[str, torch.Tensor]]:
+def batches(tok: IdTokenizer) -> dict[Task, dict[str, torch.Tensor]]:
     """One right-padded batch per task (rows of different lengths)."""
     collab = pad_documents(tok.encode_documents([(interaction_prompt(0), [Items([1, 2, 3, 29, 4])]),
                                                  (interaction_prompt(5), [Items([7, 8])])]))
@@ -36,14 +38,14 @@ def batches(tok: IdTokenizer) -> dict[str, dict[str, torch.Tensor]]:
     ids = tok.encode_segments([recommendation_prompt(1, [3, 4, 5]), recommendation_prompt(3, [9])])
     rec = pad_documents([Document(x, len(x)) for x in ids])
     rec["target_rows"], rec["target_items"] = torch.tensor([0, 0, 1]), torch.tensor([6, 20, 11])
-    return {"collab": collab, "content": content, "rec": rec}
+    return {Task.COLLAB_LM: collab, Task.CONTENT_LM: content, Task.RECOMMEND: rec}
 
 
 def assert_same_training_step(reference: CLLM4Rec, other: CLLM4Rec, tok: IdTokenizer, tol: float) -> None:
     """Every task's loss (rtol = atol = tol) and its table set's gradients (rtol 10·tol) agree between
     two models holding the same weights; both run a training-mode step."""
     for task, batch in batches(tok).items():
-        which = "content" if task == "content" else "collab"
+        which = task.table_set
         outs = []
         for model in (reference, other):
             model.train(True)
@@ -56,10 +58,10 @@ def assert_same_training_step(reference: CLLM4Rec, other: CLLM4Rec, tok: IdToken
             torch.testing.assert_close(got, want, rtol=10 * tol, atol=1e-6)
 
 
-def plain_item_loss(model: CLLM4Rec, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def plain_item_loss(model: CLLM4Rec, task: Task, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The item-space loss sum written the plain way: whole logits, log-softmax, gather."""
-    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], "collab")
-    if task == "rec":
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], TableSet.COLLAB)
+    if task is Task.RECOMMEND:
         logits = model.last_position_item_logits(hidden, batch["lengths"])
         rows, items = batch["target_rows"], batch["target_items"]
     else:
@@ -70,7 +72,7 @@ def plain_item_loss(model: CLLM4Rec, task: str, batch: dict[str, torch.Tensor]) 
     return -torch.log_softmax(logits, dim=1)[rows, items].sum()
 
 
-@pytest.mark.parametrize("task", ["collab", "rec"])
+@pytest.mark.parametrize("task", [Task.COLLAB_LM, Task.RECOMMEND])
 def test_model_item_losses_equal_the_plain_computation(tiny_llama, task):
     """The model's fused item softmax (collaborative LM and multinomial finetuning head): same loss and
     same gradients of both table sets' item and user rows as whole-logits autograd (fp32, 1e-5)."""
@@ -81,7 +83,7 @@ def test_model_item_losses_equal_the_plain_computation(tiny_llama, task):
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     plain = plain_item_loss(model, task, batch)
-    mr, prior = model.regulariser_sums(batch["input_ids"], "collab")
+    mr, prior = model.regulariser_sums(batch["input_ids"], TableSet.COLLAB)
     (plain + model.lambda_c * mr + model.lambda_l * prior).backward()
     want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     torch.testing.assert_close(fused, plain.detach(), rtol=1e-5, atol=1e-5)
@@ -119,22 +121,22 @@ def test_kept_table_gradients_train_as_autograd_does(tiny_llama):
     users than the one before (a row of the last step left in a kept buffer would show)."""
     (fast, tok), (reference, _) = build(tiny_llama), build(tiny_llama)
     engines = [PlainEngine(fast, 0.05, 0.02), PlainEngine(reference, 0.05, 0.02, kept_gradients=False)]
-    assert reference.table_gradients is None
+    assert engines[1].table_gradients is None
     data = batches(tok)
-    schedule = [("collab", "collab")] * 3 + [("content", "content")] * 2 + [("collab", "collab"), ("rec", "rec"),
-                ("rec", "rec"), ("content", "rec_content"), ("rec", "rec"), ("collab", "collab")]
+    schedule = [StepKind.L_STEP] * 3 + [StepKind.C_STEP] * 2 + [StepKind.L_STEP, StepKind.FINETUNE, StepKind.FINETUNE,
+                                                                StepKind.FINETUNE_CONTENT, StepKind.FINETUNE, StepKind.L_STEP]
     kept = []
-    for task, step in schedule:
+    for step in schedule:
         for engine in engines:
-            engine.train_step(task, dict(data[task]), step)
-        which = "content" if task == "content" else "collab"
+            engine.train_step(step, dict(data[step.task]))
+        which = step.trains
         for got, want in zip(fast.tables(which), reference.tables(which)):
             torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0, msg=f"{step}: gradient")
         for name, table in fast.id_tables().items():
             torch.testing.assert_close(table, reference.id_tables()[name], rtol=0, atol=0, msg=f"{step}: {name}")
         kept.append([t.grad.data_ptr() for t in fast.tables(which)])
     assert kept[0] == kept[1] == kept[2]  # the same two buffers from step to step (user: rows; item: head)
-    assert sorted(map(id, fast.table_gradients.buffers)) == sorted(map(id, fast.tables("collab")))  # content's dropped
+    assert sorted(map(id, engines[0].table_gradients.buffers)) == sorted(map(id, fast.tables(TableSet.COLLAB)))  # content's dropped
 
 
 def test_bucketing_keeps_padding_under_ten_percent():
@@ -159,7 +161,7 @@ def test_bf16_backbone_matches_fp32_within_tolerance(tiny_llama):
     model16, _ = build(tiny_llama, torch.bfloat16)
     assert model16.compute_dtype == torch.bfloat16 and model16.collab_item.dtype == torch.float32
     for task, batch in batches(tok).items():
-        which = "content" if task == "content" else "collab"
+        which = task.table_set
         losses, grads = [], []
         for model in (model32, model16):
             model.zero_grad(set_to_none=True)
@@ -170,7 +172,7 @@ def test_bf16_backbone_matches_fp32_within_tolerance(tiny_llama):
         assert abs(losses[1] - losses[0]) <= 0.02 * abs(losses[0]), (task, losses)
         assert grads[1].dtype == torch.float32
         assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.99, task
-    opt = TableSetAdam({"collab": model16.table_parameters("collab")}, lr=0.01)
+    opt = TableSetAdam({TableSet.COLLAB.value: model16.table_parameters(TableSet.COLLAB)}, lr=0.01)
     opt.param_groups[0]["active"] = True
     opt.step()
     assert {s["exp_avg"].dtype for s in opt.state.values()} == {torch.float32}
@@ -185,14 +187,14 @@ def test_bf16_head_gradients_train_as_fp32_ones(tiny_llama, monkeypatch):
     monkeypatch.setattr(losses, "NARROW_PRODUCTS_MIN_ROWS", 1)  # these batches have 2–9 softmax rows
     reference, tok = build(tiny_llama, torch.float32)
     model, _ = build(tiny_llama, torch.bfloat16)
-    for task in ("collab", "rec"):
+    for task in (Task.COLLAB_LM, Task.RECOMMEND):
         outs = []
         for run, head_dtype in ((reference, None), (model, None), (model, torch.bfloat16)):
             run.head_gradient_dtype = head_dtype
             run.zero_grad(set_to_none=True)
             out = run(task, **batches(tok)[task])
             out["loss"].backward()
-            outs.append((out["lm_sum"], [p.grad.clone() for p in run.tables("collab")]))
+            outs.append((out["lm_sum"], [p.grad.clone() for p in run.tables(TableSet.COLLAB)]))
         (_, exact), (fp32_sum, fp32_head), (bf16_sum, bf16_head) = outs
         assert torch.equal(bf16_sum, fp32_sum), task
         for want, fp32, got in zip(exact, fp32_head, bf16_head):
@@ -205,7 +207,7 @@ def test_head_gradient_dtype_follows_the_config(planted_dataset, tiny_llama, tmp
     explicit value is used as given."""
     from conftest import tiny_overrides
     from trainer.build import build_run
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
 
     for backbone_dtype, value, want in (("bfloat16", "auto", torch.bfloat16), ("float32", "auto", torch.float32),
                                         ("bfloat16", "float32", torch.float32)):
@@ -221,8 +223,8 @@ def test_batched_scoring_equals_one_user_at_a_time(tiny_llama):
     prompts = [recommendation_prompt(u, items) for u, items in ((0, [1, 2, 3, 4, 5, 6]), (2, [7]), (4, [8, 9, 10]))]
     ids = tok.encode_segments(prompts)
     with torch.no_grad():
-        together = model("score", **pad_documents([Document(x, len(x)) for x in ids]))["logits"]
-        alone = torch.cat([model("score", **pad_documents([Document(x, len(x))]))["logits"] for x in ids])
+        together = model(Task.SCORE, **pad_documents([Document(x, len(x)) for x in ids]))["logits"]
+        alone = torch.cat([model(Task.SCORE, **pad_documents([Document(x, len(x))]))["logits"] for x in ids])
     assert together.shape == (3, N_ITEMS)
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
     assert torch.equal(together.argsort(dim=1, descending=True)[:, :5], alone.argsort(dim=1, descending=True)[:, :5])
@@ -251,7 +253,7 @@ def test_attention_follows_the_config(planted_dataset, tiny_llama, tmp_path):
     """model.attention=auto builds the eager kernel on CPU; an explicit value is used as given."""
     from conftest import tiny_overrides
     from trainer.build import build_run
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
 
     for value, want in (("auto", "eager"), ("sdpa", "sdpa")):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, tmp_path, **{"model.attention": value}))
@@ -278,15 +280,15 @@ def test_topk_fast_path_equals_the_full_sort(k):
         assert got[u] == want, u
 
 
-@pytest.mark.parametrize("which", ["collab", "content"])
+@pytest.mark.parametrize("which", list(TableSet))
 def test_rows_gathered_once_give_the_per_occurrence_sums(tiny_llama, which):
     """MR and prior from each table's distinct rows weighted by their counts equal the sums over every
     occurrence (repeated users and items), with the same table gradients (fp32, 1e-6)."""
     model, tok = build(tiny_llama)
     with torch.no_grad():  # content tables start equal to the collaborative ones: move them apart
-        for table in model.tables("content"):
+        for table in model.tables(TableSet.CONTENT):
             table.add_(torch.randn(table.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
-    ids = batches(tok)["rec"]["input_ids"].clone()
+    ids = batches(tok)[Task.RECOMMEND]["input_ids"].clone()
     ids[1, 3:6] = ids[0, 3:6]  # repeat some ID tokens across rows
     mr, prior = model.regulariser_sums(ids, which)
     (mr + 0.5 * prior).backward()
@@ -296,11 +298,10 @@ def test_rows_gathered_once_give_the_per_occurrence_sums(tiny_llama, which):
     users = flat[(flat >= model.vocab_rows) & (flat < model.vocab_rows + N_USERS)] - model.vocab_rows
     items = flat[flat >= model.vocab_rows + N_USERS] - model.vocab_rows - N_USERS
     assert len(set(items.tolist())) < len(items)  # there are repeats
-    (user_table, item_table), (other_user, other_item) = model.tables(which), model.tables(
-        "content" if which == "collab" else "collab")
+    (user_table, item_table), (other_user, other_item) = model.tables(which), model.tables(which.other)
     want_mr = ((user_table[users] - other_user[users].detach()) ** 2).sum() + (
         (item_table[items] - other_item[items].detach()) ** 2).sum()
-    want_prior = (user_table[users] ** 2).sum() + (item_table[items] ** 2).sum() if which == "collab" else 0 * want_mr
+    want_prior = (user_table[users] ** 2).sum() + (item_table[items] ** 2).sum() if which is TableSet.COLLAB else 0 * want_mr
     (want_mr + 0.5 * want_prior).backward()
     torch.testing.assert_close(mr, want_mr.detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(prior, want_prior.detach(), rtol=1e-6, atol=1e-6)
@@ -322,15 +323,16 @@ def test_compiled_backbone_equals_eager(tiny_llama):
 
 def test_compile_is_refused_under_deepspeed(planted_dataset, tiny_llama, tmp_path):
     from conftest import tiny_overrides
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError
+    from trainer.config_loading import load_config
     from trainer.distributed import LOCAL
-    from trainer.pipeline import build_engine
-    from trainer.schedule import step_plans
+    from trainer.engine_setup import build_engine
+    from trainer.schedule import PLANNED_STEPS, step_plans
 
     config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, tmp_path, **{"model.compile": True}))
     with pytest.raises(ConfigError, match="model.compile=true works with the plain engine only"):
         build_engine(config, LOCAL, None, torch.device("cpu"), (tmp_path / "ds.json", {}),
-                     step_plans(config, {"collab": 1, "content": 1, "rec": 1}))
+                     step_plans(config, dict.fromkeys(PLANNED_STEPS, 1)))
 
 
 def test_recommend_in_length_sorted_batches_keeps_the_callers_order(tiny_llama):
@@ -373,5 +375,5 @@ def test_activation_checkpointing_recomputes_layers_with_equal_results(backbone,
     checkpointed.train(False)
     calls.clear()
     with torch.no_grad():
-        checkpointed("score", **batches(tok)["rec"])
+        checkpointed(Task.SCORE, **batches(tok)[Task.RECOMMEND])
     assert len(calls) == 1

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CLUSTER_WORDS, SMALL, planted_raw, tiny_overrides
+from conftest import CLUSTER_WORDS, FOLD_IN_SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
 from data_prep.prepare import prepare
 from data_prep.processed import dataset_hash, load_processed
@@ -24,7 +24,7 @@ from data_prep.readers.new_entities import read_new_entities
 from trainer import checkpoint as ckpt
 from trainer import cli
 from trainer.catalogue import grow_dataset
-from trainer.config import load_config
+from trainer.config_loading import load_config
 from trainer.fold_in import FoldInOptions, fold_in
 from trainer.pipeline import train
 from trainer.serving import Recommender
@@ -39,7 +39,7 @@ def run(tmp_path_factory, tiny_llama) -> Path:
     """A trained run on a private dataset folder (a test later removes it)."""
     root = tmp_path_factory.mktemp("fold-in")
     prepare(planted_raw(), root / "data", seed=0)
-    train(load_config(None, tiny_overrides(root / "data", tiny_llama, root / "run", **SMALL)), progress=False)
+    train(load_config(None, tiny_overrides(root / "data", tiny_llama, root / "run", **FOLD_IN_SMALL)), progress=False)
     return root / "run"
 
 

@@ -17,7 +17,8 @@ from conftest import tiny_overrides
 from test_curves import png_colour_share, png_size
 from trainer import ablations, cli
 from trainer.ablations import Ablation, ablation_rows, reproduce_defaults
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loading import load_config
 from trainer.checkpoint import load_model
 from trainer.reproduce import plot_table, row_color, row_configs, table_figure, table_order
 from trainer.serving import evaluate_saved

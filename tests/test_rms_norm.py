@@ -102,7 +102,7 @@ def test_fuse_swaps_every_llama_norm_and_keeps_weights_and_names(tiny_llama, tin
 def test_fused_norm_follows_the_config(planted_dataset, tiny_llama, tmp_path):
     from conftest import tiny_overrides
     from trainer.build import build_run
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
 
     for value, kind in ((True, FusedRMSNorm), (False, LlamaRMSNorm)):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, tmp_path, **{"model.fused_norm": value}))

@@ -10,32 +10,37 @@ import numpy as np
 import pytest
 import torch
 
+from cllm4rec.tasks import Task
 from conftest import tiny_overrides
 from test_model import collab_batch, make_model
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loading import load_config
 from trainer.data import bucket_batches
 from trainer.engine import PlainEngine
-from trainer.pipeline import Recipe, train
+from trainer.phases import Phase, StepKind
+from trainer.pipeline import TrainingRun, train
 from trainer.schedule import StepPlan, step_plans
 
-STEPS = {"collab": 10, "content": 4, "rec": 5}
+WARMUP, C_STEP, L_STEP = StepKind.WARMUP, StepKind.C_STEP, StepKind.L_STEP
+FINETUNE, FINETUNE_CONTENT = StepKind.FINETUNE, StepKind.FINETUNE_CONTENT
+STEPS = {L_STEP: 10, C_STEP: 4, FINETUNE: 5}
 
 
 def test_lr_warms_up_then_follows_a_half_cosine_to_zero():
-    plan = StepPlan("collab", "finetune", 0.1, 0.0, schedule="cosine", warmup_steps=4, total_steps=14)
+    plan = StepPlan(0.1, 0.0, lr_schedule="cosine", warmup_steps=4, total_steps=14)
     lrs = [plan.lr_at(s) for s in range(15)]
     assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
     assert lrs[4] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.05) and lrs[14] == pytest.approx(0.0, abs=1e-12)
     assert lrs[6] == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.2)))
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # never rises after the warm-up
-    constant = StepPlan("collab", "finetune", 0.1, 0.0, warmup_steps=2, total_steps=14)
+    constant = StepPlan(0.1, 0.0, warmup_steps=2, total_steps=14)
     assert [constant.lr_at(s) for s in (0, 1, 2, 13, 99)] == pytest.approx([0.05, 0.1, 0.1, 0.1, 0.1])
 
 
 def test_mr_weights_of_sum_and_mean_reductions():
-    assert StepPlan("collab", "pretrain", 1e-3, 0.5, 0.2).weights(40) == (0.5, 0.2)
-    assert StepPlan("collab", "pretrain", 1e-3, 0.5, 0.2, mr_mean=True).weights(40) == pytest.approx((0.0125, 0.005))
-    assert StepPlan("collab", "pretrain", 1e-3, 0.5, mr_mean=True).weights(0) == (0.5, 0.0)  # no ID token: no term
+    assert StepPlan(1e-3, 0.5, 0.2).weights(40) == (0.5, 0.2)
+    assert StepPlan(1e-3, 0.5, 0.2, mr_mean=True).weights(40) == pytest.approx((0.0125, 0.005))
+    assert StepPlan(1e-3, 0.5, mr_mean=True).weights(0) == (0.5, 0.0)  # no ID token: no term
 
 
 def test_step_plans_follow_the_config():
@@ -43,17 +48,18 @@ def test_step_plans_follow_the_config():
                                 "finetune.lr=0.005", "pretrain.warmup_epochs=2", "pretrain.rounds=3", "finetune.epochs=7",
                                 "finetune.lr_schedule=cosine", "finetune.lr_warmup_steps=3", "pretrain.mr_reduction=mean"])
     plans = step_plans(config, STEPS)
-    assert plans["warmup"].lambda_c == 0.0 and plans["content"].lambda_c == 0.3  # no MR in the authors' warm-up
-    assert plans["rec"].lambda_c == plans["rec_content"].lambda_c == 0.3  # finetune.lambda_c null: pretrain's
-    assert (plans["collab"].lr, plans["warmup"].lr, plans["content"].lr, plans["rec"].lr) == (0.01, 0.02, 0.02, 0.005)
-    assert plans["content"].total_steps == plans["warmup"].total_steps == (2 + 3) * 4  # one schedule for warm-up + C-steps
-    assert plans["collab"].total_steps == 30 and plans["rec"].total_steps == 35 and plans["rec_content"].total_steps == 28
-    assert plans["rec"].schedule == "cosine" and plans["rec"].warmup_steps == 3 and plans["collab"].schedule == "constant"
+    assert plans[WARMUP].lambda_c == 0.0 and plans[C_STEP].lambda_c == 0.3  # no MR in the authors' warm-up
+    assert plans[FINETUNE].lambda_c == plans[FINETUNE_CONTENT].lambda_c == 0.3  # finetune.lambda_c null: pretrain's
+    assert (plans[L_STEP].lr, plans[WARMUP].lr, plans[C_STEP].lr, plans[FINETUNE].lr) == (0.01, 0.02, 0.02, 0.005)
+    assert plans[C_STEP].total_steps == plans[WARMUP].total_steps == (2 + 3) * 4  # one schedule for warm-up + C-steps
+    assert plans[L_STEP].total_steps == 30 and plans[FINETUNE].total_steps == 35 and plans[FINETUNE_CONTENT].total_steps == 28
+    assert plans[FINETUNE].lr_schedule == "cosine" and plans[FINETUNE].warmup_steps == 3
+    assert plans[L_STEP].lr_schedule == "constant"
     assert all(p.mr_mean for p in plans.values())
     tuned = step_plans(load_config(None, ["pretrain.lambda_c=0.3", "finetune.lambda_c=0.01", "pretrain.warmup_mr=true"]), STEPS)
-    assert tuned["warmup"].lambda_c == 0.3 and tuned["rec"].lambda_c == tuned["rec_content"].lambda_c == 0.01
+    assert tuned[WARMUP].lambda_c == 0.3 and tuned[FINETUNE].lambda_c == tuned[FINETUNE_CONTENT].lambda_c == 0.01
     cf = step_plans(load_config(None, ["ablation=cf", "finetune.lambda_c=1.0"]), STEPS)
-    assert cf["collab"].lambda_c == cf["rec"].lambda_c == 0.0  # LLM-CF has no MR in any phase
+    assert cf[L_STEP].lambda_c == cf[FINETUNE].lambda_c == 0.0  # LLM-CF has no MR in any phase
 
 
 @pytest.mark.parametrize("override, key", [("data.bucket_window=0", "data.bucket_window"),
@@ -72,11 +78,11 @@ def test_mean_reduction_divides_mr_by_the_id_occurrences(tiny_llama):
     batch = collab_batch(tok)
     occurrences = model.id_occurrences(batch["input_ids"])
     assert occurrences == 2 + 5  # two user tokens, five item tokens
-    plan = StepPlan("collab", "pretrain", 1e-3, 0.5, mr_mean=True)
-    engine = PlainEngine(model, 1e-3, 1e-3, plans={"collab": plan})
+    plan = StepPlan(1e-3, 0.5, mr_mean=True)
+    engine = PlainEngine(model, 1e-3, 1e-3, plans={L_STEP: plan})
     with torch.no_grad():
-        reference = model("collab", **batch)
-    out = engine.train_step("collab", batch, "collab")
+        reference = model(Task.COLLAB_LM, **batch)
+    out = engine.train_step(L_STEP, batch)
     assert out["mr_loss"] == pytest.approx(0.5 * float(reference["mr_sum"]) / occurrences, rel=1e-5)
     lm = float(reference["lm_sum"]) / float(reference["lm_count"])
     assert out["loss"] == pytest.approx(lm + out["mr_loss"], rel=1e-5)
@@ -84,16 +90,16 @@ def test_mean_reduction_divides_mr_by_the_id_occurrences(tiny_llama):
 
 def test_engine_applies_the_schedule_and_restarts_it_per_stage(tiny_llama):
     model, tok = make_model(tiny_llama)
-    plans = {"collab": StepPlan("collab", "pretrain", 0.1, 0.0, schedule="cosine", warmup_steps=1, total_steps=3),
-             "rec": StepPlan("collab", "finetune", 0.01, 0.0, warmup_steps=2)}
+    plans = {L_STEP: StepPlan(0.1, 0.0, lr_schedule="cosine", warmup_steps=1, total_steps=3),
+             FINETUNE: StepPlan(0.01, 0.0, warmup_steps=2)}
     engine = PlainEngine(model, 1.0, 1.0, plans=plans)
     group = next(g for g in engine.optimizer.param_groups if g["name"] == "collab")
     seen = []
     for _ in range(3):
-        engine.train_step("collab", collab_batch(tok), "collab")
+        engine.train_step(L_STEP, collab_batch(tok))
         seen.append(group["lr"])
     assert seen == pytest.approx([0.1, 0.1, 0.05])
-    engine.activate("rec")
+    engine.activate(FINETUNE)
     assert group["sched_step"] == 0 and group["lr"] == pytest.approx(0.005) and not engine.optimizer.state.get(model.collab_item)
 
 
@@ -155,17 +161,17 @@ def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch
     def run(out, interrupt: bool):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, out, **knobs))
         if interrupt:
-            original = Recipe.run_unit
+            original = TrainingRun.run_unit
 
             def killed(self, unit, index):
-                if unit.phase == "finetune":
+                if unit.phase is Phase.FINETUNE:
                     raise KeyboardInterrupt
                 return original(self, unit, index)
 
-            monkeypatch.setattr(Recipe, "run_unit", killed)
+            monkeypatch.setattr(TrainingRun, "run_unit", killed)
             with pytest.raises(KeyboardInterrupt):
                 train(config, progress=False)
-            monkeypatch.setattr(Recipe, "run_unit", original)
+            monkeypatch.setattr(TrainingRun, "run_unit", original)
             return train(config, start="resume", progress=False)
         return train(config, progress=False)
 
@@ -201,7 +207,7 @@ def test_row_adam_steps_each_row_along_its_gradient():
 def test_row_adam_is_refused_under_deepspeed(planted_dataset, tiny_llama, tmp_path):
     from trainer.build import build_run
     from trainer.distributed import LOCAL
-    from trainer.pipeline import build_engine
+    from trainer.engine_setup import build_engine
 
     config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, tmp_path, **{"model.table_optimizer": "row_adam"}))
     parts = build_run(config)
@@ -214,7 +220,7 @@ def test_target_count_normalises_the_multinomial_loss_per_target(tiny_llama):
     entropy); for next-token tasks it is the per-token mean, the same as lm_sum / lm_count."""
     model, tok = make_model(tiny_llama)
     batch = collab_batch(tok)
-    collab = model("collab", **batch)
+    collab = model(Task.COLLAB_LM, **batch)
     assert float(collab["target_count"]) == float(collab["lm_count"]) == 5
-    rec = model("rec", **batch, target_rows=torch.tensor([0, 0, 1]), target_items=torch.tensor([1, 8, 5]))
+    rec = model(Task.RECOMMEND, **batch, target_rows=torch.tensor([0, 0, 1]), target_items=torch.tensor([1, 8, 5]))
     assert float(rec["lm_count"]) == 2 and float(rec["target_count"]) == 3

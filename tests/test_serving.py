@@ -24,7 +24,8 @@ import yaml
 from conftest import stop_process_group, tiny_overrides
 from trainer import cli
 from trainer.checkpoint import CheckpointError
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loading import load_config
 from trainer.distributed import free_port
 from trainer.pipeline import train
 from trainer.serving import recommend_saved

@@ -233,7 +233,7 @@ def test_training_from_shards_matches_memory(planted_dataset, tiny_llama, shards
     """The whole recipe from shards reaches the in-memory metrics within 0.05 (batches differ in
     composition and order, so the trajectories are not identical)."""
     from conftest import tiny_overrides
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.pipeline import train
 
     def run(name: str, *extra: str) -> dict:

@@ -21,7 +21,7 @@ from data_prep.prepare import prepare, summary
 from data_prep.processed import read_meta
 from data_prep.readers import read_amazon
 from trainer.cli import build_parser
-from trainer.config import load_config
+from trainer.config_loading import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorial.md"
@@ -157,4 +157,4 @@ def test_model_server_and_mlflow_ui_use_different_ports_and_stay_local() -> None
     assert ui and serve and not ui & serve, found
     assert all(host == "127.0.0.1" for *_, host in found), found
     transcript = [line for line in TUTORIAL.read_text(encoding="utf-8").splitlines() if line.startswith("or with MLflow: ")]
-    assert len(transcript) == 1 and transcript[0].endswith(" -p 5001")  # what `Recipe.run` prints
+    assert len(transcript) == 1 and transcript[0].endswith(" -p 5001")  # what `TrainingRun.run` prints

@@ -7,14 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from cllm4rec.tasks import Task
+from trainer.phases import Phase
 from trainer.results import save_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-LOSS_TASKS = ("collab", "content", "rec")
-TASK_LABELS = {"collab": "collaborative LM", "content": "content LM", "rec": "finetuning (multinomial)"}
-PHASE_LABELS = {"warmup": "content warm-up", "lstep": "L-step", "cstep": "C-step", "finetune": "finetuning"}
+# the tasks whose losses the history holds, each under its prefix (`collab_lm_loss`), with its label
+TASK_LABELS = {Task.COLLAB_LM: "collaborative LM", Task.CONTENT_LM: "content LM", Task.RECOMMEND: "finetuning (multinomial)"}
+PHASE_LABELS = {Phase.WARMUP.value: "content warm-up", Phase.L_STEP.value: "L-step", Phase.C_STEP.value: "C-step",
+                Phase.FINETUNE.value: "finetuning"}  # by the phase that opens a unit's tag
 
 
 def phase_of(unit: str) -> str:
@@ -52,12 +55,12 @@ def training_figure(history: Sequence[dict[str, Any]], title: str = "") -> Figur
     units = [entry["unit"] for entry in history]
     entropy = popularity_reference(history)
     for axes, kind, ylabel in ((lm_axes, "lm_loss", "LM loss (mean per token / user)"), (mr_axes, "mr_loss", "MR term")):
-        for task in LOSS_TASKS:
-            points = [(x, entry[f"{task}_{kind}"]) for x, entry in enumerate(history) if f"{task}_{kind}" in entry]
+        for task, label in TASK_LABELS.items():
+            points = [(x, entry[f"{task.value}_{kind}"]) for x, entry in enumerate(history) if f"{task.value}_{kind}" in entry]
             if points:
                 xs, ys = zip(*points)
-                (curve,) = axes.plot(xs, ys, marker="o", markersize=3, label=TASK_LABELS[task])
-                if task == "collab" and kind == "lm_loss" and entropy is not None:
+                (curve,) = axes.plot(xs, ys, marker="o", markersize=3, label=label)
+                if task is Task.COLLAB_LM and kind == "lm_loss" and entropy is not None:
                     axes.axhline(entropy, color=curve.get_color(), linestyle="--", linewidth=1,
                                  label="popularity entropy (collaborative LM)")
         _mark_phases(axes, units)
@@ -68,7 +71,7 @@ def training_figure(history: Sequence[dict[str, Any]], title: str = "") -> Figur
             if all(y > 0 for y in plotted):  # log only where every value can be drawn (MR starts at 0)
                 axes.set_yscale("log")
             axes.legend(fontsize=8)
-    finetune = [entry for entry in history if phase_of(entry["unit"]) == "finetune"]
+    finetune = [entry for entry in history if phase_of(entry["unit"]) == Phase.FINETUNE.value]
     metrics = validation_metrics(finetune)
     for key in metrics:
         val_axes.plot(range(1, len(finetune) + 1), [entry.get(key, float("nan")) for entry in finetune],

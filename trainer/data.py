@@ -1,8 +1,8 @@
 """Corpora and batches for the three LLM tasks, built from a processed dataset at read time.
 
 Documents are rebuilt every epoch from raw indices and text (reordering and masking are random per
-epoch); every epoch's randomness comes from a generator seeded by (run seed, phase, round, epoch, task)
-(docs/method.md §8.4), so a resumed run sees exactly the documents an uninterrupted one would.
+epoch); every epoch's randomness comes from a generator seeded by (run seed, phase, round, epoch,
+task) (docs/method.md §8.4), so a resumed run sees exactly the documents an uninterrupted one would.
 
 Under several ranks every rank draws the same global batches and keeps its share of each (rows
 rank, rank+R, ...), so no document is seen twice in an epoch; each document's own randomness
@@ -16,6 +16,7 @@ import hashlib
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,7 +43,9 @@ Batch = dict[str, torch.Tensor]
 
 
 def epoch_rng(seed: int, *tags: object) -> np.random.Generator:
-    """A generator seeded from the run seed and the tags (an epoch's: phase, round, epoch, task), nothing else."""
+    """A generator seeded from the run seed and the tags (an epoch's: phase, round, epoch, task), nothing else. An Enum
+    tag (a phase, a task) counts as its value: "lstep" and Phase.L_STEP give the same generator."""
+    tags = tuple(tag.value if isinstance(tag, Enum) else tag for tag in tags)
     digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 

@@ -38,7 +38,8 @@ from trainer.config import ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
 from trainer.engine import PlainEngine
 from trainer.loop import run_epoch
-from trainer.schedule import StepPlan, step_plans
+from trainer.phases import StepKind
+from trainer.schedule import PLANNED_STEPS, StepPlan, step_plans
 from trainer.serving import save_pyfunc, saved_config
 
 REPORT = "fold_in.json"
@@ -96,10 +97,10 @@ def freeze_rows(optimizer: torch.optim.Optimizer, first_trainable: dict[torch.nn
     optimizer.register_step_pre_hook(zero_old_rows)
 
 
-def fold_in_plans(config: TrainConfig, lr: float) -> dict[str, StepPlan]:
+def fold_in_plans(config: TrainConfig, lr: float) -> dict[StepKind, StepPlan]:
     """The model's own steps (C-step, L-step, finetuning: their MR and prior weights) at a constant `lr`."""
-    plans = step_plans(config, {"collab": 1, "content": 1, "rec": 1})
-    return {step: replace(plans[step], lr=lr, schedule="constant", warmup_steps=0) for step in ("content", "collab", "rec")}
+    plans = step_plans(config, dict.fromkeys(PLANNED_STEPS, 1))
+    return {step: replace(plans[step], lr=lr, lr_schedule="constant", warmup_steps=0) for step in PLANNED_STEPS}
 
 
 def new_user_histories(train: UserItems, first_new: int) -> UserItems:
@@ -118,10 +119,10 @@ def new_corpora(corpora: Corpora, n_users: int, n_items: int) -> Corpora:
                    content_owner=[corpora.content_owner[k] for k in mine], train=new_user_histories(corpora.train, n_users))
 
 
-def _passes(engine: PlainEngine, task: str, streams: list[EpochStream], progress: bool) -> list[float]:
-    """Train one epoch per stream; the mean LM loss of each."""
-    return [run_epoch(engine, task, task, stream, total=stream.steps, max_steps=None, progress=progress,
-                      desc=f"fold-in {task} {index + 1}/{len(streams)}")["lm_loss"]
+def _passes(engine: PlainEngine, step: StepKind, streams: list[EpochStream], progress: bool) -> list[float]:
+    """Train one epoch of `step`s per stream; the mean LM loss of each."""
+    return [run_epoch(engine, step, stream, total=stream.steps, max_steps=None, progress=progress,
+                      desc=f"fold-in {step.task} {index + 1}/{len(streams)}")["lm_loss"]
             for index, stream in enumerate(streams)]
 
 
@@ -130,15 +131,15 @@ def _collab_passes(engine: PlainEngine, corpora: Corpora, config: TrainConfig, o
     """The new users' passes: the finetuning objective (masked prompts), or the collaborative LLM for a
     model trained without finetuning."""
     fine = config.finetune
-    task = "rec" if fine.enabled else "collab"
+    step = StepKind.FINETUNE if fine.enabled else StepKind.L_STEP
 
     def stream(index: int) -> EpochStream:
-        rng = epoch_rng(options.seed, "fold-in", task, index)
+        rng = epoch_rng(options.seed, "fold-in", step.task, index)
         if fine.enabled:
             return corpora.finetune_batches(rng, batch, mode=fine.mask_mode, ratio=fine.mask_ratio, target=fine.target)
         return corpora.collab_batches(rng, batch, reorder=config.pretrain.reorder)
 
-    return _passes(engine, task, [stream(p) for p in range(options.passes)], options.progress)
+    return _passes(engine, step, [stream(p) for p in range(options.passes)], options.progress)
 
 
 def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions = FoldInOptions(),
@@ -173,8 +174,8 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         batch = options.batch_size or config.pretrain.batch_size
         lap("setup")
         if corpora.content:
-            result.content_loss = _passes(engine, "content", [
-                corpora.content_batches(epoch_rng(options.seed, "fold-in", "content", p), batch)
+            result.content_loss = _passes(engine, StepKind.C_STEP, [
+                corpora.content_batches(epoch_rng(options.seed, "fold-in", StepKind.C_STEP.task, p), batch)
                 for p in range(options.passes)], options.progress)
         with torch.no_grad():  # each new collaborative row at the mean of its MR prior: its content row
             model.collab_user[old.n_users:] = model.content_user[old.n_users:]

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from trainer.data import Batch
 from trainer.engine import Engine
+from trainer.phases import StepKind
 
 SUM_KEYS = ("lm_sum", "lm_count", "target_count", "mr_loss", "prior_loss", "loss", "tokens")
 
@@ -33,8 +34,7 @@ class EpochProgress:
 
 def run_epoch(
     engine: Engine,
-    task: str,
-    step_name: str,
+    step: StepKind,
     batches: Iterator[Batch],
     *,
     total: int,
@@ -47,7 +47,7 @@ def run_epoch(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     step_every: int = 1,
 ) -> dict[str, float]:
-    """Train one epoch; returns lm_loss (token-mean over the epoch and all ranks), lm_per_target,
+    """Train one epoch of `step`s; returns lm_loss (token-mean over the epoch and all ranks), lm_per_target,
     mr_loss and prior_loss (the weighted terms as they enter the loss, global per-step mean), loss,
     steps, tokens (non-padding, all ranks), tokens_per_s, seconds.
 
@@ -64,7 +64,7 @@ def run_epoch(
     start = time.perf_counter() - state.seconds
     bar = tqdm(stream, total=steps, initial=state.step, desc=desc, disable=not progress, leave=False)
     for batch in bar:
-        out = engine.train_step(task, batch, step_name)
+        out = engine.train_step(step, batch)
         for key in SUM_KEYS[:-1]:
             state.sums[key] += out[key]
         state.sums["tokens"] += float(batch["lengths"].sum()) * float(batch.get("weight", 1.0))

@@ -1,24 +1,22 @@
-"""The CLLM4Rec recipe: content warm-up → alternating L/C rounds → finetuning with validation-based
+"""One training run: content warm-up → alternating L/C rounds → finetuning with validation-based
 selection → test → results table beside MostPop, Multi-VAE and EASE (docs/method.md §8–§11).
 
-Training is a list of epoch units; after each unit (and every `checkpoint.every_steps` steps inside
-one) the tables, optimizer state and position are checkpointed, so `start="resume"` continues from the
-last complete checkpoint in the same phase, epoch and step (documents of every epoch are seeded by
-(seed, phase, round, epoch, task), docs/method.md §8.4, so a resumed run sees what an uninterrupted one would).
+Training is a list of epoch units (trainer/phases.py); after each unit (and every
+`checkpoint.every_steps` steps inside one) the tables, optimizer state and position are checkpointed,
+so `start="resume"` continues from the last complete checkpoint in the same phase, epoch and step
+(documents of every epoch are seeded by (seed, phase, round, epoch, task), docs/method.md §8.4, so a resumed run sees what an
+uninterrupted one would).
 
-The same recipe runs in one process (plain engine) and under DeepSpeed ZeRO-3 on any number of
+The same run works in one process (plain engine) and under DeepSpeed ZeRO-3 on any number of
 ranks: every rank runs every method here; only rank 0 writes files, logs to MLflow and prints.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -27,153 +25,32 @@ import yaml
 
 from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import selection_score
+from cllm4rec.tasks import TableSet, Task
 from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
-from trainer.baselines import run_baselines
-from trainer.build import RunParts, build_run, pick_device, pick_dtype, resolve_dataset
 from trainer.ablations import ABLATIONS
-from trainer.config import RESUMABLE_KEYS, ConfigError, TrainConfig, config_to_dict, flatten
+from trainer.baselines import run_baselines
+from trainer.build import build_run, pick_device, resolve_dataset
+from trainer.config import TrainConfig, config_to_dict
 from trainer.curves import plot_training_curves
 from trainer.data import Batch, epoch_rng, user_item_lists
-from trainer.distributed import Dist, init_distributed
-from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config, resolve_ds_config, want_deepspeed
+from trainer.distributed import init_distributed
+from trainer.engine_setup import build_engine, load_ds_config, model_dtype, want_deepspeed
 from trainer.evaluate import evaluate, scoring_prompt
 from trainer.loop import EpochProgress, run_epoch
+from trainer.phases import Phase, Stage, StepKind, Unit, training_units
 from trainer.results import write_results
-from trainer.schedule import StepPlan, step_plans
+from trainer.resume import config_differences, rng_state, set_rng_state
+from trainer.run_folder import Start, make_output_folder, start_problem
+from trainer.schedule import PLANNED_STEPS, step_plans
 from trainer.serving import save_pyfunc
 from trainer.tracking import PARENT_TAG, Tracker
 
 log = logging.getLogger(__name__)
 
-# How a run treats its output folder: "new" refuses one that holds a run, "resume" needs one,
-# "resume-or-start" takes either, "overwrite" removes the run it holds first.
-Start = Literal["new", "resume", "resume-or-start", "overwrite"]
 
-
-def holds_run(out: Path) -> bool:
-    """Whether the folder `out` holds a run: the config.yaml a run writes first, or its checkpoints."""
-    return (out / "config.yaml").is_file() or (out / "checkpoints").is_dir()
-
-
-def start_problem(out: Path, start: Start) -> str | None:
-    """Why a run may not start in `out` as `start` asks (None: it may)."""
-    if start == "new" and holds_run(out):
-        return (f"{out}: holds a run already; continue it with --resume, replace it with --overwrite, "
-                f"or train under a new name=")
-    if start == "resume" and not holds_run(out):
-        return f"{out}: no run to resume; train without --resume, or pass --resume-or-start"
-    return None
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One epoch of one phase: phase ∈ warmup | lstep | cstep | finetune."""
-
-    phase: str
-    round: int
-    epoch: int
-
-    @property
-    def group(self) -> str:
-        """The MLflow phase run this unit logs to."""
-        return {"warmup": "content-warmup", "finetune": "finetune"}.get(
-            self.phase, f"round-{self.round + 1:03d}-{'L' if self.phase == 'lstep' else 'C'}-step"
-        )
-
-    @property
-    def tag(self) -> str:
-        return f"{self.phase}-r{self.round:03d}-e{self.epoch:03d}"
-
-
-def schedule(config: TrainConfig) -> list[Unit]:
-    pre, fine = config.pretrain, config.finetune
-    units = [Unit("warmup", 0, e) for e in range(pre.warmup_epochs)] if pre.content else []
-    for r in range(pre.rounds):
-        units.append(Unit("lstep", r, 0))
-        if pre.content:
-            units.append(Unit("cstep", r, 0))
-    if fine.enabled:
-        units += [Unit("finetune", 0, e) for e in range(fine.epochs)]
-    return units
-
-
-def engine_kind(engine: Engine) -> str:
-    """Names the optimizer-state layout: a checkpoint resumes only under the same engine and world size."""
-    return f"deepspeed-zero3 x{engine.dist.world_size}" if isinstance(engine, DeepSpeedEngine) else "plain"
-
-
-def unit_parts(unit: Unit, config: TrainConfig) -> list[tuple[str, str]]:
-    """The (task, step) epochs one unit runs: a finetuning unit may add a content epoch."""
-    if unit.phase == "warmup":
-        return [("content", "warmup")]
-    if unit.phase == "cstep":
-        return [("content", "content")]
-    if unit.phase == "lstep":
-        return [("collab", "collab")]
-    parts = [("rec", "rec")]
-    if config.finetune.content_epoch and config.pretrain.content:
-        parts.append(("content", "rec_content"))
-    return parts
-
-
-def rng_state() -> dict[str, str]:
-    """torch's RNG state(s) as base64 text (only backbone dropout draws from them)."""
-    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
-    return state
-
-
-def set_rng_state(state: dict[str, str]) -> None:
-    def tensor(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor(state["cpu"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensor(state["cuda"]))
-
-
-def load_ds_config(config: TrainConfig, dist: Dist, device: torch.device) -> tuple[Path, dict[str, Any]] | None:
-    """(path, filled DeepSpeed config) when the run uses the DeepSpeed engine, else None."""
-    if not want_deepspeed(config.distributed.engine):
-        return None
-    path = resolve_ds_config(config.distributed.ds_config, device)
-    return path, fill_ds_config(path, config.pretrain.batch_size, dist.world_size)
-
-
-def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[str, Any]] | None) -> torch.dtype:
-    """The backbone dtype; under DeepSpeed "auto" follows the DeepSpeed config's precision."""
-    if ds is None:
-        return pick_dtype(config.model.dtype, device)
-    path, ds_config = ds
-    bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
-    wanted = torch.bfloat16 if bf16 else torch.float32
-    if config.model.dtype != "auto" and pick_dtype(config.model.dtype, device) != wanted:
-        raise ConfigError(f"model.dtype={config.model.dtype} does not match {path} (bf16 "
-                          f"{'on' if bf16 else 'off'}): set model.dtype=auto or {str(wanted).removeprefix('torch.')}")
-    return wanted
-
-
-def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,
-                 ds: tuple[Path, dict[str, Any]] | None, plans: dict[str, StepPlan]) -> Engine:
-    pre = config.pretrain
-    if ds is None:
-        return PlainEngine(parts.model, pre.lr, config.finetune.lr, plans=plans, optimizer=config.model.table_optimizer)
-    if config.model.table_optimizer != "adam":
-        raise ConfigError(f"model.table_optimizer={config.model.table_optimizer} works with the plain engine only: ZeRO-3 "
-                          f"hands the optimizer flat partitions, not table rows; set model.table_optimizer=adam or "
-                          f"distributed.engine=plain")
-    if config.model.compile:
-        raise ConfigError("model.compile=true works with the plain engine only: ZeRO-3 gathers and releases "
-                          "parameters in module hooks that a compiled backbone would bypass; set "
-                          "model.compile=false or distributed.engine=plain")
-    log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, ds[0])
-    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device, plans=plans)
-
-
-class Recipe:
-    """Runs the whole pipeline for one config; `run()` returns the results rows.
+class TrainingRun:
+    """One training run of one config, in its output folder; `run()` trains and returns the results rows.
 
     `start` (see `Start`) is checked against the output folder here, before anything is built.
     """
@@ -202,7 +79,7 @@ class Recipe:
         self.parts = build_run(config, device, model_dtype(config, device, ds))
         self.engine = build_engine(config, self.dist, self.parts, device, ds, step_plans(config, self.steps_per_epoch()))
         self.identity = ckpt.identity_of(config, self.parts)
-        self.checkpoint_identity = {**self.identity, "engine": engine_kind(self.engine)}
+        self.checkpoint_identity = {**self.identity, "engine": self.engine.kind}
         self.splits = {s: user_item_lists(self.parts.dataset, s) for s in ("train", "val", "test")}
         # the collaborative LM loss of a model that learned item popularity only (nats per item token)
         self.popularity_entropy = popularity_entropy(self.splits["train"])
@@ -240,12 +117,7 @@ class Recipe:
     def restore(self, path: Path) -> None:
         saved = ckpt.load_checkpoint(path)
         if saved.identity.get("config_hash") != self.checkpoint_identity["config_hash"]:
-            # a key the checkpoint lacks (added to the code since) counts as equal when it holds its default
-            current, before = flatten(config_to_dict(self.config)), flatten(saved.config)
-            defaults = flatten(config_to_dict(TrainConfig()))
-            differ = [f"{k}: checkpoint has {before.get(k)!r}, current run has {current.get(k)!r}"
-                      for k in sorted(set(current) | set(before))
-                      if before.get(k, defaults.get(k)) != current.get(k) and not k.startswith(RESUMABLE_KEYS)]
+            differ = config_differences(self.config, saved.config)
             if differ:
                 raise ckpt.CheckpointError(f"{path} was written with another config ({'; '.join(differ)}); "
                                            f"use another name= (output folder) for a different config")
@@ -271,48 +143,56 @@ class Recipe:
 
     # ---- phases ----------------------------------------------------------------------------------
 
-    def batches(self, task: str, rng: np.random.Generator, finetuning: bool = False) -> tuple[Iterator[Batch], int]:
-        """(one epoch's batch stream for `task` — this rank's share —, its number of steps)."""
+    def batches(self, step: StepKind, rng: np.random.Generator) -> tuple[Iterator[Batch], int]:
+        """(one epoch's batch stream for `step` — this rank's share —, its number of steps): the corpus of
+        its task, at its stage's batch size."""
         cfg, corpora, dist = self.config, self.parts.corpora, self.dist
-        if task == "collab":
+        if step.task is Task.COLLAB_LM:
             stream = corpora.collab_batches(rng, cfg.pretrain.batch_size, cfg.pretrain.reorder, dist)
-        elif task == "content":
-            batch_size = cfg.finetune.batch_size if finetuning else cfg.pretrain.batch_size
-            stream = corpora.content_batches(rng, batch_size, dist)
+        elif step.task is Task.CONTENT_LM:
+            stream = corpora.content_batches(rng, self.batch_size(step.stage), dist)
         else:
             fine = cfg.finetune
             stream = corpora.finetune_batches(rng, fine.batch_size, mode=fine.mask_mode, ratio=fine.mask_ratio,
                                               target=fine.target, dist=dist)
         return stream, stream.steps
 
-    def steps_per_epoch(self) -> dict[str, int]:
-        """Optimizer steps in one epoch of each task, capped like the epochs (they size the lr schedules)."""
-        caps = {"collab": self.config.pretrain.max_steps_per_epoch, "content": self.config.pretrain.max_steps_per_epoch,
-                "rec": self.config.finetune.max_steps_per_epoch}
+    def batch_size(self, stage: Stage) -> int:
+        return self.config.finetune.batch_size if stage is Stage.FINETUNE else self.config.pretrain.batch_size
+
+    def max_steps(self, stage: Stage) -> int | None:
+        """The cap on an epoch's steps in `stage` (smoke runs)."""
+        cfg = self.config
+        return cfg.finetune.max_steps_per_epoch if stage is Stage.FINETUNE else cfg.pretrain.max_steps_per_epoch
+
+    def steps_per_epoch(self) -> dict[StepKind, int]:
+        """Optimizer steps in one epoch of each of PLANNED_STEPS, capped like the epochs (they size the lr
+        schedules)."""
         steps = {}
-        for task, cap in caps.items():
-            total = self.batches(task, epoch_rng(self.config.seed, "plan", task))[1]
-            steps[task] = total if cap is None else min(total, cap)
+        for step in PLANNED_STEPS:
+            total = self.batches(step, epoch_rng(self.config.seed, "plan", step.task))[1]
+            cap = self.max_steps(step.stage)
+            steps[step] = total if cap is None else min(total, cap)
         return steps
 
-    def epoch(self, task: str, step_name: str, unit: Unit, max_steps: int | None,
-              resume: EpochProgress | None, on_checkpoint,
-              on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
-        rng = epoch_rng(self.config.seed, unit.phase, unit.round, unit.epoch, task)
-        batches, total = self.batches(task, rng, finetuning=unit.phase == "finetune")
+    def epoch(self, step: StepKind, unit: Unit, resume: EpochProgress | None,
+              on_checkpoint: Callable[[EpochProgress], None], on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        """One epoch of `step`s in `unit` (see `run_epoch`); its documents are seeded by the unit and the task."""
+        rng = epoch_rng(self.config.seed, unit.phase, unit.round, unit.epoch, step.task)
+        batches, total = self.batches(step, rng)
         return run_epoch(
-            self.engine, task, step_name, batches, total=total, max_steps=max_steps,
-            desc=f"{unit.group} e{unit.epoch + 1} {task}", progress=self.progress, resume=resume,
+            self.engine, step, batches, total=total, max_steps=self.max_steps(step.stage),
+            desc=f"{unit.tracking_run} e{unit.epoch + 1} {step.task}", progress=self.progress, resume=resume,
             checkpoint_every=self.config.checkpoint.every_steps, on_checkpoint=on_checkpoint,
             on_step=on_step, step_every=self.config.tracking.log_every_steps,
         )
 
-    def phase_steps(self, group: str) -> dict[str, int]:
-        """Optimizer steps so far in the MLflow phase run `group`, per loss prefix; kept in the state, so
-        a resumed run continues the count."""
+    def phase_steps(self, tracking_run: str) -> dict[str, int]:
+        """Optimizer steps so far in the MLflow phase run `tracking_run`, per task; kept in the state
+        (under "group", its key in older checkpoints too), so a resumed run continues the count."""
         counter = self.state.get("phase_steps")
-        if not counter or counter["group"] != group:
-            counter = self.state["phase_steps"] = {"group": group, "steps": {}}
+        if not counter or counter["group"] != tracking_run:
+            counter = self.state["phase_steps"] = {"group": tracking_run, "steps": {}}
         return counter["steps"]
 
     def step_logger(self, prefix: str, offset: int) -> Callable[[int, dict[str, float]], None] | None:
@@ -333,13 +213,11 @@ class Recipe:
     def run_unit(self, unit: Unit, index: int) -> dict[str, float]:
         """Train one unit (resuming inside it if a mid-epoch checkpoint says so); finetuning units
         then validate and keep the best tables."""
-        fine = self.config.finetune
-        max_steps = fine.max_steps_per_epoch if unit.phase == "finetune" else self.config.pretrain.max_steps_per_epoch
         where = self.state.get("in_progress")
         if where is not None and where["unit"] != unit.tag:
             where = None
         metrics: dict[str, float] = dict(where["metrics"]) if where else {}
-        for part, (task, step_name) in enumerate(unit_parts(unit, self.config)):
+        for part, step in enumerate(unit.steps(self.config)):
             if where and part < where["part"]:
                 continue
             resume = None
@@ -352,20 +230,20 @@ class Recipe:
                                              "rank_sums": self.dist.all_gather(dict(progress.sums))}
                 self.save(f"{index:05d}-{unit.tag}-p{part}-s{progress.step:06d}")
 
-            prefix = {"rec": "rec", "collab": "collab", "content": "content"}[task]
-            steps = self.phase_steps(unit.group)
-            result = self.epoch(task, step_name, unit, max_steps, resume, on_checkpoint,
-                                self.step_logger(prefix, steps.get(prefix, 0)))
+            prefix = step.task.value  # the task names its metrics: collab_lm_loss, rec_mr_loss, ...
+            steps = self.phase_steps(unit.tracking_run)
+            result = self.epoch(step, unit, resume, on_checkpoint, self.step_logger(prefix, steps.get(prefix, 0)))
             steps[prefix] = steps.get(prefix, 0) + int(result["steps"])
             metrics.update({f"{prefix}_{k}": v for k, v in result.items()})
         self.state["in_progress"] = None
         pre = self.config.pretrain
-        if unit.phase == "warmup" and unit.epoch == pre.warmup_epochs - 1 and pre.collab_from_content:
+        if unit.phase is Phase.WARMUP and unit.epoch == pre.warmup_epochs - 1 and pre.collab_from_content:
             tables = self.engine.full_tables()
-            self.engine.load_tables({f"collab_{kind}": tables[f"content_{kind}"] for kind in ("user", "item")}, None)
-        if unit.phase == "lstep":
+            self.engine.load_tables({collab: tables[content] for collab, content in
+                                     zip(TableSet.COLLAB.table_names, TableSet.CONTENT.table_names)}, None)
+        if unit.phase is Phase.L_STEP:
             metrics["collab_popularity_entropy"] = self.popularity_entropy
-        if unit.phase != "finetune":
+        if unit.phase is not Phase.FINETUNE:
             return metrics
         val = self.validate("val", "rec", logit_share=True)
         metrics.update({f"val_{k}": v for k, v in val.items()})
@@ -376,7 +254,7 @@ class Recipe:
             self.save_model(self.out / "best")
         else:
             self.state["bad_epochs"] += 1
-            if self.state["bad_epochs"] >= fine.patience:
+            if self.state["bad_epochs"] >= self.config.finetune.patience:
                 self.state["stopped"] = True
         return metrics
 
@@ -384,19 +262,19 @@ class Recipe:
 
     def train(self, tracker: Tracker) -> None:
         self.tracker = tracker
-        units = schedule(self.config)
+        units = training_units(self.config)
         finished = {entry["unit"] for entry in self.state["history"]}
         with contextlib.ExitStack() as stack:
-            group = None
+            tracking_run = None
             for index, unit in enumerate(units):
                 if unit.tag in finished:
                     continue
-                if unit.phase == "finetune" and self.state["stopped"]:
+                if unit.phase is Phase.FINETUNE and self.state["stopped"]:
                     break
-                if unit.group != group:
+                if unit.tracking_run != tracking_run:
                     stack.close()
-                    stack.enter_context(tracker.phase(unit.group))
-                    group = unit.group
+                    stack.enter_context(tracker.phase(unit.tracking_run))
+                    tracking_run = unit.tracking_run
                 start = time.perf_counter()
                 metrics = self.run_unit(unit, index)
                 metrics["epoch_seconds"] = time.perf_counter() - start
@@ -421,10 +299,7 @@ class Recipe:
         every rank calls it; rank 0 alone writes files, logs to MLflow, prints and runs the baselines."""
         cfg, main = self.config, self.dist.is_main
         if main:
-            if self.start == "overwrite" and holds_run(self.out):
-                log.info("--overwrite: removing the run in %s", self.out)
-                shutil.rmtree(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_output_folder(self.out, self.start)
         self.dist.barrier()
         if self.start in ("resume", "resume-or-start"):
             self.try_resume()
@@ -437,8 +312,8 @@ class Recipe:
                                 "engine": self.checkpoint_identity["engine"],
                                 **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {}), **tracking.tags})
             tracker.log_dict(config_to_dict(cfg), "config.yaml")
-            if isinstance(self.engine, DeepSpeedEngine):
-                tracker.log_dict(self.engine.ds_config, "deepspeed.json")
+            for name, content in self.engine.config_files().items():
+                tracker.log_dict(content, name)
             started = time.perf_counter()
             self.train(tracker)
             train_seconds = time.perf_counter() - started
@@ -493,6 +368,6 @@ def _brief(metrics: dict[str, float]) -> str:
 
 
 def train(config: TrainConfig, *, start: Start = "new", progress: bool = True) -> dict[str, dict[str, float]]:
-    """Run the recipe for `config` (see module docstring) into its output folder as `start` asks
-    (see `Start`); returns {model name: test metrics}."""
-    return Recipe(config, progress=progress, start=start).run()
+    """One training run of `config` (see module docstring) in its output folder as `start` asks (see
+    `Start`); returns {model name: test metrics}."""
+    return TrainingRun(config, progress=progress, start=start).run()

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.ablations import ABLATIONS, LLM_COLOR, NONE, ablation_rows, reproduce_defaults
-from trainer.config import ConfigError, TrainConfig, config_to_dict, load_config
+from trainer.config import ConfigError, TrainConfig, config_to_dict
+from trainer.config_loading import load_config
 from trainer.distributed import launched_world_size
 from trainer.results import column_title, markdown_table, save_png, write_report
 from trainer.tracking import PARENT_TAG, Tracker
@@ -28,7 +29,7 @@ from trainer.tracking import PARENT_TAG, Tracker
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from trainer.pipeline import Start
+    from trainer.run_folder import Start
 
 EXTRA_KS = 10  # Recall@10 and NDCG@10 (the paper's LinkedIn metrics) join the recipe's cut-offs
 BASELINE_ROWS = ("MostPop", "Multi-VAE", "EASE", "Two-Tower")  # the ID-only models, drawn grey

@@ -15,11 +15,13 @@ import torch
 
 from cllm4rec.diagnostics import LogitMoments, hidden_user_variance, mean_pairwise_cosine
 from cllm4rec.interactions import first_occurrences
+from cllm4rec.tasks import TableSet
 from data_prep.atomic import atomic_file, atomic_folder
 from data_prep.errors import DataPrepError
 from trainer import checkpoint as ckpt
 from trainer.build import RunParts, build_run, load_weights
-from trainer.config import TrainConfig, config_from_dict, override_serving
+from trainer.config import TrainConfig
+from trainer.config_loading import config_from_dict, override_serving
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate, recommend, scoring_prompt
 from trainer.data import Batch, user_item_lists
@@ -63,7 +65,7 @@ def last_hidden_and_logits(engine: PlainEngine, batch: Batch) -> tuple[torch.Ten
     engine.set_train(False)
     batch = engine.to_device(batch)
     model = engine.model
-    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], "collab")
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], TableSet.COLLAB)
     return model.last_position(hidden, batch["lengths"]).float(), model.last_position_item_logits(hidden, batch["lengths"])
 
 

@@ -12,14 +12,15 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import ConfigError, config_to_dict, flatten, load_config
+from trainer.config import ConfigError, config_to_dict, flatten
+from trainer.config_loading import load_config
 from trainer.results import column_title, save_png, write_report
 from trainer.tracking import Tracker
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from trainer.pipeline import Start
+    from trainer.run_folder import Start
 
 ALIASES = {"lambda_c": "pretrain.lambda_c", "lambda_l": "pretrain.lambda_l"}
 

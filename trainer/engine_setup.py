@@ -1,0 +1,67 @@
+"""Which engine a config asks for, the backbone dtype that implies, and building it (docs/architecture.md,
+section 3): the plain engine in one process, or DeepSpeed ZeRO-3 under a launcher or on request."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.build import RunParts, pick_dtype
+from trainer.config import ConfigError, TrainConfig
+from trainer.deepspeed_engine import DeepSpeedEngine, fill_ds_config, resolve_ds_config
+from trainer.distributed import Dist, launched
+from trainer.engine import Engine, PlainEngine
+from trainer.phases import StepKind
+from trainer.schedule import StepPlan
+
+log = logging.getLogger(__name__)
+
+
+def want_deepspeed(engine: str) -> bool:
+    """engine "auto": DeepSpeed when a launcher started this process (WORLD_SIZE is set: the DeepSpeed
+    launcher, torchrun, Ray Train), else the plain engine."""
+    if engine == "auto":
+        return launched()
+    return engine == "deepspeed"
+
+
+def load_ds_config(config: TrainConfig, dist: Dist, device: torch.device) -> tuple[Path, dict[str, Any]] | None:
+    """(path, filled DeepSpeed config) when the run uses the DeepSpeed engine, else None."""
+    if not want_deepspeed(config.distributed.engine):
+        return None
+    path = resolve_ds_config(config.distributed.ds_config, device)
+    return path, fill_ds_config(path, config.pretrain.batch_size, dist.world_size)
+
+
+def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[str, Any]] | None) -> torch.dtype:
+    """The backbone dtype; under DeepSpeed "auto" follows the DeepSpeed config's precision."""
+    if ds is None:
+        return pick_dtype(config.model.dtype, device)
+    path, ds_config = ds
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
+    wanted = torch.bfloat16 if bf16 else torch.float32
+    if config.model.dtype != "auto" and pick_dtype(config.model.dtype, device) != wanted:
+        raise ConfigError(f"model.dtype={config.model.dtype} does not match {path} (bf16 "
+                          f"{'on' if bf16 else 'off'}): set model.dtype=auto or {str(wanted).removeprefix('torch.')}")
+    return wanted
+
+
+def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,
+                 ds: tuple[Path, dict[str, Any]] | None, plans: dict[StepKind, StepPlan]) -> Engine:
+    """The plain engine (`ds` None) or DeepSpeed ZeRO-3 over `parts.model`; options only the plain engine
+    supports are refused under DeepSpeed, naming the key."""
+    pre = config.pretrain
+    if ds is None:
+        return PlainEngine(parts.model, pre.lr, config.finetune.lr, plans=plans, optimizer=config.model.table_optimizer)
+    if config.model.table_optimizer != "adam":
+        raise ConfigError(f"model.table_optimizer={config.model.table_optimizer} works with the plain engine only: ZeRO-3 "
+                          f"hands the optimizer flat partitions, not table rows; set model.table_optimizer=adam or "
+                          f"distributed.engine=plain")
+    if config.model.compile:
+        raise ConfigError("model.compile=true works with the plain engine only: ZeRO-3 gathers and releases "
+                          "parameters in module hooks that a compiled backbone would bypass; set "
+                          "model.compile=false or distributed.engine=plain")
+    log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, ds[0])
+    return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device, plans=plans)
