@@ -2,6 +2,7 @@
 the figures themselves live in docs/performance.md)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,18 @@ def test_catalogue_scale_floors_use_the_best_rate_measured_for_the_same_shapes()
     assert steps[0]["floor_seconds"] == pytest.approx(1e3 / 2000 + 0.1e3 / 100 + 0.2e3 / 400)
     assert steps[2]["ratio"] == pytest.approx(2.0 / (1e3 / 500 + 0.1e3 / 100 + 0.2e3 / 100))
     assert all(s["own_floor_seconds"] == 9.0 for s in steps)
+
+
+@pytest.mark.slow
+def test_incremental_benchmark_prints_the_epochs_to_the_target(planted_dataset, tiny_llama, tmp_path):
+    tiny = [f"model.backbone={tiny_llama}", "model.dtype=float32", "pretrain.batch_size=8", "finetune.batch_size=8",
+            "finetune.epochs=2", "data.reviews=false", "baselines.mostpop=false", "baselines.multivae=false",
+            "baselines.ease=false", "eval.recall_ks=[5,10]", "eval.ndcg_ks=[10]"]
+    out = run_benchmark("incremental.py", "--dataset", str(planted_dataset), "--k", "5", "--out", str(tmp_path),
+                        "--warm", "pretrain.warmup_epochs=0", "finetune.epochs=1", "--", *tiny, timeout=600)
+    rows = {row[0]: row for row in table_rows(out) if len(row) == 7 and row[0] != "run"}
+    assert list(rows) == ["earlier", "scratch", "warm"]
+    assert rows["scratch"][1:3] == ["3", "2"] and rows["warm"][1:3] == ["1", "1"]  # epoch units, finetuning epochs
+    assert "init from the earlier run: items 38 kept, 2 new, 0 removed; users " in out
+    report = json.loads((tmp_path / "incremental.json").read_text())
+    assert report["runs"]["scratch"]["reach"] is not None and report["init_from"]["items"]["new"] == 2

@@ -38,6 +38,7 @@ from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import Dist, init_distributed
 from trainer.engine import DeepSpeedEngine, Engine, PlainEngine, fill_ds_config, resolve_ds_config, want_deepspeed
 from trainer.evaluate import evaluate, scoring_prompt
+from trainer.incremental import warm_start
 from trainer.loop import EpochProgress, run_epoch
 from trainer.results import write_results
 from trainer.schedule import StepPlan, step_plans
@@ -200,6 +201,11 @@ class Recipe:
         self.dist.barrier()
         ds = load_ds_config(config, self.dist, device)
         self.parts = build_run(config, device, model_dtype(config, device, ds))
+        self.resume_from = self.latest_checkpoint() if start in ("resume", "resume-or-start") else None
+        init_from = config.incremental.init_from
+        if init_from and self.resume_from:
+            log.info("--init-from %s not applied: resuming from %s (the checkpoint wins)", init_from, self.resume_from)
+        self.warm_start = warm_start(config, self.parts, self.dist, self.progress) if init_from and not self.resume_from else None
         self.engine = build_engine(config, self.dist, self.parts, device, ds, step_plans(config, self.steps_per_epoch()))
         self.identity = ckpt.identity_of(config, self.parts)
         self.checkpoint_identity = {**self.identity, "engine": engine_kind(self.engine)}
@@ -257,13 +263,18 @@ class Recipe:
         if "rng" in self.state:
             set_rng_state(self.state["rng"])
 
-    def try_resume(self) -> bool:
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint a resume continues from (rank 0 picks it), or None."""
         latest = ckpt.find_latest(self.checkpoints) if self.dist.is_main else None
         latest = self.dist.broadcast(str(latest) if latest else None)
+        return Path(latest) if latest else None
+
+    def try_resume(self) -> bool:
+        latest = self.resume_from
         if latest is None:
             log.info("no complete checkpoint under %s: starting fresh", self.checkpoints)
             return False
-        self.restore(Path(latest))
+        self.restore(latest)
         where = self.state["in_progress"]
         log.info("resumed from %s after %d completed epochs%s", latest, len(self.state["history"]),
                  f" and {where['progress']['step']} steps of {where['unit']}" if where else "")
@@ -430,6 +441,9 @@ class Recipe:
             self.try_resume()
         if main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            if self.warm_start:
+                self.warm_start.write(self.out)
+                print(self.warm_start.summary())
         tracking = cfg.tracking
         with Tracker.of_config(cfg, enabled=main) as tracker:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
@@ -437,6 +451,8 @@ class Recipe:
                                 "engine": self.checkpoint_identity["engine"],
                                 **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {}), **tracking.tags})
             tracker.log_dict(config_to_dict(cfg), "config.yaml")
+            if self.warm_start:
+                self.warm_start.log(tracker)
             if isinstance(self.engine, DeepSpeedEngine):
                 tracker.log_dict(self.engine.ds_config, "deepspeed.json")
             started = time.perf_counter()
