@@ -3,9 +3,10 @@ the dataset prepared again later; kept rows carried bit-identical, new ids folde
 
 The module shares one later dataset (the planted one with 42 items), its earlier snapshot
 (data_prep/snapshot.py: the later training interactions less 10%, less 5% of the items and 5% of the
-users, plus two users and three items the later data no longer has) and three runs of the tiny LLaMA
-(benchmarks/incremental.py's `train_run`): "earlier" and "scratch" (2 warm-up epochs, 3 rounds, 8
-finetuning epochs) and "warm" (through the CLI: --init-from the earlier run, 3 finetuning epochs only).
+users, plus two users and three items the later data no longer has) and three runs of the quick recipe
+with the tiny LLaMA: "earlier" and "scratch" (benchmarks/incremental.py's `train_run`: 2 warm-up epochs,
+3 rounds, 8 finetuning epochs) and "warm" (through the CLI: --init-from the earlier run, 3 finetuning
+epochs only).
 """
 from __future__ import annotations
 
