@@ -188,11 +188,12 @@ def trained(tmp_path_factory, planted_dataset, tiny_llama) -> Trained:
     return Trained(run, rows, root / "run", uri, experiment, run_results(root / "run"))
 
 
-def load_script(name: str):
-    """A script of `scripts/` (not a package) imported as a module, e.g. load_script("amazon_sample")."""
+def load_script(name: str, folder: str = "scripts"):
+    """A script of `scripts/` (or another folder: "benchmarks"; not a package) imported as a module, e.g.
+    load_script("amazon_sample")."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -143,3 +143,18 @@ def test_seeded_run_comparison_names_every_difference(tmp_path):
     assert bad.returncode == 1
     assert "plain+resumed/history[0]/content_lm_loss: 10.25 != 10.250001" in bad.stdout
     assert "plain+resumed/tensors/model/t::a: 'f32 [2] ab' != 'f32 [2] cd'" in bad.stdout
+
+
+@pytest.mark.slow
+def test_incremental_benchmark_prints_the_epochs_to_the_target(planted_dataset, tiny_llama, tmp_path):
+    tiny = [f"model.backbone={tiny_llama}", "model.dtype=float32", "pretrain.batch_size=8", "finetune.batch_size=8",
+            "finetune.epochs=2", "data.reviews=false", "baselines.mostpop=false", "baselines.multivae=false",
+            "baselines.ease=false", "eval.recall_ks=[5,10]", "eval.ndcg_ks=[10]"]
+    out = run_benchmark("incremental.py", "--dataset", str(planted_dataset), "--k", "5", "--out", str(tmp_path),
+                        "--warm", "pretrain.warmup_epochs=0", "finetune.epochs=1", "--", *tiny, timeout=600)
+    rows = {row[0]: row for row in table_rows(out) if len(row) == 7 and row[0] != "run"}
+    assert list(rows) == ["earlier", "scratch", "warm"]
+    assert rows["scratch"][1:3] == ["3", "2"] and rows["warm"][1:3] == ["1", "1"]  # epoch units, finetuning epochs
+    assert "init from the earlier run: items 38 kept, 2 new, 0 removed; users " in out
+    report = json.loads((tmp_path / "incremental.json").read_text())
+    assert report["runs"]["scratch"]["reach"] is not None and report["init_from"]["items"]["new"] == 2

@@ -30,6 +30,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.distributed import shutdown_distributed
 
     config = load_config(args.recipe, args.overrides)
+    if args.init_from is not None:
+        config.incremental.init_from = str(args.init_from)
     try:
         train(config, start=args.start, progress=not args.no_progress)
     finally:
@@ -40,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the `quick` recipe on ML-100K + SmolLM2-135M (prepared and fetched on demand)."""
     return cmd_train(argparse.Namespace(recipe="quick", overrides=args.overrides, start=args.start,
-                                        no_progress=args.no_progress))
+                                        no_progress=args.no_progress, init_from=None))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -129,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "train":
             p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+            p.add_argument("--init-from", type=Path, metavar="RUN_OR_MODEL",
+                           help="start from an earlier run's model (or a saved model folder): rows of the ids it "
+                                "shares with this dataset carried over by raw id, new ids folded in from their text "
+                                "(incremental.init_from; docs/incremental.md)")
         _add_start_flags(p, rows=False)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5 or ablation=cf")

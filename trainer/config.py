@@ -316,6 +316,21 @@ class ServingConfig:
 
 
 @dataclass
+class IncrementalConfig:
+    """Incremental training: start from an earlier model on a dataset prepared again later
+    ([incremental.md](incremental.md)). Read only when a run starts, never on resume (the checkpoint wins)."""
+
+    init_from: str | None = None
+    """An earlier run folder (its `model/`) or saved model folder (`cllm4rec train --init-from`). Rows of the
+    users and items it shares with this run's dataset (by raw id) are copied, new ones are folded in from
+    their text, removed ones dropped; a different backbone, tokenizer, K or ID token layout is refused."""
+    passes: int = 5
+    """Fold-in epochs of the content LLM over the new users' and items' documents (`cllm4rec fold-in --passes`)."""
+    lr: float = 1e-2
+    """Adam lr of those epochs (`cllm4rec fold-in --lr`)."""
+
+
+@dataclass
 class TrainConfig:
     """The run's name, seed, device, output folder and ablation."""
 
@@ -342,17 +357,19 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
 
 
-# Epoch budgets may change on resume (to extend a run), and how the run is executed and tracked;
-# everything else must match the checkpoint (the dataset itself is pinned by its hash).
+# Epoch budgets may change on resume (to extend a run), how the run is executed and tracked, and where it
+# started from (`incremental`, read only at the start); everything else must match the checkpoint (the
+# dataset itself is pinned by its hash).
 RESUMABLE_KEYS = ("pretrain.warmup_epochs", "pretrain.rounds", "finetune.epochs", "finetune.patience",
                   "tracking", "baselines", "eval.max_users", "eval.batch_size", "output_dir", "device",
                   "data.dataset", "distributed", "checkpoint", "model.attention", "model.fused_norm", "model.compile",
-                  "model.head_gradient_dtype", "model.activation_checkpointing", "serving")
+                  "model.head_gradient_dtype", "model.activation_checkpointing", "serving", "incremental")
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)

@@ -122,6 +122,8 @@ RANGES: dict[str, Range] = {
     "serving.max_top_m": _count(1),
     "serving.max_records": _count(1),
     "serving.max_history": _count(0),
+    "incremental.passes": _count(0),
+    "incremental.lr": _positive(),
 }
 
 

@@ -75,6 +75,15 @@ class Dist:
         torch_dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def broadcast_tensor(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank `src`'s `tensor` on every rank (each rank passes one of the same shape and dtype); a new tensor
+        on the input's device."""
+        if not self.active:
+            return tensor
+        out = tensor.to(self._device(), copy=True)
+        torch_dist.broadcast(out, src=src)
+        return out.to(tensor.device)
+
     def all_gather(self, value: Any) -> list[Any]:
         """[value of rank 0, value of rank 1, ...] on every rank (small, JSON-like objects only)."""
         if not self.active:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cllm4rec.interactions import UserItems
+from cllm4rec.model import CLLM4Rec
 from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
@@ -75,26 +76,36 @@ class FoldInResult:
     pyfunc: Path | None = None
 
 
-def grown_tables(tables: dict[str, torch.Tensor], n_users: int, n_items: int) -> dict[str, torch.Tensor]:
-    """Each [N, K] / [J, K] table with rows appended up to n_users / n_items, each the centroid of the old rows."""
-    grown = {}
+def mapped_tables(tables: dict[str, torch.Tensor], users: np.ndarray, items: np.ndarray) -> dict[str, torch.Tensor]:
+    """The [N', K] / [J', K] tables whose row r is row users[r] / items[r] of each earlier [N, K] / [J, K]
+    table (an exact copy), or, where that is -1 (a new id), the centroid (the mean) of the earlier rows."""
+    mapped = {}
     for name, table in tables.items():
-        rows = (n_users if name.endswith("user") else n_items) - table.shape[0]
-        grown[name] = torch.cat([table, table.mean(dim=0, keepdim=True).expand(rows, -1)])
-    return grown
+        rows = torch.as_tensor(users if name.endswith("user") else items, dtype=torch.long)
+        out = table.mean(dim=0, keepdim=True).expand(rows.shape[0], -1).clone()
+        kept = rows >= 0
+        out[kept] = table[rows[kept]]
+        mapped[name] = out
+    return mapped
 
 
-def freeze_rows(optimizer: torch.optim.Optimizer, first_trainable: dict[torch.nn.Parameter, int]) -> None:
-    """Before every step, zero the gradient rows of each parameter below its first trainable row (a
-    parameter not in `first_trainable` is frozen whole): Adam's moments of those rows stay 0, and so does
-    their update, so they stay bit-identical."""
-    def zero_old_rows(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+def grown_rows(n_old: int, n_new: int) -> np.ndarray:
+    """The rows of a catalogue grown from n_old to n_new ids: 0..n_old-1, then -1 (new) for each added id."""
+    return np.concatenate([np.arange(n_old), np.full(n_new - n_old, -1)])
+
+
+def freeze_rows(optimizer: torch.optim.Optimizer, trainable: dict[torch.nn.Parameter, torch.Tensor]) -> None:
+    """Before every step, zero the gradient rows of each parameter outside its trainable rows (`trainable`:
+    a bool [rows] mask per parameter; a parameter not in it is frozen whole): Adam's moments of those rows
+    stay 0, and so does their update, so they stay bit-identical."""
+    def zero_frozen_rows(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         for group in opt.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
-                    param.grad[: first_trainable.get(param, param.shape[0])] = 0
+                    rows = trainable.get(param)
+                    param.grad[slice(None) if rows is None else ~rows] = 0
 
-    optimizer.register_step_pre_hook(zero_old_rows)
+    optimizer.register_step_pre_hook(zero_frozen_rows)
 
 
 def fold_in_plans(config: TrainConfig, lr: float) -> dict[StepKind, StepPlan]:
@@ -103,20 +114,52 @@ def fold_in_plans(config: TrainConfig, lr: float) -> dict[StepKind, StepPlan]:
     return {step: replace(plans[step], lr=lr, lr_schedule="constant", warmup_steps=0) for step in PLANNED_STEPS}
 
 
-def new_user_histories(train: UserItems, first_new: int) -> UserItems:
-    """The training items of users first_new.. only (earlier users' rows empty)."""
-    start = train.indptr[first_new]
-    indptr = np.concatenate([np.zeros(first_new, np.int64), train.indptr[first_new:] - start])
-    return UserItems(indptr, train.indices[start:], train.n_items)
+def histories_of(train: UserItems, users: np.ndarray) -> UserItems:
+    """The training items of the users where `users` (bool [N]) is true; the other rows empty."""
+    lengths = train.lengths()
+    indptr = np.concatenate([[0], np.cumsum(np.where(users, lengths, 0))])
+    return UserItems(indptr, train.indices[np.repeat(users, lengths)], train.n_items)
 
 
-def new_corpora(corpora: Corpora, n_users: int, n_items: int) -> Corpora:
-    """`corpora` cut to what the new entities own: content documents of users >= n_users and items
-    >= n_items (their biographies and texts), and the new users' training items."""
-    mine = [k for k, (kind, user, item) in enumerate(corpora.content_owner)
-            if (kind == "user" and user >= n_users) or (kind == "item" and item >= n_items)]
-    return replace(corpora, content=[corpora.content[k] for k in mine],
-                   content_owner=[corpora.content_owner[k] for k in mine], train=new_user_histories(corpora.train, n_users))
+def new_corpora(corpora: Corpora, new_users: np.ndarray, new_items: np.ndarray) -> Corpora:
+    """`corpora` cut to what the new entities (bool [N] / [J] masks) own, in memory: the content documents
+    that name a new user or item (biographies, item texts, reviews), and the new users' training items."""
+    mine = [k for k, (_, user, item) in enumerate(corpora.content_owner)
+            if (user >= 0 and new_users[user]) or (item >= 0 and new_items[item])]
+    return replace(corpora, content=[corpora.content[k] for k in mine], shards=None,
+                   content_owner=[corpora.content_owner[k] for k in mine], train=histories_of(corpora.train, new_users))
+
+
+def row_masks(model: CLLM4Rec, users: np.ndarray, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bool [N] / [J] row masks `users` / `items` as tensors on the model's device."""
+    device = model.collab_user.device
+    return torch.as_tensor(users, device=device), torch.as_tensor(items, device=device)
+
+
+def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: np.ndarray,
+                   new_items: np.ndarray) -> PlainEngine:
+    """A plain engine over `model` with the model's own steps at a constant `lr` (`fold_in_plans`), in which
+    only the new rows (bool [N] / [J] masks) move: content rows of new users and items, collaborative rows
+    of new users. The backbone must be frozen (requires_grad false) by the caller."""
+    engine = PlainEngine(model, lr, lr, plans=fold_in_plans(config, lr))
+    users, items = row_masks(model, new_users, new_items)
+    freeze_rows(engine.optimizer, {model.content_user: users, model.content_item: items, model.collab_user: users})
+    return engine
+
+
+def read_new_texts(engine: PlainEngine, corpora: Corpora, options: FoldInOptions, batch: int, new_users: np.ndarray,
+                   new_items: np.ndarray) -> list[float]:
+    """Steps 2-3 of the module docstring: `options.passes` content epochs over `corpora` (`new_corpora`), then
+    each new collaborative row set to its content row, the mean of its MR prior; the loss of each pass."""
+    step = StepKind.C_STEP
+    losses = _passes(engine, step, [corpora.content_batches(epoch_rng(options.seed, "fold-in", step.task, p), batch)
+                                    for p in range(options.passes)], options.progress) if corpora.content else []
+    model = engine.model
+    users, items = row_masks(model, new_users, new_items)
+    with torch.no_grad():
+        model.collab_user[users] = model.content_user[users]
+        model.collab_item[items] = model.content_item[items]
+    return losses
 
 
 def _passes(engine: PlainEngine, step: StepKind, streams: list[EpochStream], progress: bool) -> list[float]:
@@ -165,21 +208,15 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         ckpt.check_identity(saved.identity, {**ckpt.identity_of(config, parts), "dataset_hash": dataset_hash(old_path),
                                              "n_users": old.n_users, "n_items": old.n_items})
         model = parts.model
-        load_weights(model, grown_tables(saved.tables, grown.n_users, grown.n_items), saved.extra)
+        new_users, new_items = np.arange(grown.n_users) >= old.n_users, np.arange(grown.n_items) >= old.n_items
+        load_weights(model, mapped_tables(saved.tables, grown_rows(old.n_users, grown.n_users),
+                                          grown_rows(old.n_items, grown.n_items)), saved.extra)
         model.backbone.requires_grad_(False)  # trained backbone or LoRA weights stay as they are
-        engine = PlainEngine(model, options.lr, options.lr, plans=fold_in_plans(config, options.lr))
-        freeze_rows(engine.optimizer, {model.content_user: old.n_users, model.content_item: old.n_items,
-                                       model.collab_user: old.n_users})
-        corpora = new_corpora(parts.corpora, old.n_users, old.n_items)
+        engine = fold_in_engine(model, config, options.lr, new_users, new_items)
+        corpora = new_corpora(parts.corpora, new_users, new_items)
         batch = options.batch_size or config.pretrain.batch_size
         lap("setup")
-        if corpora.content:
-            result.content_loss = _passes(engine, StepKind.C_STEP, [
-                corpora.content_batches(epoch_rng(options.seed, "fold-in", StepKind.C_STEP.task, p), batch)
-                for p in range(options.passes)], options.progress)
-        with torch.no_grad():  # each new collaborative row at the mean of its MR prior: its content row
-            model.collab_user[old.n_users:] = model.content_user[old.n_users:]
-            model.collab_item[old.n_items:] = model.content_item[old.n_items:]
+        result.content_loss = read_new_texts(engine, corpora, options, batch, new_users, new_items)
         lap("content")
         if corpora.train.nnz:
             result.collab_loss = _collab_passes(engine, corpora, config, options, batch)

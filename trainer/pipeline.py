@@ -37,10 +37,11 @@ from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import init_distributed
 from trainer.engine_setup import build_engine, load_ds_config, model_dtype, want_deepspeed
 from trainer.evaluate import evaluate, scoring_prompt
+from trainer.incremental import initial_model
 from trainer.loop import EpochProgress, run_epoch
 from trainer.phases import Phase, Stage, StepKind, Unit, training_units
 from trainer.results import write_results
-from trainer.resume import config_differences, rng_state, set_rng_state
+from trainer.resume import config_differences, latest_checkpoint, rng_state, set_rng_state
 from trainer.run_folder import Start, make_output_folder, start_problem
 from trainer.schedule import PLANNED_STEPS, step_plans
 from trainer.serving import save_pyfunc
@@ -77,6 +78,10 @@ class TrainingRun:
         self.dist.barrier()
         ds = load_ds_config(config, self.dist, device)
         self.parts = build_run(config, device, model_dtype(config, device, ds))
+        # the checkpoint a resume continues from, found before the engine is built: it wins over --init-from
+        resuming = start in ("resume", "resume-or-start")
+        self.resume_from = latest_checkpoint(self.checkpoints, self.dist) if resuming else None
+        self.warm_start = initial_model(config, self.parts, self.dist, self.progress, self.resume_from)
         self.engine = build_engine(config, self.dist, self.parts, device, ds, step_plans(config, self.steps_per_epoch()))
         self.identity = ckpt.identity_of(config, self.parts)
         self.checkpoint_identity = {**self.identity, "engine": self.engine.kind}
@@ -130,12 +135,11 @@ class TrainingRun:
             set_rng_state(self.state["rng"])
 
     def try_resume(self) -> bool:
-        latest = ckpt.find_latest(self.checkpoints) if self.dist.is_main else None
-        latest = self.dist.broadcast(str(latest) if latest else None)
+        latest = self.resume_from
         if latest is None:
             log.info("no complete checkpoint under %s: starting fresh", self.checkpoints)
             return False
-        self.restore(Path(latest))
+        self.restore(latest)
         where = self.state["in_progress"]
         log.info("resumed from %s after %d completed epochs%s", latest, len(self.state["history"]),
                  f" and {where['progress']['step']} steps of {where['unit']}" if where else "")
@@ -305,6 +309,9 @@ class TrainingRun:
             self.try_resume()
         if main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            if self.warm_start:
+                self.warm_start.write(self.out)
+                print(self.warm_start.summary())
         tracking = cfg.tracking
         with Tracker.of_config(cfg, enabled=main) as tracker:
             tracker.start(tracking.run_name or cfg.name, config_to_dict(cfg),
@@ -312,6 +319,8 @@ class TrainingRun:
                                 "engine": self.checkpoint_identity["engine"],
                                 **({PARENT_TAG: tracking.parent_run_id} if tracking.parent_run_id else {}), **tracking.tags})
             tracker.log_dict(config_to_dict(cfg), "config.yaml")
+            if self.warm_start:
+                self.warm_start.log(tracker)
             for name, content in self.engine.config_files().items():
                 tracker.log_dict(content, name)
             started = time.perf_counter()

@@ -1,14 +1,25 @@
 """What a resumed run restores besides tables and optimizer state (docs/architecture.md, section 5):
-torch's RNG state, and the check that a checkpoint's config differs from the run's only in the keys
-that may change on resume (`RESUMABLE_KEYS`)."""
+the checkpoint it continues from, torch's RNG state, and the check that a checkpoint's config differs
+from the run's only in the keys that may change on resume (`RESUMABLE_KEYS`)."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer import checkpoint as ckpt
 from trainer.config import RESUMABLE_KEYS, TrainConfig, config_to_dict, flatten
+from trainer.distributed import Dist
+
+
+def latest_checkpoint(checkpoints: Path, dist: Dist) -> Path | None:
+    """The checkpoint a resume continues from: the latest complete one under `checkpoints` (rank 0 picks
+    it, every rank gets its path), or None. Collective."""
+    latest = ckpt.find_latest(checkpoints) if dist.is_main else None
+    latest = dist.broadcast(str(latest) if latest else None)
+    return Path(latest) if latest else None
 
 
 def rng_state() -> dict[str, str]:

@@ -152,6 +152,21 @@ class Tracker:
         self._log_params(self._run_id, params)
         return self._run_id
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log flattened ``params`` to the parent run (after :meth:`start`)."""
+        if self._client is not None and self._run_id is not None:
+            self._log_params(self._run_id, params)
+
+    def log_input(self, name: str, digest: str, source: str, profile: str, context: str) -> None:
+        """Record a local input of the parent run (MLflow's dataset inputs): ``name``, a ``digest`` of its
+        content, its path ``source``, a JSON ``profile`` and the ``context`` it was used in."""
+        if self._client is None or self._run_id is None:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name, digest[:36], "local", source, profile=profile)
+        self._client.log_inputs(self._run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
     @contextmanager
     def phase(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[str | None]:
         """Run the block inside a child run of the parent (tag ``phase=<name>``); yield its id.
