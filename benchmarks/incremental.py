@@ -44,7 +44,7 @@ def earlier_dataset(later: Path, out: Path, *, interactions: float, items: float
 
 def train_run(out: Path, dataset: Path, recipe: str | None, overrides: list[str], init_from: Path | None = None) -> Path:
     """Train the recipe on `dataset` into `out` (MLflow off unless an override turns it on); the run folder."""
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.pipeline import train
 
     config = load_config(recipe, ["tracking.mlflow=false", *overrides, f"data.dataset={dataset}", f"output_dir={out}"])

@@ -29,9 +29,9 @@ from data_prep.raw import RawBuilder
 from data_prep.snapshot import snapshot_builder
 from trainer import checkpoint as ckpt
 from trainer import cli
-from trainer.config import load_config
+from trainer.config_loading import load_config
 from trainer.id_mapping import earlier_rows
-from trainer.pipeline import Recipe
+from trainer.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -118,7 +118,7 @@ def test_the_mapping_is_printed_logged_and_saved(runs: Runs) -> None:
 def test_carried_rows_are_bit_identical_right_after_init(runs: Runs, tiny_llama) -> None:
     config = load_config("quick", tiny_overrides(runs.later, tiny_llama, runs.root / "unused", **WARM))
     config.incremental.init_from = str(runs.earlier)
-    tables = Recipe(config, progress=False).engine.full_tables()  # initialised, not trained
+    tables = TrainingRun(config, progress=False).engine.full_tables()  # initialised, not trained
     before = load_file(str(runs.earlier / "model" / ckpt.TABLES))
     earlier, later = load_processed(runs.earlier_data), load_processed(runs.later)
     rows = {"user": earlier_rows(earlier.user_raw, later.user_raw), "item": earlier_rows(earlier.item_raw, later.item_raw)}
@@ -179,16 +179,16 @@ def test_webdataset_shards_get_the_same_init_and_train(runs: Runs, tiny_llama, t
     from data_prep.shards import write_shards
 
     write_shards(runs.later, tmp_path / "shards", samples_per_shard=16)
-    recipes = []
+    training_runs = []
     for shards in (None, tmp_path / "shards"):
         config = load_config("quick", tiny_overrides(runs.later, tiny_llama, tmp_path / f"run-{shards is None}",
                                                   **{**WARM, "finetune.epochs": 1}))
         config.incremental.init_from = str(runs.earlier)
         config.data.shards = str(shards) if shards else None
-        recipes.append(Recipe(config, progress=False))
-    in_memory, sharded = (recipe.engine.full_tables() for recipe in recipes)
+        training_runs.append(TrainingRun(config, progress=False))
+    in_memory, sharded = (training_run.engine.full_tables() for training_run in training_runs)
     assert all(torch.equal(sharded[name], in_memory[name]) for name in in_memory)
-    sharded_run = recipes[1]
+    sharded_run = training_runs[1]
     sharded_run.run()
     assert [h["unit"] for h in sharded_run.state["history"]] == ["finetune-r000-e000"]
     assert (sharded_run.out / "init_from.json").is_file() and (sharded_run.out / "model" / ckpt.COMPLETE).is_file()
