@@ -87,6 +87,7 @@ def worker(args: argparse.Namespace) -> dict:
     from cllm4rec.rms_norm import LLAMA_STYLE_RMS_NORMS, fuse_rms_norms
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
     from cllm4rec.tokenization import Document, IdTokenizer
+    from cllm4rec.table_access import TableAccess
     from cllm4rec.table_gradients import TableGradients
     from cllm4rec.tasks import TableSet
     from common import backbone_flops_per_token, matmul_rate, product_rate_probe, seconds
@@ -155,7 +156,7 @@ def worker(args: argparse.Namespace) -> dict:
     def step_with(sink: TableGradients | None, norm: str = "fused", head: torch.dtype = head_dtype,
                   kernel: Callable = shipped_kernel) -> Callable[[], object]:
         def run_step() -> None:
-            engine.table_gradients, model.head_gradient_dtype = sink, head
+            engine.table_access, model.head_gradient_dtype = TableAccess(sink), head
             cllm4rec.table_access.item_softmax_nll_sum = kernel
             for name, module in norms[norm]:
                 backbone.set_submodule(name, module)
@@ -168,7 +169,7 @@ def worker(args: argparse.Namespace) -> dict:
         return tuple(p() for p in probes)
 
     rates = [[matmul_rate(*product) for product in products]]
-    kept = engine.table_gradients
+    kept = engine.table_access.gradients
     undone = {"kept-gradients": lambda: step_with(None), "fused-norm": lambda: step_with(kept, "transformers"),
               "bf16-head": lambda: step_with(kept, head=torch.float32),
               "losses": lambda: step_with(kept, kernel=load_losses(args.baseline_losses).item_softmax_nll_sum)}
