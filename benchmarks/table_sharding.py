@@ -12,7 +12,7 @@ row-sharded: `RowShardedEngine`, whose `Collectives` count their bytes), and one
 on the same seeded global batch (the quick recipe's 20 documents: L-step documents of 64 items, content
 documents of 24 words, finetuning prompts of 48 items with 12 targets), then one scoring call (top-100
 of 64 users). Received bytes: an all-gather brings (R − 1) × its input, a reduce-scatter (R − 1)/R of it,
-an all-reduce 2 (R − 1)/R, an all-to-all what the others send (cllm4rec/collectives.py); DeepSpeed logs
+an all-reduce 2 (R − 1)/R (a ring), an all-to-all what the others send (cllm4rec/collectives.py); DeepSpeed logs
 each call's input size, converted the same way. The two float64 count all-reduces of every step (16 B)
 are in neither. Bytes depend only on the batch: nothing is timed.
 """
@@ -52,24 +52,25 @@ def global_batches(tok, users: int, items: int) -> dict[str, list]:
                                         for u in who[:DOCS]]),
         "content": tok.encode_documents([(item_content_prompt(int(j)), [Text(" ".join(words))])
                                          for j in rng.choice(items, DOCS, replace=False)]),
-        "rec": [(Document(ids, len(ids)), rng.choice(items, REC_TARGETS, replace=False)) for ids in prompts[:DOCS]],
+        "rec": [Document(ids, len(ids)) for ids in prompts[:DOCS]],
+        "rec_targets": [rng.choice(items, REC_TARGETS, replace=False) for _ in range(DOCS)],
         "score": [Document(ids, len(ids)) for ids in prompts],
         "scored_users": who[:SCORED],
     }
 
 
-def share(docs: list, rank: int, world: int) -> dict:
-    """This rank's batch of a global batch of documents (or, for "rec", (document, targets) pairs)."""
+def share(docs: dict[str, list], name: str, rank: int, world: int) -> dict:
+    """This rank's batch of the global batch `name` (finetuning prompts with their targets)."""
+    import numpy as np
     import torch
 
     from trainer.data import pad_documents
 
-    mine = docs[rank::world]
-    if not isinstance(mine[0], tuple):
-        return pad_documents(mine)
-    batch = pad_documents([doc for doc, _ in mine])
-    batch["target_rows"] = torch.arange(len(mine)).repeat_interleave(REC_TARGETS)
-    batch["target_items"] = torch.as_tensor([j for _, targets in mine for j in targets], dtype=torch.long)
+    batch = pad_documents(docs[name][rank::world])
+    if name == "rec":
+        targets = docs["rec_targets"][rank::world]
+        batch["target_rows"] = torch.arange(len(targets)).repeat_interleave(REC_TARGETS)
+        batch["target_items"] = torch.from_numpy(np.concatenate(targets)).long()
     return batch
 
 
@@ -101,13 +102,13 @@ def worker(args: argparse.Namespace) -> None:
         reset, count = ds_comm.reset_log, lambda: received_by_deepspeed(ds_comm, dist.world_size)
     figures = {}
     for step in (StepKind.L_STEP, StepKind.C_STEP, StepKind.FINETUNE):
-        batch = share(docs[step.task.value], dist.rank, dist.world_size)
+        batch = share(docs, step.task.value, dist.rank, dist.world_size)
         reset()
         engine.train_step(step, batch)
         figures[step.task.value] = count()
     nothing = UserItems.from_lists([[] for _ in range(args.users)], args.items)
     reset()
-    engine.rank_items(share(docs["score"], dist.rank, dist.world_size), nothing,
+    engine.rank_items(share(docs, "score", dist.rank, dist.world_size), nothing,
                       docs["scored_users"][dist.rank :: dist.world_size], TOP)
     figures["score"] = count()
     ranks = dist.all_gather(figures)
@@ -137,17 +138,17 @@ def launch(engine: str, users: int, items: int, ranks: int, backbone: Path, fold
 
 
 def table_arithmetic(users: int, items: int, ranks: int, dim: int, step: str) -> str:
-    """docs/cluster.md, section 5, for fp32 tables (zero3_cpu), in MiB: ZeRO-3 gathers all four tables in
+    """docs/cluster.md, section 5, for fp32 tables (zero3_cpu), in KiB: ZeRO-3 gathers all four tables in
     the forward and again in the backward of a training step ((R−1)/R of each reaches a rank) and
     reduce-scatters the trained pair once; a scoring pass gathers them once."""
     share, pair = (ranks - 1) / ranks, (users + items) * dim * 4
     if step == "score":
-        return f"{mib(share * 2 * pair)} + 0"
-    return f"{mib(2 * share * 2 * pair)} + {mib(share * pair)}"
+        return f"{kib(share * 2 * pair)} + 0"
+    return f"{kib(2 * share * 2 * pair)} + {kib(share * pair)}"
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.2f}"
+def kib(n: float) -> str:
+    return f"{n / 2**10:,.1f}"
 
 
 def main() -> None:
@@ -164,7 +165,7 @@ def main() -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="table-sharding-"))
     backbone = tiny_backbone(folder / "tiny")
-    print(f"\nbytes received per rank per step (MiB, mean over the ranks), tiny backbone (K = 64, fp32), gloo; "
+    print(f"\nbytes received per rank per step (KiB, mean over the ranks), tiny backbone (K = 64, fp32), gloo; "
           f"global batch {DOCS} documents; scoring: top-{TOP} of {SCORED} users\n")
     print("| users | items | ranks | step | engine | all-gather | reduce-scatter | all-to-all | all-reduce | total | "
           "ZeRO-3 table arithmetic (gathered + reduced) |")
@@ -179,10 +180,10 @@ def main() -> None:
                     for rank in result["ranks"]:
                         for kind, value in rank[step].items():
                             kinds[kind] = kinds.get(kind, 0.0) + value / ranks
-                    cells = [mib(kinds.get(k, 0.0)) for k in ("all_gather", "reduce_scatter", "all_to_all", "all_reduce")]
+                    cells = [kib(kinds.get(k, 0.0)) for k in ("all_gather", "reduce_scatter", "all_to_all", "all_reduce")]
                     table = table_arithmetic(users, items, ranks, 64, step) if engine == "zero3" else ""
                     print(f"| {users:,} | {items:,} | {ranks} | {step} | {engine} | {' | '.join(cells)} | "
-                          f"{mib(sum(kinds.values()))} | {table} |")
+                          f"{kib(sum(kinds.values()))} | {table} |")
     print(f"\nfigures as JSON: {folder}")
 
 

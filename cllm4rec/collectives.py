@@ -6,8 +6,7 @@ to `received[kind]` the bytes this rank receives from the other ranks:
 
   all_gather      (R − 1) × the input (every other rank's equal-sized tensor);
   all_to_all      exactly the rows the other ranks send it;
-  reduce_scatter  (R − 1) / R × the input (a ring: R − 1 steps of one R-th);
-  all_reduce      2 (R − 1) / R × the tensor (a ring reduce-scatter, then a ring all-gather).
+  reduce_scatter  (R − 1) / R × the input (a ring: R − 1 steps of one R-th).
 
 These are the figures docs/cluster.md (section 2) compares, counted from the tensors passed here;
 the index and size exchanges are counted too.
@@ -79,15 +78,6 @@ class Collectives:
         out = tensor.new_empty(tensor.shape[0] // self.world, *tensor.shape[1:])
         torch_dist.reduce_scatter_single(out, tensor)
         self._count("reduce_scatter", (self.world - 1) / self.world * _nbytes(tensor))
-        return out
-
-    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """Element-wise "sum" or "max" over ranks (a new tensor)."""
-        if self.world == 1:
-            return tensor
-        out = tensor.clone()
-        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.MAX if op == "max" else torch_dist.ReduceOp.SUM)
-        self._count("all_reduce", 2 * (self.world - 1) / self.world * _nbytes(tensor))
         return out
 
     def reset(self) -> None:

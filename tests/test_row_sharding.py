@@ -153,3 +153,19 @@ def test_row_sharding_refuses_a_trained_backbone(planted_dataset, tiny_llama, tm
     config = load_config("quick", [*_overrides(planted_dataset, tiny_llama, tmp_path, **ROWS), "ablation=ftall-lora"])
     with pytest.raises(ConfigError, match=r"model.train_backbone=lora \(ablation=ftall-lora\).*table_sharding=zero3"):
         build_engine(config, LOCAL, None, torch.device("cpu"), None, {})
+
+
+def test_export_from_a_row_sharded_checkpoint(runs: Runs, tmp_path: Path) -> None:
+    """`cllm4rec export` of a row-sharded run: its checkpoints hold the whole tables (gathered from the
+    ranks), so the exported model needs neither the ranks nor their optimizer files."""
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from trainer.cli import main
+
+    assert main(["export", str(runs.ranks[4]), "--out", str(tmp_path / "exported")]) == 0
+    exported = load_file(str(tmp_path / "exported" / "tables.safetensors"))
+    saved = load_checkpoint(resolve_checkpoint(runs.ranks[4]))
+    assert sorted(p.name for p in saved.path.glob("optimizer-rows-*.json")) == [
+        f"optimizer-rows-r{r:04d}-of-0004.json" for r in range(4)]
+    assert exported.keys() == saved.tables.keys() and all(torch.equal(exported[n], saved.tables[n]) for n in exported)

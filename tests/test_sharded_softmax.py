@@ -85,6 +85,7 @@ def _rank_cases(comm) -> dict:
     for k in (TOP_K, J + 5):  # every rank's users against this rank's items, as a scoring pass gives them
         out[f"top{k}"] = ShardScores(scores[:, lo:hi], sizes, layout).top_excluding(exclude, own_users, k, comm)
     out["exchange"] = _exchange(comm)
+    out["counted"] = _counted(comm)
     nothing = UserItems.from_lists([[] for _ in range(exclude.n_users)], J)
     out["distinct"] = ShardScores(distinct_scores(comm.world)[:, lo:hi], sizes, layout).top_excluding(
         nothing, own_users, TOP_K, comm)
@@ -123,6 +124,15 @@ def _exchange(comm) -> dict:
     assert shard.grad is None  # nothing reaches autograd: the owners get it in apply()
     access.apply()
     return {"rows": rows.detach(), "anchors": anchors, "grad": shard.grad, "reused": reused}
+
+
+def _counted(comm) -> dict:
+    """The bytes `Collectives` counts for one call of each kind."""
+    comm.reset()
+    comm.all_gather(torch.zeros(3, 2))  # 24 B from each other rank
+    comm.reduce_scatter(torch.zeros(comm.world * 4))  # a ring: (R − 1) steps of 16 B
+    comm.all_to_all(torch.zeros(comm.world, 5), [1] * comm.world, [1] * comm.world)  # 20 B from each other rank
+    return dict(comm.received)
 
 
 def distinct_scores(world: int) -> torch.Tensor:
@@ -206,3 +216,10 @@ def test_rows_reach_the_ranks_that_ask_and_gradients_their_owners(ranks) -> None
         loss = loss + (table[index] * weights).sum()
     (want,) = torch.autograd.grad(loss, table)
     torch.testing.assert_close(torch.cat([r["exchange"]["grad"] for r in results]), want, rtol=1e-6, atol=1e-6)
+
+
+def test_collectives_count_the_bytes_each_rank_receives(ranks) -> None:
+    world, results = ranks
+    for r in results:
+        assert r["counted"] == {"all_gather": 24 * (world - 1), "reduce_scatter": 16 * (world - 1),
+                                "all_to_all": 20 * (world - 1)}
