@@ -75,8 +75,9 @@ class ShardedItemSoftmaxNLL(torch.autograd.Function):
         block_elements = LOGIT_BLOCK_BYTES // stored.itemsize if block_elements is None else block_elements
         lo, hi = layout.range(comm.rank)
         w = shard.to(dtype)
-        # each row's hidden-state gradient (this shard's share) and, in the last column, its target logit
-        shares = h.new_zeros(n_rows, dim + 1) if need_h else h.new_zeros(n_rows, 1)
+        # each row's hidden-state gradient (this shard's share; when needed) and, last, its target logit
+        shares = h.new_zeros(n_rows, dim + 1 if need_h else 1)
+        logit = shares.shape[1] - 1
         kept = sink.take(shard) if sink is not None and need_w and shard.dtype == dtype else None
         grad_w = None
         if need_w:
@@ -88,7 +89,7 @@ class ShardedItemSoftmaxNLL(torch.autograd.Function):
                        chunk_items=layout.largest, combine=combine_over(comm), lse=lse)
         owned = (pairs[:, 1] >= lo) & (pairs[:, 1] < hi)  # the target pairs whose item this rank holds
         own_rows, own_items = pairs[owned, 0], pairs[owned, 1] - lo
-        shares[:, dim].index_add_(0, own_rows, (h[own_rows] * w[own_items]).sum(dim=1))
+        shares[:, logit].index_add_(0, own_rows, (h[own_rows] * w[own_items]).sum(dim=1))
         if need_h:
             shares[:, :dim].index_add_(0, own_rows, w[own_items], alpha=-1)
         if need_w:
@@ -101,7 +102,7 @@ class ShardedItemSoftmaxNLL(torch.autograd.Function):
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, shard.dtype)
         ctx.table, ctx.sink = shard, (sink if kept is not None else None)
-        return (weights[first : first + n_mine] * lse[first : first + n_mine]).sum() - mine[:, dim].sum()
+        return (weights[first : first + n_mine] * lse[first : first + n_mine]).sum() - mine[:, logit].sum()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):

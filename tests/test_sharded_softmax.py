@@ -78,8 +78,9 @@ def _rank_cases(comm) -> dict:
             sink.apply()
         with torch.no_grad():
             no_grad = sharded_item_softmax_nll_sum(h, shard, rows[own] - first, items[own], layout, comm)
-        out[multi_hot] = {"loss": loss.detach(), "no_grad": no_grad, "grad_h": h.grad, "grad_shard": shard.grad,
-                          "most_stored": most_stored}
+        frozen = sharded_item_softmax_nll_sum(h.detach(), shard.detach(), rows[own] - first, items[own], layout, comm)
+        out[multi_hot] = {"loss": loss.detach(), "no_grad": no_grad, "frozen": frozen, "grad_h": h.grad,
+                          "grad_shard": shard.grad, "most_stored": most_stored}
     scores, users, exclude = topk_case(comm.world)
     own_users = users[first : first + mine]
     for k in (TOP_K, J + 5):  # every rank's users against this rank's items, as a scoring pass gives them
@@ -154,7 +155,8 @@ def _plain(hidden, table, rows, items):
 def test_sharded_softmax_equals_the_whole_table(ranks, multi_hot) -> None:
     """Summed over the ranks, the losses equal the whole-table loss; each rank's hidden-state gradient is
     its rows' part of the whole one and its shard gradient its items' part (fp64, 1e-10), the head
-    gradient through a kept buffer (TableGradients) or autograd alike; under no_grad only the loss."""
+    gradient through a kept buffer (TableGradients) or autograd alike; under no_grad, or of inputs
+    that need no gradient, only the loss."""
     world, results = ranks
     hidden, table, rows, items = softmax_case(world, multi_hot)
     h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
@@ -164,6 +166,7 @@ def test_sharded_softmax_equals_the_whole_table(ranks, multi_hot) -> None:
     tol = {"rtol": 1e-10, "atol": 1e-10}
     torch.testing.assert_close(sum(r["loss"] for r in got), want.detach(), **tol)
     torch.testing.assert_close(sum(r["no_grad"] for r in got), want.detach(), **tol)
+    torch.testing.assert_close(sum(r["frozen"] for r in got), want.detach(), **tol)
     torch.testing.assert_close(torch.cat([r["grad_h"] for r in got]), grad_h, **tol)
     torch.testing.assert_close(torch.cat([r["grad_shard"] for r in got]), grad_w, **tol)
 
@@ -188,9 +191,10 @@ def test_sharded_topk_equals_topk_excluding_on_the_whole_table(ranks, k) -> None
     first = 0
     for size, r in zip(SIZES[world], results):
         items, values = r[f"top{k}"]
-        want = topk_excluding(scores[first : first + size], exclude, users[first : first + size], k)
+        own = scores[first : first + size]
+        want = topk_excluding(own, exclude, users[first : first + size], k)
         assert torch.equal(items, want)
-        assert torch.equal(values, scores[first : first + size].gather(1, want.clamp(min=0)).masked_fill(want < 0, float("-inf")))
+        assert torch.equal(values, own.gather(1, want.clamp(min=0)).masked_fill(want < 0, float("-inf")))
         first += size
 
 
