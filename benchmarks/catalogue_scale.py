@@ -80,13 +80,14 @@ def worker(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    import cllm4rec.model
+    import cllm4rec.table_access
     from cllm4rec.backbone import load_backbone
     from cllm4rec.losses import products_dtype
     from cllm4rec.model import CLLM4Rec
     from cllm4rec.rms_norm import LLAMA_STYLE_RMS_NORMS, fuse_rms_norms
     from cllm4rec.templates import Items, interaction_prompt, recommendation_prompt
     from cllm4rec.tokenization import Document, IdTokenizer
+    from cllm4rec.table_access import TableAccess
     from cllm4rec.table_gradients import TableGradients
     from cllm4rec.tasks import TableSet
     from common import backbone_flops_per_token, matmul_rate, product_rate_probe, seconds
@@ -118,7 +119,7 @@ def worker(args: argparse.Namespace) -> dict:
         model.compile_backbone()
     engine = PlainEngine(model, 1e-3, 1e-3, kept_gradients=args.variant != "plain")
     if args.variant == "plain":
-        cllm4rec.model.item_softmax_nll_sum = plain_item_softmax_nll_sum
+        cllm4rec.table_access.item_softmax_nll_sum = plain_item_softmax_nll_sum
         per_tensor = type("PerTensorAdam", (SkipInactiveGroups, torch.optim.Adam), {})
         engine.optimizer = per_tensor({s.value: model.table_parameters(s) for s in TableSet}, 1e-3, foreach=False)
     rng = np.random.default_rng(0)
@@ -150,13 +151,13 @@ def worker(args: argparse.Namespace) -> dict:
 
     engine.train_step(step, dict(batch))  # untimed (a compiled backbone compiles here)
 
-    shipped_kernel = cllm4rec.model.item_softmax_nll_sum
+    shipped_kernel = cllm4rec.table_access.item_softmax_nll_sum
 
     def step_with(sink: TableGradients | None, norm: str = "fused", head: torch.dtype = head_dtype,
                   kernel: Callable = shipped_kernel) -> Callable[[], object]:
         def run_step() -> None:
-            engine.table_gradients, model.head_gradient_dtype = sink, head
-            cllm4rec.model.item_softmax_nll_sum = kernel
+            engine.table_access, model.head_gradient_dtype = TableAccess(sink), head
+            cllm4rec.table_access.item_softmax_nll_sum = kernel
             for name, module in norms[norm]:
                 backbone.set_submodule(name, module)
             engine.train_step(step, dict(batch))
@@ -168,7 +169,7 @@ def worker(args: argparse.Namespace) -> dict:
         return tuple(p() for p in probes)
 
     rates = [[matmul_rate(*product) for product in products]]
-    kept = engine.table_gradients
+    kept = engine.table_access.gradients
     undone = {"kept-gradients": lambda: step_with(None), "fused-norm": lambda: step_with(kept, "transformers"),
               "bf16-head": lambda: step_with(kept, head=torch.float32),
               "losses": lambda: step_with(kept, kernel=load_losses(args.baseline_losses).item_softmax_nll_sum)}

@@ -52,12 +52,16 @@ class LogitMoments:
         return cls(torch.zeros(n_items, dtype=torch.float64, device=device),
                    torch.zeros(n_items, dtype=torch.float64, device=device))
 
-    def update(self, logits: torch.Tensor) -> None:
-        """Add the rows of logits [B, J] (one per user, raw: no item excluded)."""
+    def update(self, logits: torch.Tensor, first_item: int = 0, users: int | None = None) -> None:
+        """Add the rows of logits [B, J'] (one per user, raw: no item excluded) of the items
+        first_item .. first_item + J' − 1 (all of them by default), counted as `users` users (default
+        B: a rank of a row-sharded item table adds every rank's users for its own items and counts
+        only its own, so that the ranks' sum counts each user once)."""
         values = logits.detach().to(self.sums.device, torch.float64)
-        self.sums += values.sum(dim=0)
-        self.squares += values.square().sum(dim=0)
-        self.users += values.shape[0]
+        items = slice(first_item, first_item + values.shape[1])
+        self.sums[items] += values.sum(dim=0)
+        self.squares[items] += values.square().sum(dim=0)
+        self.users += values.shape[0] if users is None else users
 
     def as_tensor(self) -> torch.Tensor:
         """float64 [2J + 1]: sums, squares, user count."""

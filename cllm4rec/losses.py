@@ -8,6 +8,7 @@ sums and counts so that a distributed caller can reduce them across ranks before
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -21,6 +22,8 @@ CACHE_BLOCK_ELEMENTS = 1 << 19  # one [rows, items] fp32 block worked on while i
 # more than the narrower products save (bf16 on a 2-core AMX CPU: 1.08–1.10x slower at 32 rows, 0.82–0.85x at 64)
 NARROW_PRODUCTS_MIN_ROWS = 64
 _WORKSPACE: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+# per-row (max, Σ exp(logit − max)) over one rank's items → the same over every rank's (`softmax_chunks`)
+Combine = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def workspace(elements: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -122,7 +125,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
         if block_elements is None:
             block_elements = LOGIT_BLOCK_BYTES // stored.itemsize
         h, w = hidden.to(dtype), table.to(dtype)
-        n_rows, n_items = h.shape[0], w.shape[0]
+        n_rows = h.shape[0]
         counts = torch.bincount(rows, minlength=n_rows).to(dtype)  # c_r [M]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h) if need_h else None
@@ -132,55 +135,7 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
             grad_w = kept if kept is not None else torch.empty_like(w, memory_format=torch.contiguous_format)
             if not n_rows:
                 grad_w.zero_()
-        most = max(1, block_elements // max(n_items, 1))  # rows whose logits fit in memory at once
-        n_chunks = max(1, math.ceil(n_rows / most))  # row chunks of equal sizes (±1): no thin last one
-        bounds = [n_rows * i // n_chunks for i in range(n_chunks + 1)]
-        chunk = max(1, math.ceil(n_rows / n_chunks))  # the largest chunk's rows
-        width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
-        starts = list(range(0, n_items, width))
-        # no subnormals (see above): exps clamped at e^−depth = eps², factors under least_factor dropped
-        depth = exp_depth(dtype)
-        least_factor = torch.finfo(dtype).tiny * math.exp(2 * depth)
-        lse_sum = h.new_zeros(())
-        for r0, r1 in zip(bounds, bounds[1:]):
-            part, c = h[r0:r1], counts[r0:r1]
-            n = part.shape[0]
-            store = workspace(len(starts) * n * width, h.device, stored).view(len(starts), n * width)
-            # a narrower stored dtype: exps made in one cache-sized compute-dtype block, then stored rounded
-            scratch = workspace(n * width, h.device, dtype) if stored != dtype else None
-            peaks, sums = h.new_empty(len(starts), n), h.new_empty(len(starts), n)  # per (block, row)
-            blocks = []
-            for b, s0 in enumerate(starts):
-                rows_w = w[s0 : s0 + width]
-                kept_block = store[b, : n * rows_w.shape[0]].view(n, rows_w.shape[0])
-                block = kept_block if scratch is None else scratch[: kept_block.numel()].view_as(kept_block)
-                torch.mm(part, rows_w.t(), out=block)
-                torch.amax(block, dim=1, out=peaks[b])
-                torch.sum(shifted_exp_(block, peaks[b, :, None], depth), dim=1, out=sums[b])
-                blocks.append(kept_block if scratch is None else kept_block.copy_(block))
-            top = peaks.amax(dim=0)  # [n]
-            relative = torch.exp(peaks - top)  # exp(peak_b − max_r) [B, n]
-            total = (sums * relative).sum(dim=0)  # Σ_j exp(logit − max_r) [n]
-            lse_sum += (c * (top + total.log())).sum()
-            if need_h or need_w:
-                factors = relative.mul_(c / total)  # c_r·exp(peak_b − lse_r) [B, n]
-                factors.masked_fill_(factors < least_factor, 0.0)
-                grad_part = grad_h[r0:r1] if need_h else None
-                scale_operands = 2 * h.shape[1] < width  # scale [n, K] twice rather than the [n, width] block
-                part_stored = None if scale_operands else part.to(stored)
-                to_h = h.new_empty(n, h.shape[1], dtype=stored)  # e @ w_block
-                to_w = h.new_empty(width, h.shape[1], dtype=stored)  # eᵀ @ h
-                for b, s0 in enumerate(starts):
-                    rows_w, scale = w[s0 : s0 + width].to(stored), factors[b, :, None]
-                    # the block's exps, and the rows of h they multiply: one of the two scaled by f
-                    exps, rows_h = ((blocks[b], (part * scale).to(stored)) if scale_operands
-                                    else (blocks[b].mul_(scale), part_stored))
-                    if need_h and scale_operands:
-                        grad_part.addcmul_(torch.mm(exps, rows_w, out=to_h), scale)
-                    elif need_h:
-                        add_product(grad_part, exps, rows_w, True, to_h)
-                    if need_w:  # the first chunk overwrites (the buffer is not zeroed)
-                        add_product(grad_w[s0 : s0 + width], exps.t(), rows_h, r0 > 0, to_w[: rows_w.shape[0]])
+        lse_sum = softmax_chunks(h, w, counts, grad_h, grad_w, block_elements, stored)
         if need_h:
             grad_h.index_add_(0, rows, w[items], alpha=-1)
         if need_w:
@@ -192,18 +147,101 @@ class FusedItemSoftmaxNLL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        """Scales the stored gradients in place (no second [J, K] buffer); backward through the same
-        graph twice therefore fails autograd's saved-tensor version check instead of giving wrong sums."""
-        grad_h, grad_w = ctx.saved_tensors
-        scale = grad_out.to(grad_h.dtype if grad_h is not None else grad_w.dtype)
-        if grad_h is not None:
-            grad_h = grad_h.mul_(scale).to(ctx.dtypes[0])
-        if grad_w is not None:
-            grad_w = grad_w.mul_(scale).to(ctx.dtypes[1])
-            if ctx.sink is not None:  # the table's gradient goes to the sink, not to autograd
-                ctx.sink.add_dense(ctx.table, grad_w)
-                grad_w = None
-        return grad_h, grad_w, None, None, None, None, None
+        return (*scaled_gradients(ctx, grad_out), None, None, None, None, None)
+
+
+def scaled_gradients(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The backward of a fused item softmax: the (hidden, table) gradients its forward saved, scaled in
+    place (no second [J, K] buffer; backward through the same graph twice therefore fails autograd's
+    saved-tensor version check instead of giving wrong sums) and cast back to the inputs' dtypes
+    (`ctx.dtypes`); the table's handed to `ctx.sink` instead of autograd when the forward took one."""
+    grad_h, grad_w = ctx.saved_tensors
+    scale = grad_out.to(grad_h.dtype if grad_h is not None else grad_w.dtype)
+    if grad_h is not None:
+        grad_h = grad_h.mul_(scale).to(ctx.dtypes[0])
+    if grad_w is not None:
+        grad_w = grad_w.mul_(scale).to(ctx.dtypes[1])
+        if ctx.sink is not None:  # the table's gradient goes to the sink, not to autograd
+            ctx.sink.add_dense(ctx.table, grad_w)
+            grad_w = None
+    return grad_h, grad_w
+
+
+def softmax_chunks(h: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, grad_h: torch.Tensor | None,
+                   grad_w: torch.Tensor | None, block_elements: int, stored: torch.dtype, *,
+                   chunk_items: int | None = None, combine: Combine | None = None,
+                   lse: torch.Tensor | None = None) -> torch.Tensor:
+    """The chunked passes of `FusedItemSoftmaxNLL` (see there) over h [M, K] and the table rows w [J, K]
+    (compute dtype), with c_r = counts [M]: Σ_r c_r·lse_r, returned, and the softmax part of both
+    gradients, c_r·p_r·w into grad_h [M, K] (added) and Σ_r c_r·p_r·h_r into grad_w [J, K] (written
+    whole: its contents before do not matter); either may be None. `stored`: the products' dtype.
+
+    Several ranks holding the rows of one table (cllm4rec/sharded_softmax.py) share these passes:
+    `chunk_items` (default J) sizes the row chunks, so ranks with shards of different sizes cut the
+    same chunks; `combine` turns each chunk's per-row (max, Σ exp(logit − max)) [n] over this rank's
+    items into those over every rank's, before the gradients; `lse` [M], when given, receives each
+    row's log-sum-exp."""
+    chunk_items = w.shape[0] if chunk_items is None else chunk_items
+    n_rows, n_items = h.shape[0], w.shape[0]
+    need_h, need_w = grad_h is not None, grad_w is not None
+    dtype = h.dtype
+    most = max(1, block_elements // max(chunk_items, 1))  # rows whose logits fit in memory at once
+    n_chunks = max(1, math.ceil(n_rows / most))  # row chunks of equal sizes (±1): no thin last one
+    bounds = [n_rows * i // n_chunks for i in range(n_chunks + 1)]
+    chunk = max(1, math.ceil(n_rows / n_chunks))  # the largest chunk's rows
+    width = max(1, min(n_items, CACHE_BLOCK_ELEMENTS // chunk))
+    starts = list(range(0, n_items, width))
+    # no subnormals (see above): exps clamped at e^−depth = eps², factors under least_factor dropped
+    depth = exp_depth(dtype)
+    least_factor = torch.finfo(dtype).tiny * math.exp(2 * depth)
+    lse_sum = h.new_zeros(())
+    for r0, r1 in zip(bounds, bounds[1:]):
+        part, c = h[r0:r1], counts[r0:r1]
+        n = part.shape[0]
+        store = workspace(len(starts) * n * width, h.device, stored).view(len(starts), n * width)
+        # a narrower stored dtype: exps made in one cache-sized compute-dtype block, then stored rounded
+        scratch = workspace(n * width, h.device, dtype) if stored != dtype else None
+        peaks, sums = h.new_empty(len(starts), n), h.new_empty(len(starts), n)  # per (block, row)
+        blocks = []
+        for b, s0 in enumerate(starts):
+            rows_w = w[s0 : s0 + width]
+            kept_block = store[b, : n * rows_w.shape[0]].view(n, rows_w.shape[0])
+            block = kept_block if scratch is None else scratch[: kept_block.numel()].view_as(kept_block)
+            torch.mm(part, rows_w.t(), out=block)
+            torch.amax(block, dim=1, out=peaks[b])
+            torch.sum(shifted_exp_(block, peaks[b, :, None], depth), dim=1, out=sums[b])
+            blocks.append(kept_block if scratch is None else kept_block.copy_(block))
+        top = peaks.amax(dim=0)  # [n]
+        relative = torch.exp(peaks - top)  # exp(peak_b − max_r) [B, n]
+        total = (sums * relative).sum(dim=0)  # Σ_j exp(logit − max_r) [n]
+        if combine is not None:  # every rank's items: exp(peak_b − max over ranks)
+            top_all, total = combine(top, total)
+            relative.mul_(torch.exp(top - top_all))
+            top = top_all
+        row_lse = top + total.log()
+        if lse is not None:
+            lse[r0:r1] = row_lse
+        lse_sum += (c * row_lse).sum()
+        if need_h or need_w:
+            factors = relative.mul_(c / total)  # c_r·exp(peak_b − lse_r) [B, n]
+            factors.masked_fill_(factors < least_factor, 0.0)
+            grad_part = grad_h[r0:r1] if need_h else None
+            scale_operands = 2 * h.shape[1] < width  # scale [n, K] twice rather than the [n, width] block
+            part_stored = None if scale_operands else part.to(stored)
+            to_h = h.new_empty(n, h.shape[1], dtype=stored)  # e @ w_block
+            to_w = h.new_empty(width, h.shape[1], dtype=stored)  # eᵀ @ h
+            for b, s0 in enumerate(starts):
+                rows_w, scale = w[s0 : s0 + width].to(stored), factors[b, :, None]
+                # the block's exps, and the rows of h they multiply: one of the two scaled by f
+                exps, rows_h = ((blocks[b], (part * scale).to(stored)) if scale_operands
+                                else (blocks[b].mul_(scale), part_stored))
+                if need_h and scale_operands:
+                    grad_part.addcmul_(torch.mm(exps, rows_w, out=to_h), scale)
+                elif need_h:
+                    add_product(grad_part, exps, rows_w, True, to_h)
+                if need_w:  # the first chunk overwrites (the buffer is not zeroed)
+                    add_product(grad_w[s0 : s0 + width], exps.t(), rows_h, r0 > 0, to_w[: rows_w.shape[0]])
+    return lse_sum
 
 
 def vocab_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

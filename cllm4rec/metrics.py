@@ -24,7 +24,8 @@ SELECTION_KEYS = ("recall@20", "recall@40", "ndcg@100")
 
 
 def topk_excluding(
-    scores: torch.Tensor, exclude: UserItems, rows: np.ndarray, k: int
+    scores: torch.Tensor, exclude: UserItems, rows: np.ndarray, k: int,
+    columns: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Top-k items per row after excluding each user's training items.
 
@@ -33,6 +34,8 @@ def topk_excluding(
         exclude: items to exclude (set to -inf), indexed by user.
         rows: int [B]; the user of each score row.
         k: cut-off, >= 1.
+        columns: (lo, hi) when the scores [B, hi − lo] cover only the items lo..hi−1 (one rank's
+            shard of a row-sharded item table); the returned items are still catalogue numbers.
 
     Returns:
         int64 [B, min(k, J)] item indices, best first. Ties are broken deterministically by the
@@ -43,8 +46,10 @@ def topk_excluding(
     with no [B, J] index or mask tensor, the exact tie rule redone only for rows whose k-th value
     ties with an item left out.
     """
-    if scores.ndim != 2 or scores.shape[1] != exclude.n_items:
-        raise ValueError(f"scores must be [B, {exclude.n_items}], got {tuple(scores.shape)}")
+    lo, hi = (0, exclude.n_items) if columns is None else columns
+    if scores.ndim != 2 or scores.shape[1] != hi - lo or not 0 <= lo <= hi <= exclude.n_items:
+        raise ValueError(f"scores must be [B, {hi - lo}] (items {lo}..{hi - 1} of {exclude.n_items}), "
+                         f"got {tuple(scores.shape)}")
     if len(rows) != scores.shape[0]:
         raise ValueError(f"{len(rows)} rows for {scores.shape[0]} score rows")
     if k < 1:
@@ -55,8 +60,9 @@ def topk_excluding(
         return torch.full((n_rows, k), PAD, dtype=torch.int64, device=scores.device)
     masked = scores.detach().clone()
     sub = exclude.subset(rows)
-    row_ids = torch.from_numpy(np.repeat(np.arange(n_rows), sub.lengths())).to(scores.device)
-    masked[row_ids, torch.from_numpy(sub.indices).to(scores.device)] = float("-inf")
+    inside = (sub.indices >= lo) & (sub.indices < hi)
+    row_ids = torch.from_numpy(np.repeat(np.arange(n_rows), sub.lengths())[inside]).to(scores.device)
+    masked[row_ids, torch.from_numpy(sub.indices[inside] - lo).to(scores.device)] = float("-inf")
     values, items = masked.topk(k, dim=1)  # NaN sorts above every number: any candidate NaN shows here
     if torch.isnan(values).any():
         raise ValueError("scores contain NaN")
@@ -69,8 +75,20 @@ def topk_excluding(
     items = items.sort(dim=1).values  # ascending index, then a stable sort by score: ties by lower index
     values = masked.gather(1, items)
     order = values.sort(dim=1, descending=True, stable=True).indices
-    ranked = items.gather(1, order)
+    ranked = items.gather(1, order) + lo
     return ranked.masked_fill(values.gather(1, order) == float("-inf"), PAD)
+
+
+def merge_topk(items: torch.Tensor, values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best k of candidate items [B, C] (catalogue numbers, `PAD` for none) with their scores [B, C]
+    (-inf at PAD), by the rule of `topk_excluding`: higher score first, ties by the lower item. Each
+    shard's own top-k (`topk_excluding` with `columns`) merged here gives the whole catalogue's top-k.
+    Returns (items [B, min(k, C)], scores), PAD / -inf past the last candidate."""
+    ascending = items.masked_fill(items == PAD, torch.iinfo(torch.int64).max).argsort(dim=1, stable=True)
+    items, values = items.gather(1, ascending), values.gather(1, ascending)
+    best = values.argsort(dim=1, descending=True, stable=True)[:, :k]
+    items, values = items.gather(1, best), values.gather(1, best)
+    return items.masked_fill(values == float("-inf"), PAD), values
 
 
 def _lowest_index_topk(masked: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
@@ -176,26 +194,14 @@ def evaluate_scores(
     ks_ndcg: Sequence[int] = (100,),
     batch_size: int = 256,
     sort_key: np.ndarray | None = None,
-    shard: tuple[int, int] = (0, 1),
-    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    on_scores: Callable[[np.ndarray, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
-    """Average Recall@K and NDCG@K over the users that have held-out items.
+    """Average Recall@K and NDCG@K over the users that have held-out items, ranking each user's
+    scores without its `train` items (`topk_excluding`).
 
     Args:
         score_fn: maps user indices int64 [B] to scores float [B, J] (any device).
         train: items excluded from each user's ranking.
-        heldout: items to find (validation or test).
-        ks_recall, ks_ndcg: cut-offs.
-        batch_size: users per `score_fn` call; users are visited in ascending order, or in
-            ascending (sort_key[user], user) order when `sort_key` [U] is given (e.g. prompt
-            lengths, so that batches pad little). The averages do not depend on the order.
-        shard: (rank, world size): this process scores batches rank, rank+R, ... and makes
-            padding calls (scores discarded) so every rank calls `score_fn` equally often, as
-            collective forwards (ZeRO-3) need; `all_reduce` then sums the metric sums and counts
-            of all ranks, so every rank returns the figures of the whole user set.
-        on_scores: called with (rows [B], scores [B, J]) of each batch this rank scores, before
-            any exclusion (never with a padding call's scores).
+        heldout, ks_recall, ks_ndcg, batch_size, sort_key: as in `evaluate_rankings`.
 
     Returns:
         ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "n_users_evaluated": n}``.
@@ -205,10 +211,42 @@ def evaluate_scores(
             f"train is {train.n_users}x{train.n_items} but heldout is "
             f"{heldout.n_users}x{heldout.n_items}"
         )
+    k = max([*ks_recall, *ks_ndcg], default=1)
+    return evaluate_rankings(lambda rows, real: topk_excluding(score_fn(rows), train, rows, k), heldout,
+                             ks_recall, ks_ndcg, batch_size, sort_key)
+
+
+def evaluate_rankings(
+    rank_fn: Callable[[np.ndarray, bool], torch.Tensor],
+    heldout: UserItems,
+    ks_recall: Sequence[int] = (20, 40),
+    ks_ndcg: Sequence[int] = (100,),
+    batch_size: int = 256,
+    sort_key: np.ndarray | None = None,
+    shard: tuple[int, int] = (0, 1),
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Average Recall@K and NDCG@K over the users that have held-out items.
+
+    Args:
+        rank_fn: maps (user indices int64 [B], real) to each user's ranking int64 [B, ≥ max K]
+            (`topk_excluding`'s format, any device).
+        heldout: items to find (validation or test).
+        ks_recall, ks_ndcg: cut-offs.
+        batch_size: users per `rank_fn` call; users are visited in ascending order, or in
+            ascending (sort_key[user], user) order when `sort_key` [U] is given (e.g. prompt
+            lengths, so that batches pad little). The averages do not depend on the order.
+        shard: (rank, world size): this process ranks batches rank, rank+R, ... and makes
+            padding calls (real False, the ranking discarded) so every rank calls `rank_fn` equally
+            often, as collective forwards need; `all_reduce` then sums the metric sums and counts
+            of all ranks, so every rank returns the figures of the whole user set.
+
+    Returns:
+        ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "n_users_evaluated": n}``.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ks = [*ks_recall, *ks_ndcg]
-    if not ks:
+    if not [*ks_recall, *ks_ndcg]:
         raise ValueError("no cut-off given")
     users = np.flatnonzero(heldout.lengths() > 0)
     if sort_key is not None:
@@ -220,14 +258,11 @@ def evaluate_scores(
     mine = batches[rank::world]
     for index in range(-(-len(batches) // world)):
         if index >= len(mine):
-            score_fn(batches[0])  # padding call: this rank has no batch left, the others do
+            rank_fn(batches[0], False)  # padding call: this rank has no batch left, the others do
             continue
         rows = mine[index]
-        scores = score_fn(rows)
-        if on_scores is not None:
-            on_scores(rows, scores)
-        topk = topk_excluding(scores, train, rows, max(ks))
-        target = heldout.to_dense(rows, dtype=torch.bool, device=scores.device)
+        topk = rank_fn(rows, True)
+        target = heldout.to_dense(rows, dtype=torch.bool, device=topk.device)
         per_user = {f"recall@{k}": recall_at_k(topk, target, k) for k in ks_recall}
         per_user |= {f"ndcg@{k}": ndcg_at_k(topk, target, k) for k in ks_ndcg}
         acc.update(per_user)

@@ -14,9 +14,10 @@ table set whose rows embed the ID tokens and the method that scores the hidden s
               logits (head tied to Z^{l,v}); MR toward the content tables.
   SCORE       `last_position_item_logits`: item logits [B, J] of the last prompt position (no loss).
 
-Where the tables' gradients go is the caller's `sink` argument: None leaves them to autograd (`.grad`);
-a `TableGradients` collects them in kept buffers, and the caller applies it after backward
-(cllm4rec/table_gradients.py). Nothing else outside the arguments changes what a forward does.
+How the forward reaches the tables is the caller's `tables` argument (cllm4rec/table_access.py): whole
+tables whose gradients go to autograd (`.grad`, the default) or into a `TableGradients`' kept buffers
+that the caller applies after backward, or row-sharded tables (cllm4rec/sharded_tables.py). Nothing
+else outside the arguments changes what a forward does.
 
 Batches are right-padded: input_ids / attention_mask [B, T], lengths [B] (real tokens), n_prompt [B]
 (prompt tokens incl. BOS; the LM loss covers positions n_prompt..length-1 only).
@@ -29,13 +30,8 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
-from cllm4rec.losses import (
-    item_softmax_nll_sum,
-    squared_distance_sum,
-    squared_norm_sum,
-    vocab_cross_entropy_sum,
-)
-from cllm4rec.table_gradients import TableGradients, gather_rows
+from cllm4rec.losses import squared_distance_sum, squared_norm_sum, vocab_cross_entropy_sum
+from cllm4rec.table_access import LOCAL_TABLES, TableAccess
 from cllm4rec.tasks import TableSet, Task
 
 TABLE_NAMES = (*TableSet.COLLAB.table_names, *TableSet.CONTENT.table_names)
@@ -51,10 +47,10 @@ class TableRows(NamedTuple):
     vectors: torch.Tensor  # [U, K] fp32, differentiable
 
     @classmethod
-    def gather(cls, table: torch.Tensor, rows: torch.Tensor, sink: TableGradients | None = None) -> "TableRows":
-        """`sink`: where the rows' gradient goes instead of a dense table gradient (table_gradients.py)."""
+    def gather(cls, table: torch.Tensor, rows: torch.Tensor, tables: TableAccess = LOCAL_TABLES) -> "TableRows":
+        """`tables`: how the rows are read and where their gradient goes (table_access.py)."""
         index, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
-        return cls(index, inverse, counts, gather_rows(table, index, sink))
+        return cls(index, inverse, counts, tables.rows(table, index))
 
 
 class IdRows(NamedTuple):
@@ -204,12 +200,12 @@ class CLLM4Rec(nn.Module):
         ipos = (flat >= self.vocab_rows + self.n_users).nonzero(as_tuple=True)[0]
         return upos, flat[upos] - self.vocab_rows, ipos, flat[ipos] - self.vocab_rows - self.n_users
 
-    def id_rows(self, ids: torch.Tensor, which: TableSet, sink: TableGradients | None = None) -> IdRows:
-        """The ID tokens of ids [B, T] and their rows of table set `which`; the rows' gradients go to
-        `sink` when one is given (module docstring)."""
+    def id_rows(self, ids: torch.Tensor, which: TableSet, tables: TableAccess = LOCAL_TABLES) -> IdRows:
+        """The ID tokens of ids [B, T] and their rows of table set `which`, read through `tables`
+        (module docstring)."""
         upos, users, ipos, items = self._id_positions(ids)
         user_table, item_table = self.tables(which)
-        return IdRows(upos, TableRows.gather(user_table, users, sink), ipos, TableRows.gather(item_table, items, sink))
+        return IdRows(upos, TableRows.gather(user_table, users, tables), ipos, TableRows.gather(item_table, items, tables))
 
     def embed(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None) -> torch.Tensor:
         """Input embeddings [B, T, K] in the backbone dtype: words from the frozen vocabulary table,
@@ -234,15 +230,15 @@ class CLLM4Rec(nn.Module):
         pos = torch.arange(seq_len - 1, device=n_prompt.device)
         return (pos >= (n_prompt[:, None] - 1)) & (pos < (lengths[:, None] - 1))
 
-    def regulariser_sums(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def regulariser_sums(self, ids: torch.Tensor, which: TableSet, rows: IdRows | None = None,
+                         tables: TableAccess = LOCAL_TABLES) -> tuple[torch.Tensor, torch.Tensor]:
         """(MR sum, prior sum) over every ID occurrence in ids: Σ||z − ẑ_other||², Σ||z||² (the
-        prior only for the collaborative set)."""
-        rows = self.id_rows(ids, which) if rows is None else rows
+        prior only for the collaborative set); the other set's rows read through `tables`."""
+        rows = self.id_rows(ids, which, tables) if rows is None else rows
         other_user, other_item = self.tables(which.other)
         users, items = rows.users, rows.items
-        mr = (squared_distance_sum(users.vectors, other_user.detach()[users.index], users.counts)
-              + squared_distance_sum(items.vectors, other_item.detach()[items.index], items.counts))
+        mr = (squared_distance_sum(users.vectors, tables.anchors(other_user, users.index), users.counts)
+              + squared_distance_sum(items.vectors, tables.anchors(other_item, items.index), items.counts))
         if which is TableSet.CONTENT:  # content tables have only the conditional prior N(z^l, λ_c⁻¹I)
             return mr, mr.new_zeros(())
         prior = squared_norm_sum(users.vectors, users.counts) + squared_norm_sum(items.vectors, items.counts)
@@ -253,9 +249,11 @@ class CLLM4Rec(nn.Module):
         """Hidden states [B, K] at each row's last real position."""
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
 
-    def last_position_item_logits(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Item logits [B, J] (fp32) from the hidden state at each row's last real position."""
-        return self.last_position(hidden, lengths).float() @ self.collab_item.float().t()
+    def last_position_item_logits(self, hidden: torch.Tensor, lengths: torch.Tensor,
+                                  tables: TableAccess = LOCAL_TABLES) -> Any:
+        """Item logits [B, J] (fp32) from the hidden state at each row's last real position (with
+        row-sharded `tables`, their `ShardScores`)."""
+        return tables.item_logits(self.last_position(hidden, lengths), self.collab_item)
 
     # ---- the tasks' LM sums over hidden [B, T, K] of input_ids [B, T]: each (scalar sum, number of targets)
 
@@ -266,13 +264,13 @@ class CLLM4Rec(nn.Module):
         return hidden[:, :-1][mask], input_ids[:, 1:][mask]
 
     def collab_lm_sum(self, hidden: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor,
-                      n_prompt: torch.Tensor, sink: TableGradients | None = None) -> tuple[torch.Tensor, int]:
+                      n_prompt: torch.Tensor, tables: TableAccess = LOCAL_TABLES) -> tuple[torch.Tensor, int]:
         """Task COLLAB_LM: Σ over main-part tokens of −log softmax over the J items of (hidden @ Z^{l,v}ᵀ)
         at the item token that follows (the softmax covers items only)."""
         selected, targets = self.main_part_targets(hidden, input_ids, lengths, n_prompt)
         positions = torch.arange(targets.shape[0], device=targets.device)
-        lm_sum = item_softmax_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users,
-                                      sink=sink, gradient_dtype=self.head_gradient_dtype)
+        lm_sum = tables.item_nll_sum(selected, self.collab_item, positions, targets - self.vocab_rows - self.n_users,
+                                     self.head_gradient_dtype)
         return lm_sum, targets.shape[0]
 
     def content_lm_sum(self, hidden: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor,
@@ -283,13 +281,13 @@ class CLLM4Rec(nn.Module):
         return vocab_cross_entropy_sum(self.backbone.get_output_embeddings()(selected), targets), targets.shape[0]
 
     def recommendation_nll_sum(self, hidden: torch.Tensor, lengths: torch.Tensor, target_rows: torch.Tensor,
-                               target_items: torch.Tensor, sink: TableGradients | None = None
+                               target_items: torch.Tensor, tables: TableAccess = LOCAL_TABLES
                                ) -> tuple[torch.Tensor, int]:
         """Task RECOMMEND: Σ over the multi-hot targets (COO: target_rows [P], target_items [P]) of −log
         softmax over the J items of each prompt's last-position logits (a user's c targets weigh its
         log-sum-exp c times)."""
-        lm_sum = item_softmax_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
-                                      sink=sink, gradient_dtype=self.head_gradient_dtype)
+        lm_sum = tables.item_nll_sum(self.last_position(hidden, lengths), self.collab_item, target_rows, target_items,
+                                     self.head_gradient_dtype)
         return lm_sum, target_items.shape[0]
 
     # ---- the one entry point ---------------------------------------------------------------------
@@ -304,12 +302,13 @@ class CLLM4Rec(nn.Module):
         target_rows: torch.Tensor | None = None,
         target_items: torch.Tensor | None = None,
         *,
-        sink: TableGradients | None = None,
+        tables: TableAccess = LOCAL_TABLES,
         lm_denominator: float | None = None,
         mr_weight: float | None = None,
         prior_weight: float | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Run `task` on a batch (module docstring); SCORE returns {"logits": [B, J]}, the others loss parts.
+    ) -> dict[str, Any]:
+        """Run `task` on a batch (module docstring); SCORE returns {"logits": [B, J]} (with row-sharded
+        `tables`, their `ShardScores`), the others loss parts.
 
         Keys: "loss" = lm_sum / lm_denominator + mr_loss + prior_loss with mr_loss = mr_weight·mr_sum
         and prior_loss = prior_weight·prior_sum, and "lm_sum", "lm_count" (`Task.lm_count`: main-part
@@ -317,23 +316,23 @@ class CLLM4Rec(nn.Module):
         for RECOMMEND: lm_sum per target compares with the entropy of item popularity), "mr_sum",
         "prior_sum". lm_denominator defaults to lm_count; a distributed caller passes the global count.
         mr_weight / prior_weight default to λ_c / λ_l (the authors' sum reduction); a caller that reduces
-        by the mean passes λ / (ID occurrences in the global batch). sink: where the tables' gradients
-        go (module docstring).
+        by the mean passes λ / (ID occurrences in the global batch). tables: how the forward reaches the
+        ID tables and where their gradients go (module docstring).
         """
         which = task.table_set
-        rows = self.id_rows(input_ids, which, sink)
+        rows = self.id_rows(input_ids, which, tables)
         hidden = self.hidden_states(input_ids, attention_mask, which, rows)
         if task is Task.SCORE:
-            return {"logits": self.last_position_item_logits(hidden, lengths)}
+            return {"logits": self.last_position_item_logits(hidden, lengths, tables)}
         if task is Task.RECOMMEND:
-            lm_sum, targets = self.recommendation_nll_sum(hidden, lengths, target_rows, target_items, sink)
+            lm_sum, targets = self.recommendation_nll_sum(hidden, lengths, target_rows, target_items, tables)
         elif task is Task.COLLAB_LM:
-            lm_sum, targets = self.collab_lm_sum(hidden, input_ids, lengths, n_prompt, sink)
+            lm_sum, targets = self.collab_lm_sum(hidden, input_ids, lengths, n_prompt, tables)
         else:
             lm_sum, targets = self.content_lm_sum(hidden, input_ids, lengths, n_prompt)
         lm_count = torch.tensor(task.lm_count(lengths, n_prompt))
         target_count = torch.tensor(float(targets))
-        mr_sum, prior_sum = self.regulariser_sums(input_ids, which, rows)
+        mr_sum, prior_sum = self.regulariser_sums(input_ids, which, rows, tables)
         denominator = lm_count.clamp(min=1.0) if lm_denominator is None else lm_denominator
         mr_loss = (self.lambda_c if mr_weight is None else mr_weight) * mr_sum
         prior_loss = (self.lambda_l if prior_weight is None else prior_weight) * prior_sum

@@ -14,11 +14,12 @@ the cost of writing it. Here:
   gradient, if any, which fills it whole; else the buffer with last step's rows zeroed again) and adds
   the row gradients in place.
 
-The gradients are the same dense tensors autograd would give (summed in the same order). Only for a
-single-process optimizer that reads `.grad` after `backward()` and `apply()` (trainer `PlainEngine`,
-which passes its `TableGradients` to every forward as the `sink` argument): without `apply()` the
-tables get no gradient. DeepSpeed's ZeRO-3 partitions the tables and reduces gradients through its
-own autograd hooks, so its engine passes no sink.
+The gradients are the same dense tensors autograd would give (summed in the same order). Only for an
+optimizer that reads `.grad` after `backward()` and `apply()`: the plain engine's, whose
+`TableAccess` (cllm4rec/table_access.py) holds a `TableGradients`, and the row-sharded engine's, whose
+`ShardedTables` adds each rank's shards' row gradients, received from the other ranks, into one.
+Without `apply()` the tables get no gradient. DeepSpeed's ZeRO-3 partitions the tables and reduces
+gradients through its own autograd hooks, so its engine keeps none.
 """
 from __future__ import annotations
 

@@ -158,3 +158,21 @@ def test_incremental_benchmark_prints_the_epochs_to_the_target(planted_dataset, 
     assert "init from the earlier run: items 38 kept, 2 new, 0 removed; users " in out
     report = json.loads((tmp_path / "incremental.json").read_text())
     assert report["runs"]["scratch"]["reach"] is not None and report["init_from"]["items"]["new"] == 2
+
+
+@pytest.mark.slow
+def test_table_sharding_benchmark_counts_both_engines_bytes():
+    """A toy catalogue on 2 ranks: every step moves fewer bytes with row-sharded tables than under ZeRO-3,
+    and ZeRO-3's measured reduce-scatter is the arithmetic's (the trained pair's fp32 gradient, (R−1)/R
+    of it reaching each rank; none when scoring)."""
+    out = run_benchmark("table_sharding.py", "--shapes", "100:300", "--ranks", "2", timeout=900)
+    rows = [row for row in table_rows(out) if row[0].replace(",", "").isdigit()]
+    by_engine = {engine: {row[3]: row for row in rows if row[4] == engine} for engine in ("zero3", "rows")}
+    assert all(sorted(steps) == ["collab", "content", "rec", "score"] for steps in by_engine.values())
+
+    def kib(cell: str) -> float:
+        return float(cell.replace(",", ""))
+
+    for step, zero3 in by_engine["zero3"].items():
+        assert kib(by_engine["rows"][step][9]) < kib(zero3[9])
+        assert kib(zero3[6]) == kib(zero3[10].split(" + ")[1])

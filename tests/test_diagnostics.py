@@ -11,7 +11,7 @@ import torch
 from cllm4rec.diagnostics import (LogitMoments, hidden_user_variance, logit_user_share,
                                   mean_pairwise_cosine)
 from cllm4rec.interactions import UserItems, popularity_entropy
-from cllm4rec.metrics import evaluate_scores
+from cllm4rec.metrics import evaluate_rankings
 
 
 def test_popularity_entropy_by_hand():
@@ -66,10 +66,25 @@ def test_logit_moments_merge_batches_and_ranks():
     assert merged.user_share() == pytest.approx(logit_user_share(logits), abs=1e-12)
 
 
-def test_on_scores_sees_this_ranks_batches_only():
-    train = UserItems.from_lists([[0]] * 5, 3)
+def test_rankings_of_one_rank_are_real_only_for_its_own_batches():
     heldout = UserItems.from_lists([[1]] * 5, 3)
-    seen: list[list[int]] = []
-    evaluate_scores(lambda rows: torch.zeros(len(rows), 3), train, heldout, (1,), (), batch_size=2, shard=(1, 2),
-                    on_scores=lambda rows, scores: seen.append(rows.tolist()))
-    assert seen == [[2, 3]]  # batches [0 1] [2 3] [4]: rank 1 scores the second, then pads
+    seen: list[tuple[list[int], bool]] = []
+
+    def rank(rows: np.ndarray, real: bool) -> torch.Tensor:
+        seen.append((rows.tolist(), real))
+        return torch.zeros(len(rows), 1, dtype=torch.int64)
+
+    evaluate_rankings(rank, heldout, (1,), (), batch_size=2, shard=(1, 2))
+    assert seen == [([2, 3], True), ([0, 1], False)]  # batches [0 1] [2 3] [4]: rank 1 ranks the second, then pads
+
+
+def test_logit_moments_of_item_slices_add_up_over_ranks():
+    """Each rank adds every rank's users' logits for its own items and counts its own users: the sum of
+    the ranks' moments is that of the whole logits."""
+    logits = torch.from_numpy(np.random.default_rng(1).standard_normal((7, 10)))
+    parts = [LogitMoments.zeros(10), LogitMoments.zeros(10)]
+    parts[0].update(logits[:, :4], first_item=0, users=3)
+    parts[1].update(logits[:, 4:], first_item=4, users=4)
+    merged = LogitMoments.from_tensor(parts[0].as_tensor() + parts[1].as_tensor())
+    assert merged.users == 7
+    assert merged.user_share() == pytest.approx(logit_user_share(logits), abs=1e-12)

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,51 +20,21 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
+from launched_runs import (LAUNCH_VARS, METRICS, REPO, assert_same_history, assert_same_run, command,
+                           final_tables, launch_env, results, run_training)
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
 from trainer.phases import StepKind
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
             "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
             "checkpoint.every_steps": 3, "checkpoint.keep": 3}
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
-LOSS_KEYS = ("lm_loss", "mr_loss", "val_selection")
-METRICS = ("recall@20", "recall@40", "ndcg@100")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000))
-    return env
 
 
 def _overrides(dataset: Path, backbone: Path, out: Path, engine: str = "deepspeed") -> list[str]:
     return tiny_overrides(dataset, backbone, out, **SETTINGS, **{"distributed.engine": engine})
-
-
-def _command(args: list[str], ranks: int) -> list[str]:
-    if ranks == 1:  # a plain process, no launcher
-        return [sys.executable, "-m", "trainer", "--no-progress", *args]
-    return ["bash", str(REPO / "scripts" / "deepspeed_single_node.sh"), str(ranks), "--no-progress", *args]
-
-
-def _run(args: list[str], ranks: int, log: Path, timeout: float = 300) -> None:
-    with log.open("w") as sink:
-        proc = subprocess.run(_command(args, ranks), cwd=REPO, env=_env(), stdout=sink, stderr=subprocess.STDOUT,
-                              timeout=timeout)
-    assert proc.returncode == 0, log.read_text()[-4000:]
-
-
-def _results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
-
-
-def _tables(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "model" / "tables.safetensors"))
 
 
 @dataclass
@@ -82,40 +51,26 @@ def runs(planted_dataset, tiny_llama, tmp_path_factory) -> Runs:
 
     root = tmp_path_factory.mktemp("zero3")
     args_one = _overrides(planted_dataset, tiny_llama, root / "one")
-    _run(args_one, 1, root / "one.log")
-    _run(_overrides(planted_dataset, tiny_llama, root / "two"), 2, root / "two.log")
+    run_training(args_one, 1, root / "one.log")
+    run_training(_overrides(planted_dataset, tiny_llama, root / "two"), 2, root / "two.log")
     train(load_config("quick", _overrides(planted_dataset, tiny_llama, root / "plain", engine="plain")), progress=False)
     return Runs(root / "one", root / "two", root / "plain", args_one)
-
-
-def _assert_same_history(a: dict, b: dict, rel: float) -> None:
-    assert [h["unit"] for h in a["history"]] == [h["unit"] for h in b["history"]]
-    for ha, hb in zip(a["history"], b["history"]):
-        for key in ha:
-            if key.endswith(LOSS_KEYS) or key.endswith("_tokens"):
-                assert hb[key] == pytest.approx(ha[key], rel=rel, abs=1e-7), (ha["unit"], key)
 
 
 def test_two_ranks_equal_one_rank(runs: Runs) -> None:
     """Same per-epoch losses (float tolerance 1e-5 relative: sums are reduced in another order) and
     the same final metrics and tables."""
-    one, two = _results(runs.one), _results(runs.two)
-    assert one["engine"] == "deepspeed-zero3 x1" and two["engine"] == "deepspeed-zero3 x2"
-    _assert_same_history(one, two, rel=1e-5)
-    for key in METRICS:
-        assert two["models"]["CLLM4Rec"][key] == pytest.approx(one["models"]["CLLM4Rec"][key], abs=1e-6)
-    t1, t2 = _tables(runs.one), _tables(runs.two)
-    for name in t1:
-        torch.testing.assert_close(t2[name], t1[name], rtol=1e-4, atol=1e-6)
+    assert results(runs.one)["engine"] == "deepspeed-zero3 x1" and results(runs.two)["engine"] == "deepspeed-zero3 x2"
+    assert_same_run(runs.one, runs.two)
 
 
 def test_zero3_one_rank_equals_the_plain_engine(runs: Runs) -> None:
-    _assert_same_history(_results(runs.plain), _results(runs.one), rel=1e-5)
+    assert_same_history(results(runs.plain), results(runs.one), rel=1e-5)
 
 
 def test_trainable_partition_halves_with_two_ranks(runs: Runs) -> None:
-    (one,) = _results(runs.one)["ranks"]
-    two = _results(runs.two)["ranks"]
+    (one,) = results(runs.one)["ranks"]
+    two = results(runs.two)["ranks"]
     assert [r["rank"] for r in two] == [0, 1]
     assert one["trainable_elements_on_rank"] == (2 * 80 + 2 * 40) * 32  # all four tables (K = 32) on 1 rank
     for rank in two:
@@ -166,7 +121,7 @@ def _kill_during(args: list[str], out: Path, phase: str, log: Path, resume: bool
     """Start training, SIGKILL every process of it right after it checkpoints inside a `phase` epoch;
     return that checkpoint."""
     with log.open("w") as sink:
-        proc = subprocess.Popen(_command([*(["--resume"] if resume else []), *args], ranks), cwd=REPO, env=_env(),
+        proc = subprocess.Popen(command([*(["--resume"] if resume else []), *args], ranks), cwd=REPO, env=launch_env(),
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             tag = _wait_for_checkpoint(out, proc, phase)
@@ -196,16 +151,16 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(runs: Runs, tmp_path
     # damage the newest checkpoint's DeepSpeed state: resume must refuse it and take the one before
     shard = next((second / "deepspeed").rglob("*optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:-64])
-    _run(["--resume", *args], 1, tmp_path / "resume.log")
+    run_training(["--resume", *args], 1, tmp_path / "resume.log")
     log = (tmp_path / "resume.log").read_text()
     assert f"ignoring checkpoint {second}" in log and "is corrupted" in log
 
-    for name, table in _tables(runs.one).items():
-        assert torch.equal(_tables(out)[name], table), name
-    killed, reference = _results(out), _results(runs.one)
+    for name, table in final_tables(runs.one).items():
+        assert torch.equal(final_tables(out)[name], table), name
+    killed, reference = results(out), results(runs.one)
     for key in METRICS:
         assert killed["models"]["CLLM4Rec"][key] == reference["models"]["CLLM4Rec"][key]
-    _assert_same_history(reference, killed, rel=1e-12)
+    assert_same_history(reference, killed, rel=1e-12)
 
 
 def test_two_rank_sigkill_mid_epoch_resume_equals_uninterrupted(runs: Runs, tmp_path: Path) -> None:
@@ -215,13 +170,13 @@ def test_two_rank_sigkill_mid_epoch_resume_equals_uninterrupted(runs: Runs, tmp_
     args = _moved(runs.args_one, out)
     first = _kill_during(args, out, "lstep", tmp_path / "kill.log", resume=False, ranks=2)
     assert len(json.loads((first / "state.json").read_text())["in_progress"]["rank_sums"]) == 2
-    _run(["--resume", *args], 2, tmp_path / "resume.log")
-    killed, reference = _results(out), _results(runs.two)
-    _assert_same_history(reference, killed, rel=1e-12)
+    run_training(["--resume", *args], 2, tmp_path / "resume.log")
+    killed, reference = results(out), results(runs.two)
+    assert_same_history(reference, killed, rel=1e-12)
     for key in METRICS:
         assert killed["models"]["CLLM4Rec"][key] == reference["models"]["CLLM4Rec"][key]
-    for name, table in _tables(runs.two).items():
-        assert torch.equal(_tables(out)[name], table), name
+    for name, table in final_tables(runs.two).items():
+        assert torch.equal(final_tables(out)[name], table), name
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_kept_table_gradients_train_as_autograd_does(tiny_llama):
     users than the one before (a row of the last step left in a kept buffer would show)."""
     (fast, tok), (reference, _) = build(tiny_llama), build(tiny_llama)
     engines = [PlainEngine(fast, 0.05, 0.02), PlainEngine(reference, 0.05, 0.02, kept_gradients=False)]
-    assert engines[1].table_gradients is None
+    assert engines[1].table_access.gradients is None
     data = batches(tok)
     schedule = [StepKind.L_STEP] * 3 + [StepKind.C_STEP] * 2 + [StepKind.L_STEP, StepKind.FINETUNE, StepKind.FINETUNE,
                                                                 StepKind.FINETUNE_CONTENT, StepKind.FINETUNE, StepKind.L_STEP]
@@ -136,7 +136,7 @@ def test_kept_table_gradients_train_as_autograd_does(tiny_llama):
             torch.testing.assert_close(table, reference.id_tables()[name], rtol=0, atol=0, msg=f"{step}: {name}")
         kept.append([t.grad.data_ptr() for t in fast.tables(which)])
     assert kept[0] == kept[1] == kept[2]  # the same two buffers from step to step (user: rows; item: head)
-    assert sorted(map(id, engines[0].table_gradients.buffers)) == sorted(map(id, fast.tables(TableSet.COLLAB)))  # content's dropped
+    assert sorted(map(id, engines[0].table_access.gradients.buffers)) == sorted(map(id, fast.tables(TableSet.COLLAB)))  # content's dropped
 
 
 def test_bucketing_keeps_padding_under_ten_percent():

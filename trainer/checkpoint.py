@@ -152,24 +152,34 @@ def save_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) ->
                 scalars.setdefault(str(index), {})[key] = value
     shapes = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
     meta = {"param_groups": full["param_groups"], "param_shapes": shapes, "state": scalars}
-    save_file(tensors, str(Path(folder) / f"optimizer-{_check_name(name, 'optimizer name')}.safetensors"))
+    save_file(tensors, str(optimizer_tensors(folder, name)))
     _write_json(Path(folder) / f"optimizer-{name}.json", meta)
+
+
+def optimizer_meta(folder: Path, name: str) -> dict[str, Any]:
+    """The JSON part of optimizer `name` saved by `save_optimizer` in `folder`: "param_groups",
+    "param_shapes", "state" (the non-tensor state); its tensors are in `optimizer_tensors(folder, name)`."""
+    meta_path = Path(folder) / f"optimizer-{_check_name(name, 'optimizer name')}.json"
+    if not meta_path.is_file():
+        saved = sorted(p.stem.removeprefix("optimizer-") for p in Path(folder).glob("optimizer-*.json"))
+        raise CheckpointError(f"{folder} has no optimizer {name!r} (saved: {saved})")
+    return _read_json(meta_path)
+
+
+def optimizer_tensors(folder: Path, name: str) -> Path:
+    """The safetensors file of optimizer `name`'s state tensors, keyed "state.<param index>.<key>"."""
+    return Path(folder) / f"optimizer-{_check_name(name, 'optimizer name')}.safetensors"
 
 
 def restore_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
     """Load the state saved by `save_optimizer` into `optimizer`, freshly built over the same parameters."""
-    folder = Path(folder)
-    meta_path = folder / f"optimizer-{_check_name(name, 'optimizer name')}.json"
-    if not meta_path.is_file():
-        saved = sorted(p.stem.removeprefix("optimizer-") for p in folder.glob("optimizer-*.json"))
-        raise CheckpointError(f"{folder} has no optimizer {name!r} (saved: {saved})")
-    meta = _read_json(meta_path)
+    meta = optimizer_meta(folder, name)
     current = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
     if meta["param_shapes"] != current:
-        raise CheckpointError(f"optimizer {name!r} does not match {meta_path}: saved parameter groups "
-                              f"with shapes {meta['param_shapes']}, current ones {current}")
+        raise CheckpointError(f"optimizer {name!r} does not match {Path(folder) / f'optimizer-{name}.json'}: saved "
+                              f"parameter groups with shapes {meta['param_shapes']}, current ones {current}")
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
-    for key, tensor in load_file(str(folder / f"optimizer-{name}.safetensors")).items():
+    for key, tensor in load_file(str(optimizer_tensors(folder, name))).items():
         _, index, attr = key.split(".", 2)
         state.setdefault(int(index), {})[attr] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -15,6 +15,7 @@ CHOICES = {
     "model.attention": ("auto", "eager", "sdpa"),
     "model.head_gradient_dtype": ("auto", "bfloat16", "float32"),
     "distributed.engine": ("auto", "plain", "deepspeed"),
+    "distributed.table_sharding": ("zero3", "rows"),
     "model.train_backbone": ("none", "full", "lora"),
     "model.content_init": ("collab", "random"),
     "finetune.mask_mode": ("fixed", "bernoulli"),

@@ -72,7 +72,8 @@ class DeepSpeedEngine(Engine):
 
     def __init__(self, model: CLLM4Rec, pretrain_lr: float, finetune_lr: float, *, ds_config: dict[str, Any],
                  dist: Dist, device: torch.device, plans: dict[StepKind, StepPlan] | None = None):
-        """No gradient sink: ZeRO-3 takes the tables' gradients through autograd's own hooks."""
+        """The tables are read whole inside the module's forward (`LOCAL_TABLES`): ZeRO-3 gathers them in
+        its hooks and takes their gradients through autograd's."""
         import deepspeed
 
         super().__init__(pretrain_lr, finetune_lr, model.lambda_c, model.lambda_l, plans)

@@ -22,10 +22,15 @@ import resource
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from cllm4rec.diagnostics import LogitMoments
+from cllm4rec.interactions import UserItems
+from cllm4rec.metrics import PAD, topk_excluding
 from cllm4rec.model import CLLM4Rec
 from cllm4rec.row_adam import RowAdam
+from cllm4rec.table_access import LOCAL_TABLES, TableAccess
 from cllm4rec.table_gradients import TableGradients
 from cllm4rec.tasks import TableSet, Task
 from trainer.build import load_weights
@@ -106,7 +111,7 @@ class Engine(abc.ABC):
     device: torch.device
     dist: Dist = LOCAL
     forward_module: torch.nn.Module  # what a forward calls: the model, or DeepSpeed's engine around it
-    table_gradients: TableGradients | None = None  # the gradient sink every forward passes to the model
+    table_access: TableAccess = LOCAL_TABLES  # how every forward reaches the ID tables (cllm4rec/table_access.py)
 
     def __init__(self, pretrain_lr: float, finetune_lr: float, lambda_c: float, lambda_l: float,
                  plans: dict[StepKind, StepPlan] | None = None):
@@ -155,27 +160,48 @@ class Engine(abc.ABC):
         lm_count = step.task.lm_count(batch["lengths"], batch["n_prompt"])
         global_count, global_ids = self.dist.all_reduce_sum(
             [weight * lm_count, weight * self.model.id_occurrences(batch["input_ids"])])
-        mr_weight, prior_weight = self.plans[step].weights(global_ids)
+        factor, mr_weight, prior_weight = self.weigh(weight, *self.plans[step].weights(global_ids))
         out = self.forward(step.task, batch, lm_denominator=max(global_count, 1.0), mr_weight=mr_weight,
                            prior_weight=prior_weight)
-        self.backward_and_step(out["loss"] * (weight * self.dist.world_size))
+        self.backward_and_step(out["loss"] * factor)
         self.advance_schedules()
         return {k: weight * float(v.detach()) for k, v in out.items()}
 
+    def weigh(self, weight: float, mr_weight: float, prior_weight: float) -> tuple[float, float, float]:
+        """(factor of this rank's loss before backward, MR weight, prior weight) for a batch of `weight`
+        (0: a padding batch, which must add nothing). ZeRO averages gradients over the ranks: the loss
+        is multiplied by the world size, and a padding batch's by 0."""
+        return weight * self.dist.world_size, mr_weight, prior_weight
+
     @torch.no_grad()
-    def item_logits(self, batch: Batch) -> torch.Tensor:
-        """Whole-catalogue item logits [B, J] at each prompt's last position."""
+    def rank_items(self, batch: Batch, exclude: UserItems, rows: np.ndarray, k: int,
+                   moments: LogitMoments | None = None, real: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items [B, min(k, J)], scores [B, min(k, J)]) of the whole catalogue for the batch's users
+        `rows` (each prompt's last position), best first, each user's `exclude` items left out
+        (`topk_excluding`: PAD / -inf past the last candidate). A `real` call adds the raw logits to
+        `moments`. Collective where the forward is: every rank calls it together, a rank without users
+        of its own with a padding batch and `real` False (its answer is then discarded)."""
+        logits = self.item_logits(batch).float()
+        if moments is not None and real:
+            moments.update(logits)
+        items = topk_excluding(logits, exclude, rows, k)
+        return items, logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
+
+    @torch.no_grad()
+    def item_logits(self, batch: Batch) -> Any:
+        """Whole-catalogue item logits [B, J] at each prompt's last position (with row-sharded tables,
+        their `ShardScores`)."""
         self.set_train(False)
         batch = self.to_device(batch)
         batch.pop("weight", None)
         return self.forward(Task.SCORE, batch)["logits"]
 
-    def forward(self, task: Task, batch: Batch, **loss_options: Any) -> dict[str, torch.Tensor]:
-        """`CLLM4Rec.forward` of `task` on a batch already on the device, with this engine's gradient
-        sink; training tasks switch the model to training mode first."""
+    def forward(self, task: Task, batch: Batch, **loss_options: Any) -> dict[str, Any]:
+        """`CLLM4Rec.forward` of `task` on a batch already on the device, through this engine's
+        `table_access`; training tasks switch the model to training mode first."""
         if task is not Task.SCORE:
             self.set_train(True)
-        return self.forward_module(task, **batch, sink=self.table_gradients, **loss_options)
+        return self.forward_module(task, **batch, tables=self.table_access, **loss_options)
 
     def set_train(self, mode: bool) -> None:
         self.model.train(mode)
@@ -240,7 +266,8 @@ class PlainEngine(Engine):
         self.model = self.forward_module = model
         self.device = model.collab_item.device
         self.optimizer = build_optimizer(model, pretrain_lr, kind=optimizer)
-        self.table_gradients = TableGradients() if kept_gradients else None
+        if kept_gradients:
+            self.table_access = TableAccess(TableGradients())
 
     @property
     def kind(self) -> str:
@@ -251,14 +278,14 @@ class PlainEngine(Engine):
 
     def activate(self, step: StepKind) -> None:
         super().activate(step)
-        if self.table_gradients is not None:  # kept buffers only for the tables this step trains
-            self.table_gradients.keep_only(self.model.table_parameters(step.trains))
+        kept = self.table_access.gradients
+        if kept is not None:  # kept buffers only for the tables this step trains
+            kept.keep_only(self.model.table_parameters(step.trains))
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.table_gradients is not None:
-            self.table_gradients.apply()
+        self.table_access.apply()
         self.optimizer.step()
 
     def full_tables(self) -> dict[str, torch.Tensor]:

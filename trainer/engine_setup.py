@@ -1,5 +1,6 @@
 """Which engine a config asks for, the backbone dtype that implies, and building it (docs/architecture.md,
-section 3): the plain engine in one process, or DeepSpeed ZeRO-3 under a launcher or on request."""
+section 3): the plain engine in one process, or under a launcher or on request the distributed engine,
+DeepSpeed ZeRO-3 or the row-sharded one (`distributed.table_sharding`)."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ from trainer.deepspeed_engine import DeepSpeedEngine, fill_ds_config, resolve_ds
 from trainer.distributed import Dist, launched
 from trainer.engine import Engine, PlainEngine
 from trainer.phases import StepKind
+from trainer.rows_engine import RowShardedEngine
 from trainer.schedule import StepPlan
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,14 @@ def want_deepspeed(engine: str) -> bool:
     return engine == "deepspeed"
 
 
+def want_row_sharding(config: TrainConfig) -> bool:
+    """The distributed engine with `distributed.table_sharding: rows`: the row-sharded engine, not ZeRO-3."""
+    return want_deepspeed(config.distributed.engine) and config.distributed.table_sharding == "rows"
+
+
 def load_ds_config(config: TrainConfig, dist: Dist, device: torch.device) -> tuple[Path, dict[str, Any]] | None:
-    """(path, filled DeepSpeed config) when the run uses the DeepSpeed engine, else None."""
-    if not want_deepspeed(config.distributed.engine):
+    """(path, filled DeepSpeed config) when the run uses the DeepSpeed ZeRO-3 engine, else None."""
+    if not want_deepspeed(config.distributed.engine) or want_row_sharding(config):
         return None
     path = resolve_ds_config(config.distributed.ds_config, device)
     return path, fill_ds_config(path, config.pretrain.batch_size, dist.world_size)
@@ -50,9 +57,11 @@ def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[
 
 def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,
                  ds: tuple[Path, dict[str, Any]] | None, plans: dict[StepKind, StepPlan]) -> Engine:
-    """The plain engine (`ds` None) or DeepSpeed ZeRO-3 over `parts.model`; options only the plain engine
-    supports are refused under DeepSpeed, naming the key."""
+    """The row-sharded engine (`want_row_sharding`), the plain engine (`ds` None) or DeepSpeed ZeRO-3 over
+    `parts.model`; options an engine does not support are refused, naming the key."""
     pre = config.pretrain
+    if want_row_sharding(config):
+        return build_row_engine(config, dist, parts, plans)
     if ds is None:
         return PlainEngine(parts.model, pre.lr, config.finetune.lr, plans=plans, optimizer=config.model.table_optimizer)
     if config.model.table_optimizer != "adam":
@@ -65,3 +74,18 @@ def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch
                           "model.compile=false or distributed.engine=plain")
     log.info("DeepSpeed ZeRO-3 on %d rank(s) with %s", dist.world_size, ds[0])
     return DeepSpeedEngine(parts.model, pre.lr, config.finetune.lr, ds_config=ds[1], dist=dist, device=device, plans=plans)
+
+
+def build_row_engine(config: TrainConfig, dist: Dist, parts: RunParts, plans: dict[StepKind, StepPlan]) -> Engine:
+    """The row-sharded engine; a trained backbone, or a table with fewer rows than ranks, is refused."""
+    if config.model.train_backbone != "none":
+        raise ConfigError(f"model.train_backbone={config.model.train_backbone} (ablation={config.ablation}) trains "
+                          f"backbone weights, which distributed.table_sharding=rows replicates frozen on every rank; "
+                          f"set distributed.table_sharding=zero3")
+    smallest = min(parts.dataset.n_users, parts.dataset.n_items)
+    if smallest < dist.world_size:
+        raise ConfigError(f"distributed.table_sharding=rows gives every rank at least one row of each table, but the "
+                          f"smallest table has {smallest} rows for {dist.world_size} ranks")
+    log.info("row-sharded ID tables on %d rank(s)", dist.world_size)
+    return RowShardedEngine(parts.model, config.pretrain.lr, config.finetune.lr, dist=dist, plans=plans,
+                            optimizer=config.model.table_optimizer)

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from cllm4rec.diagnostics import LogitMoments
 from cllm4rec.interactions import UserItems
-from cllm4rec.metrics import PAD, evaluate_scores, topk_excluding
+from cllm4rec.metrics import evaluate_rankings
 from trainer.config import TrainConfig
 from trainer.data import Corpora
 from trainer.engine import Engine
@@ -54,16 +54,17 @@ def evaluate(
     dist = engine.dist
     moments = LogitMoments.zeros(corpora.train.n_items, engine.device) if logit_share else None
     total = int((heldout.lengths() > 0).sum())
+    deepest = max([*recall_ks, *ndcg_ks], default=1)
     with tqdm(total=-(-total // dist.world_size), desc=desc, disable=not progress, leave=False) as bar:
-        def score(rows: np.ndarray) -> torch.Tensor:
-            logits = engine.item_logits(corpora.scoring_batch(rows, prompt, seed)).float()
-            bar.update(len(rows))
-            return logits
+        def rank(rows: np.ndarray, real: bool) -> torch.Tensor:
+            items, _ = engine.rank_items(corpora.scoring_batch(rows, prompt, seed), corpora.train, rows, deepest,
+                                         moments, real)
+            bar.update(len(rows) if real else 0)
+            return items
 
-        metrics = evaluate_scores(score, corpora.train, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
-                                  sort_key=corpora.train.lengths(), shard=(dist.rank, dist.world_size),
-                                  all_reduce=dist.all_reduce_tensor,
-                                  on_scores=None if moments is None else lambda rows, logits: moments.update(logits))
+        metrics = evaluate_rankings(rank, heldout, tuple(recall_ks), tuple(ndcg_ks), batch_size,
+                                    sort_key=corpora.train.lengths(), shard=(dist.rank, dist.world_size),
+                                    all_reduce=dist.all_reduce_tensor)
     if moments is not None:
         metrics["logit_user_share"] = LogitMoments.from_tensor(dist.all_reduce_tensor(moments.as_tensor())).user_share()
     return metrics
@@ -92,11 +93,10 @@ def recommend(
     out_items, out_scores = [], []
     for start in range(0, len(users), batch_size):
         picked = order[start : start + batch_size]
-        logits = engine.item_logits(corpora.scoring_batch(users[picked], prompt, seed, [prompts[b] for b in picked])).float().cpu()
-        items = topk_excluding(logits, seen, picked, top_m)
-        scores = logits.gather(1, items.clamp(min=0)).masked_fill(items == PAD, float("-inf"))
-        out_items.append(items.numpy())
-        out_scores.append(scores.numpy())
+        batch = corpora.scoring_batch(users[picked], prompt, seed, [prompts[b] for b in picked])
+        items, scores = engine.rank_items(batch, seen, picked, top_m)
+        out_items.append(items.cpu().numpy())
+        out_scores.append(scores.cpu().numpy())
     restore = np.argsort(order)
     if not out_items:
         width = min(top_m, corpora.train.n_items)

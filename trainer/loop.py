@@ -32,6 +32,16 @@ class EpochProgress:
         return cls(int(data["step"]), {k: float(data["sums"].get(k, 0.0)) for k in SUM_KEYS}, float(data["seconds"]))
 
 
+def rank_share(saved: list[dict[str, float]], rank: int, world: int) -> dict[str, float]:
+    """This rank's running sums to continue an epoch from, out of the sums each rank of a mid-epoch
+    checkpoint saved: its own when as many ranks wrote it; else (a row-sharded run resumed on another
+    number of ranks) all of them summed on rank 0 and none on the others — the epoch's totals, summed
+    over the ranks, are the same."""
+    if len(saved) == world:
+        return saved[rank]
+    return {key: sum(s.get(key, 0.0) for s in saved) for key in SUM_KEYS} if rank == 0 else {}
+
+
 def run_epoch(
     engine: Engine,
     step: StepKind,

@@ -38,7 +38,7 @@ from trainer.distributed import init_distributed
 from trainer.engine_setup import build_engine, load_ds_config, model_dtype, want_deepspeed
 from trainer.evaluate import evaluate, scoring_prompt
 from trainer.incremental import initial_model
-from trainer.loop import EpochProgress, run_epoch
+from trainer.loop import EpochProgress, rank_share, run_epoch
 from trainer.phases import Phase, Stage, StepKind, Unit, training_units
 from trainer.results import write_results
 from trainer.resume import config_differences, latest_checkpoint, rng_state, set_rng_state
@@ -214,6 +214,16 @@ class TrainingRun:
                         batch_size=cfg.batch_size, recall_ks=cfg.recall_ks, ndcg_ks=cfg.ndcg_ks, max_users=cfg.max_users,
                         desc=f"evaluate {split}", progress=self.progress, logit_share=logit_share)
 
+    def rank_sums(self, saved: list[dict[str, float]]) -> dict[str, float]:
+        """This rank's share of a mid-epoch checkpoint's running sums (`rank_share`); a checkpoint of
+        another number of ranks inside an epoch read from shards is refused (each rank cuts its own
+        shards into batches, so the epoch's steps differ)."""
+        if len(saved) != self.dist.world_size and self.config.data.shards:
+            raise ckpt.CheckpointError(f"a checkpoint written inside an epoch by {len(saved)} ranks resumes on "
+                                       f"{self.dist.world_size} only without data.shards (each rank reads its own "
+                                       f"shards): resume on {len(saved)} ranks, or from a checkpoint between epochs")
+        return rank_share(saved, self.dist.rank, self.dist.world_size)
+
     def run_unit(self, unit: Unit, index: int) -> dict[str, float]:
         """Train one unit (resuming inside it if a mid-epoch checkpoint says so); finetuning units
         then validate and keep the best tables."""
@@ -226,7 +236,7 @@ class TrainingRun:
                 continue
             resume = None
             if where and part == where["part"]:  # each rank continues from its own running sums
-                resume = EpochProgress.from_json({**where["progress"], "sums": where["rank_sums"][self.dist.rank]})
+                resume = EpochProgress.from_json({**where["progress"], "sums": self.rank_sums(where["rank_sums"])})
 
             def on_checkpoint(progress: EpochProgress, part: int = part) -> None:
                 self.state["in_progress"] = {"unit": unit.tag, "part": part, "metrics": metrics,
