@@ -160,11 +160,11 @@ def test_resume_keeps_the_checkpoint_and_reads_no_init_source(runs: Runs, tiny_l
 
 
 def test_two_deepspeed_ranks_start_from_the_same_rows(runs: Runs, tiny_llama, tmp_path: Path) -> None:
-    from test_distributed import _run
+    from launched_runs import run_training
 
     out = tmp_path / "warm-ds"
     args = tiny_overrides(runs.later, tiny_llama, out, **{**WARM, "finetune.epochs": 1, "distributed.engine": "deepspeed"})
-    _run(["--init-from", str(runs.earlier), *args], 2, tmp_path / "ds.log")
+    run_training(["--init-from", str(runs.earlier), *args], 2, tmp_path / "ds.log")
     ds, plain = (json.loads((folder / "results.json").read_text()) for folder in (out, runs.warm))
     assert ds["engine"] == "deepspeed-zero3 x2"
     for key, value in plain["history"][0].items():
