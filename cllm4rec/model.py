@@ -37,6 +37,12 @@ from cllm4rec.tasks import TableSet, Task
 TABLE_NAMES = (*TableSet.COLLAB.table_names, *TableSet.CONTENT.table_names)
 
 
+
+def mean_word_embedding(words: nn.Embedding, ids: list[int]) -> torch.Tensor:
+    """float32 [K]: the mean of the word-embedding rows of the (non-empty) token ids `ids`."""
+    return words(torch.as_tensor(list(ids), dtype=torch.long, device=words.weight.device)).float().mean(dim=0)
+
+
 class TableRows(NamedTuple):
     """The rows of one ID table a batch uses, gathered once: one gradient scatter per table per step
     feeds the embeddings, the MR term and the prior alike."""
@@ -181,7 +187,7 @@ class CLLM4Rec(nn.Module):
         for (kind, index), ids in text_ids.items():
             if ids:
                 table = self.content_user if kind == "user" else self.content_item
-                table[index] = words(torch.tensor(ids, device=table.device)).float().mean(dim=0)
+                table[index] = mean_word_embedding(words, ids)
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from cllm4rec.interactions import UserItems
+from cllm4rec.model import mean_word_embedding
 
 Vectors = np.ndarray | sp.csr_matrix
 """[J, D] item text vectors, rows L2-normalised (zero for an item without text)."""
@@ -41,8 +42,8 @@ def mean_word_vectors(token_ids: Sequence[Sequence[int]], embeddings: torch.nn.E
     """float32 [J, K]: per text, the mean of `embeddings`' rows over its token ids, L2-normalised (zeros
     for a text without tokens)."""
     weight = embeddings.weight
-    rows = [weight[torch.as_tensor(list(ids), dtype=torch.long, device=weight.device)].float().mean(dim=0)
-            if len(ids) else weight.new_zeros(weight.shape[1], dtype=torch.float32) for ids in token_ids]
+    rows = [mean_word_embedding(embeddings, ids) if len(ids) else weight.new_zeros(weight.shape[1], dtype=torch.float32)
+            for ids in token_ids]
     vectors = torch.stack(rows).cpu().numpy() if rows else np.zeros((0, weight.shape[1]), np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
