@@ -60,11 +60,13 @@ def million_case(folder: Path, n_users: int = 100_000, n_items: int = 1_000_000,
 
 
 def users_per_second(engine, corpora, users: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    from cllm4rec.templates import ScoringPrompt
     from trainer.evaluate import recommend
 
-    recommend(engine, corpora, users[:batch], 100, prompt="rec", seed=0, batch_size=batch)  # untimed warm-up
+    prompt = ScoringPrompt.RECOMMENDATION
+    recommend(engine, corpora, users[:batch], 100, prompt=prompt, seed=0, batch_size=batch)  # untimed warm-up
     start = time.perf_counter()
-    items, _ = recommend(engine, corpora, users, 100, prompt="rec", seed=0, batch_size=batch)
+    items, _ = recommend(engine, corpora, users, 100, prompt=prompt, seed=0, batch_size=batch)
     return len(users) / (time.perf_counter() - start), items
 
 

@@ -3,8 +3,10 @@ forward pass of `CLLM4Rec` computes, with the count each task's LM loss is a mea
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: the names import without torch (data_prep reads them)
+    import torch
 
 
 class Name(str, Enum):

@@ -12,6 +12,8 @@ begins with closing punctuation (``,.:;!?)]}``), which attaches to the previous 
 
 The hard words are module constants; :data:`TEMPLATES` shows each prompt as a display string (for
 meta.json and docs) with ``{user}``, ``{item}`` and ``{items}`` placeholders; it is never parsed.
+:class:`ContentKind` names the three kinds of content document, :class:`ScoringPrompt` the two
+prompts a model can score the catalogue with.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
+
+from .tasks import Name
 
 CLOSING_PUNCTUATION = frozenset(",.:;!?)]}")
 
@@ -39,6 +43,24 @@ TEMPLATES: dict[str, str] = {
     "review": "<user_{user}> writes the review for <item_{item}>:",
     "recommendation": "<user_{user}> has interacted with {items}, <user_{user}> will interact with",
 }
+
+
+class ContentKind(Name):
+    """What a content document's main part is, and so its prompt: a user's biography
+    (`biography_prompt`), an item's text (`item_content_prompt`) or a training review (`review_prompt`).
+    Content samples and shards store the value."""
+
+    BIOGRAPHY = "user"
+    ITEM_TEXT = "item"
+    REVIEW = "review"
+
+
+class ScoringPrompt(Name):
+    """The prompt a model scores the whole catalogue from (evaluation, serving): the finetuning prompt
+    (`recommendation_prompt`) or the collaborative documents' prompt (`interaction_prompt`, LLM-PreRec)."""
+
+    RECOMMENDATION = "rec"
+    INTERACTION = "interaction"
 
 
 @dataclass(frozen=True)

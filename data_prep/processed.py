@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cllm4rec.templates import ContentKind
 from data_prep.atomic import atomic_folder, recover, sha256_file
 from data_prep.errors import DataPrepError
 from data_prep.kcore import kcore_mask, merge_duplicates
@@ -72,11 +73,13 @@ class ProcessedDataset:
 
     def content_samples(self) -> list[dict[str, Any]]:
         """The content corpus in canonical order: biographies, item texts, training reviews (empty texts
-        left out), each {"kind": "user"|"item"|"review", "user", "item", "text"} (-1: none). Training
+        left out), each {"kind": a `ContentKind`, "user", "item", "text"} (-1: none). Training
         (trainer/data.py) and the shards (data_prep/shards.py) both read it from here."""
-        samples = [{"kind": "user", "user": u, "item": -1, "text": t} for u, t in enumerate(self.user_text) if t]
-        samples += [{"kind": "item", "user": -1, "item": j, "text": t} for j, t in enumerate(self.item_text) if t]
-        samples += [{"kind": "review", "user": int(u), "item": int(j), "text": t}
+        samples = [{"kind": ContentKind.BIOGRAPHY, "user": u, "item": -1, "text": t}
+                   for u, t in enumerate(self.user_text) if t]
+        samples += [{"kind": ContentKind.ITEM_TEXT, "user": -1, "item": j, "text": t}
+                    for j, t in enumerate(self.item_text) if t]
+        samples += [{"kind": ContentKind.REVIEW, "user": int(u), "item": int(j), "text": t}
                     for u, j, t in zip(self.review_user, self.review_item, self.review_text) if t]
         return samples
 

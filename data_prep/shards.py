@@ -5,7 +5,8 @@ A shard folder is its own folder (never inside the processed dataset):
                                      samples / bytes / sha256, per-corpus totals
     collab/collab-000000.tar ...     one sample per user with training items: {"user", "items"}
     content/content-000000.tar ...   biographies, item texts, training reviews (that order):
-                                     {"kind": "user"|"item"|"review", "user", "item", "text"} (-1: none)
+                                     {"kind": "user"|"item"|"review" (a ContentKind), "user",
+                                     "item", "text"} (-1: none)
     finetune/finetune-000000.tar ... one sample per user with training items: {"user", "items"}
 Items are in chronological order. A sample is one tar member "<key>.json", key = "%09d" % its
 position in the corpus's canonical order; with a seed, samples are permuted before sharding (keys

@@ -1,4 +1,5 @@
-"""The content-signal preset of scripts/amazon_sample.py: tastes planted in item texts and reviews.
+"""The content-signal preset of scripts/amazon_sample.py (data_prep/planted_tastes.py): tastes planted in
+item texts and reviews.
 
 A small copy (120 users, 100 products, 8 themes) is generated, read and prepared (5-core, as `cllm4rec
 prepare amazon`), and its planted properties are checked on the processed dataset against the
@@ -17,28 +18,28 @@ import numpy as np
 import pytest
 
 from conftest import load_script
+from data_prep import planted_tastes
+from data_prep.planted_tastes import THEMES, Planted, write_planted
 from data_prep.prepare import prepare
 from data_prep.processed import load_processed
 from data_prep.readers import read_amazon
+from data_prep.synthetic_amazon import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--users", "120", "--products", "100", "--themes", "8"]
 
 
-def _sample_module():
+@pytest.fixture(scope="module")
+def script():
+    """scripts/amazon_sample.py: the command line over the generator."""
     return load_script("amazon_sample")
 
 
 @pytest.fixture(scope="module")
-def generator():
-    return _sample_module()
-
-
-@pytest.fixture(scope="module")
-def small(generator, tmp_path_factory):
+def small(tmp_path_factory):
     """(files, truth, processed dataset) of the small planted copy, seed 0."""
-    spec = generator.Planted(users=120, products=100, themes=8)
-    files = generator.write_sample(tmp_path_factory.mktemp("raw"), seed=0, planted=spec)
+    spec = Planted(users=120, products=100, themes=8)
+    files = write_planted(tmp_path_factory.mktemp("raw"), seed=0, spec=spec)
     truth = json.loads(files[2].read_text(encoding="utf-8"))
     out = tmp_path_factory.mktemp("datasets") / "content-signal-small"
     prepare(read_amazon(files[0], files[1], name="content-signal-small"), out)  # Amazon default: 5-core
@@ -50,24 +51,24 @@ def _words(text: str, vocabulary: list[str]) -> set[str]:
     return {w for w in vocabulary if re.search(rf"\b{w}\b", text.lower())}
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(generator, small, tmp_path: Path) -> None:
+def test_same_seed_same_bytes_other_seed_other_bytes(script, small, tmp_path: Path) -> None:
     files = small[0]
     assert [p.name for p in files] == ["reviews_Beauty_5.json.gz", "meta_Beauty.json.gz", "planted_truth.json"]
-    assert generator.main(["--preset", "content-signal", *SMALL, "--out", str(tmp_path / "again")]) == 0
+    assert script.main(["--preset", "content-signal", *SMALL, "--out", str(tmp_path / "again")]) == 0
     assert [p.read_bytes() for p in files] == [(tmp_path / "again" / p.name).read_bytes() for p in files]
-    other = generator.write_sample(tmp_path / "seed1", seed=1, planted=generator.Planted(120, 100, 8))
+    other = write_planted(tmp_path / "seed1", seed=1, spec=Planted(120, 100, 8))
     assert all(a.read_bytes() != b.read_bytes() for a, b in zip(files, other))
     assert gzip.decompress(files[0].read_bytes())  # a valid gzip stream, header mtime 0 (bytes equal above)
     assert files[0].read_bytes()[4:8] == b"\0\0\0\0"
 
 
-def test_options_need_the_preset_and_sizes_are_checked(generator, tmp_path: Path) -> None:
+def test_options_need_the_preset_and_sizes_are_checked(script, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        generator.main(["--users", "50", "--out", str(tmp_path)])
+        script.main(["--users", "50", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
-        generator.main(["--preset", "content-signal", "--themes", "99", "--out", str(tmp_path)])
+        script.main(["--preset", "content-signal", "--themes", "99", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
-    assert generator.PRESETS["content-signal"] == generator.Planted()
+    assert script.PRESETS["content-signal"] == Planted()
 
 
 def test_counts_and_long_tail(small) -> None:
@@ -89,7 +90,7 @@ def test_counts_and_long_tail(small) -> None:
 
 def test_item_texts_name_their_themes_and_no_other(small) -> None:
     _, truth, ds = small
-    vocabulary = _sample_module().THEMES  # all 30 words: the 22 unused ones must not occur either
+    vocabulary = THEMES  # all 30 words: the 22 unused ones must not occur either
     assert len(ds.item_text) == 100
     for raw, text in zip(ds.item_raw, ds.item_text):
         themes = truth["items"][raw]
@@ -124,10 +125,10 @@ def test_reviews_state_the_reviewers_tastes(small) -> None:
         assert (shared[0] in said) if shared else ("not for me" in text), text
 
 
-def test_documented_default_counts(generator, tmp_path: Path) -> None:
-    files = generator.write_sample(tmp_path, seed=0, planted=generator.PRESETS["content-signal"])
-    line = generator.describe(files[0])
+def test_documented_default_counts(script, tmp_path: Path) -> None:
+    files = write_planted(tmp_path, seed=0, spec=script.PRESETS["content-signal"])
+    line = describe(files[0])
     assert line.startswith("600 users, 400 items, ")
     docs = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
     assert line in docs, f"docs/data.md does not show the generator's summary line {line!r}"
-    assert line.split(";")[0].replace("600 users, 400 items, ", "") in generator.__doc__
+    assert line.split(";")[0].replace("600 users, 400 items, ", "") in planted_tastes.__doc__

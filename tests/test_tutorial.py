@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_script
-
 from data_prep.prepare import prepare, summary
 from data_prep.processed import read_meta
 from data_prep.readers import read_amazon
+from data_prep.synthetic_amazon import write_sample
 from trainer.cli import build_parser
 from trainer.config_loading import load_config
 
@@ -29,13 +28,9 @@ RECIPE = ROOT / "docs" / "tutorial" / "beauty-sample.yaml"
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1"}
 
 
-def _sample_module():
-    return load_script("amazon_sample")
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> tuple[Path, Path]:
-    return _sample_module().write_sample(tmp_path_factory.mktemp("raw"))
+    return write_sample(tmp_path_factory.mktemp("raw"))
 
 
 def _bash_commands(text: str) -> list[str]:
@@ -64,10 +59,10 @@ def _cllm4rec_argv(command: str) -> list[str] | None:
 
 
 def test_sample_is_deterministic_and_in_the_2014_format(sample, tmp_path: Path) -> None:
-    again = _sample_module().write_sample(tmp_path / "again")
+    again = write_sample(tmp_path / "again")
     assert [p.name for p in sample] == ["reviews_Beauty_5.json.gz", "meta_Beauty.json.gz"]
     assert [p.read_bytes() for p in sample] == [p.read_bytes() for p in again]
-    other = _sample_module().write_sample(tmp_path / "seed1", seed=1)
+    other = write_sample(tmp_path / "seed1", seed=1)
     assert sample[0].read_bytes() != other[0].read_bytes()
 
     reviews = gzip.decompress(sample[0].read_bytes()).decode().splitlines()

@@ -18,6 +18,7 @@ from cllm4rec.baselines.content import mean_word_vectors, profile_scores, random
 from cllm4rec.baselines.mostpop import item_popularity, score_mostpop
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_scores
+from cllm4rec.templates import ScoringPrompt
 from data_prep.cold_start import HeldOut
 from data_prep.processed import ProcessedDataset
 from trainer.build import RunParts
@@ -58,8 +59,8 @@ def heldout_targets(dataset: ProcessedDataset, held: HeldOut, max_users: int | N
 
 
 @torch.no_grad()
-def user_states(engine: PlainEngine, parts: RunParts, users: np.ndarray, *, prompt: str, seed: int, batch_size: int,
-                progress: bool) -> torch.Tensor:
+def user_states(engine: PlainEngine, parts: RunParts, users: np.ndarray, *, prompt: ScoringPrompt, seed: int,
+                batch_size: int, progress: bool) -> torch.Tensor:
     """float32 [len(users), K]: each user's last hidden state under the scoring prompt (their training
     items), from which the item logits are states @ collab_item.T (`last_hidden_and_logits`)."""
     states = []

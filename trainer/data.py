@@ -26,7 +26,9 @@ import torch
 from cllm4rec.interactions import UserItems
 from cllm4rec.prompts import masked_prompt, order_items
 from cllm4rec.templates import (
+    ContentKind,
     Items,
+    ScoringPrompt,
     Text,
     biography_prompt,
     cap_items,
@@ -75,11 +77,12 @@ def bucketed_stream(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
 
 
 def content_document(sample: dict) -> tuple[list, list]:
-    """(prompt segments, main segments) of a content-corpus sample (`ProcessedDataset.content_samples`):
-    kind user (biography), item or review."""
+    """(prompt segments, main segments) of a content-corpus sample (`ProcessedDataset.content_samples`)
+    of any `ContentKind`."""
     kind, user, item = sample["kind"], sample["user"], sample["item"]
-    prompt = {"user": biography_prompt, "item": item_content_prompt, "review": review_prompt}[kind]
-    args = {"user": (user,), "item": (item,), "review": (user, item)}[kind]
+    prompt = {ContentKind.BIOGRAPHY: biography_prompt, ContentKind.ITEM_TEXT: item_content_prompt,
+              ContentKind.REVIEW: review_prompt}[kind]
+    args = {ContentKind.BIOGRAPHY: (user,), ContentKind.ITEM_TEXT: (item,), ContentKind.REVIEW: (user, item)}[kind]
     return prompt(*args), [Text(sample["text"])]
 
 
@@ -132,10 +135,10 @@ class Corpora:
     tokenizer: IdTokenizer
     train: UserItems
     content: list[Document]
-    content_owner: list[tuple[str, int, int]]  # (kind, user, item) of each document; -1 where it has none
+    content_owner: list[tuple[ContentKind, int, int]]  # (kind, user, item) of each document; -1 where it has none
     max_items: int
     max_main_tokens: int = 128
-    content_kinds: tuple[str, ...] = ("user", "item", "review")
+    content_kinds: tuple[ContentKind, ...] = tuple(ContentKind)
     shards: Path | None = None
     shuffle_buffer: int = 1000
     skip_corrupt: bool = False
@@ -161,7 +164,8 @@ class Corpora:
     ) -> "Corpora":
         """In-memory corpora; with `shards`, their manifest is checked against `dataset_path` and every
         shard's sha256 verified once here (epochs then check sizes only)."""
-        kinds = tuple(k for k, on in (("user", biographies), ("item", item_texts), ("review", reviews)) if on)
+        wanted = {ContentKind.BIOGRAPHY: biographies, ContentKind.ITEM_TEXT: item_texts, ContentKind.REVIEW: reviews}
+        kinds = tuple(k for k, on in wanted.items() if on)
         samples = [s for s in dataset.content_samples() if s["kind"] in kinds]
         docs = [content_document(s) for s in samples]
         owner = [(s["kind"], s["user"], s["item"]) for s in samples]
@@ -183,11 +187,14 @@ class Corpora:
         followed by those of every training review the user wrote or the item received."""
         text_ids: dict[tuple[str, int], list[int]] = defaultdict(list)
         for (kind, user, item), doc in zip(self.content_owner, self.content):
-            if kind == "review" and reviews:
+            if kind == ContentKind.REVIEW:
+                if reviews:
+                    text_ids["user", user] += doc.main_ids
+                    text_ids["item", item] += doc.main_ids
+            elif kind == ContentKind.BIOGRAPHY:
                 text_ids["user", user] += doc.main_ids
+            else:
                 text_ids["item", item] += doc.main_ids
-            elif kind != "review":
-                text_ids[kind, user if kind == "user" else item] += doc.main_ids
         return dict(text_ids)
 
     # ---- per-epoch batch streams -----------------------------------------------------------------
@@ -289,10 +296,11 @@ class Corpora:
 
         return EpochStream(stream(), steps)
 
-    def scoring_batch(self, users: np.ndarray, prompt: str, seed: int, histories: list[np.ndarray] | None = None) -> Batch:
+    def scoring_batch(self, users: np.ndarray, prompt: ScoringPrompt, seed: int,
+                      histories: list[np.ndarray] | None = None) -> Batch:
         """Prompts of ALL training items (no masking) for whole-catalogue scoring, deterministic.
 
-        prompt "rec": the finetuning prompt; "interaction": `<user_i> has interacted with
+        prompt RECOMMENDATION: the finetuning prompt; INTERACTION: `<user_i> has interacted with
         <items>` (LLM-PreRec). Over-long item lists drop random items, seeded per user. histories:
         each user's items instead of the training items (serving with extra history).
         """
@@ -300,7 +308,7 @@ class Corpora:
         for index, u in enumerate(users):
             history = self.train.row(int(u)) if histories is None else np.asarray(histories[index])
             items = cap_items(history, self.max_items, epoch_rng(seed, "score", int(u)))
-            if prompt == "rec":
+            if prompt == ScoringPrompt.RECOMMENDATION:
                 segments.append(recommendation_prompt(int(u), items))
             else:
                 segments.append(interaction_prompt(int(u)) + [Items(items)])

@@ -8,15 +8,16 @@ from tqdm.auto import tqdm
 from cllm4rec.diagnostics import LogitMoments
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_rankings
+from cllm4rec.templates import ScoringPrompt
 from trainer.config import TrainConfig
 from trainer.data import Corpora
 from trainer.engine import Engine
 
 
-def scoring_prompt(config: TrainConfig) -> str:
-    """The prompt a trained model is evaluated and served with: "rec" (the finetuning prompt) when it was
-    finetuned, else "interaction" (LLM-PreRec ranks from the pretraining prompt)."""
-    return "rec" if config.finetune.enabled else "interaction"
+def scoring_prompt(config: TrainConfig) -> ScoringPrompt:
+    """The prompt a trained model is evaluated and served with: RECOMMENDATION (the finetuning prompt) when
+    it was finetuned, else INTERACTION (LLM-PreRec ranks from the pretraining prompt)."""
+    return ScoringPrompt.RECOMMENDATION if config.finetune.enabled else ScoringPrompt.INTERACTION
 
 
 def limit_users(heldout: UserItems, max_users: int | None) -> UserItems:
@@ -32,7 +33,7 @@ def evaluate(
     corpora: Corpora,
     heldout: UserItems,
     *,
-    prompt: str,
+    prompt: ScoringPrompt,
     seed: int,
     batch_size: int,
     recall_ks: list[int],
@@ -44,7 +45,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Recall@K / NDCG@K of ranking every item for each user with held-out items.
 
-    prompt "rec" (finetuned model) or "interaction" (LLM-PreRec); training items are excluded.
+    prompt: RECOMMENDATION (finetuned model) or INTERACTION (LLM-PreRec); training items are excluded.
     Under several ranks each rank scores its share of the users and the sums are reduced: every
     rank returns the figures of the whole set (collective: all ranks call it together).
     logit_share: also return "logit_user_share" (`cllm4rec.diagnostics.logit_user_share` of the
@@ -72,8 +73,8 @@ def evaluate(
 
 @torch.no_grad()
 def recommend(
-    engine: Engine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: str, seed: int, batch_size: int = 32,
-    histories: list[np.ndarray] | None = None,
+    engine: Engine, corpora: Corpora, users: np.ndarray, top_m: int, *, prompt: ScoringPrompt, seed: int,
+    batch_size: int = 32, histories: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-`top_m` unseen items per user: (items [U, M] int64, scores [U, M] float32), best first;
     users with fewer unseen items have trailing items PAD (-1) with score -inf.

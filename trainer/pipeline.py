@@ -26,6 +26,7 @@ import yaml
 from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import selection_score
 from cllm4rec.tasks import TableSet, Task
+from cllm4rec.templates import ScoringPrompt
 from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
 from trainer.ablations import ABLATIONS
@@ -208,7 +209,7 @@ class TrainingRun:
         return lambda step, losses: tracker.log_step_metrics({f"step_{prefix}_{k}": v for k, v in losses.items()},
                                                              offset + step)
 
-    def validate(self, split: str, prompt: str, logit_share: bool = False) -> dict[str, float]:
+    def validate(self, split: str, prompt: ScoringPrompt, logit_share: bool = False) -> dict[str, float]:
         cfg = self.config.eval
         return evaluate(self.engine, self.parts.corpora, self.splits[split], prompt=prompt, seed=self.config.seed,
                         batch_size=cfg.batch_size, recall_ks=cfg.recall_ks, ndcg_ks=cfg.ndcg_ks, max_users=cfg.max_users,
@@ -259,7 +260,7 @@ class TrainingRun:
             metrics["collab_popularity_entropy"] = self.popularity_entropy
         if unit.phase is not Phase.FINETUNE:
             return metrics
-        val = self.validate("val", "rec", logit_share=True)
+        val = self.validate("val", ScoringPrompt.RECOMMENDATION, logit_share=True)
         metrics.update({f"val_{k}": v for k, v in val.items()})
         score = selection_score(val, self.config.eval.selection())
         metrics["val_selection"] = score
