@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cllm4rec.model import mean_word_embedding
 from conftest import CLUSTER_WORDS, FOLD_IN_SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
 from data_prep.prepare import prepare
@@ -27,7 +28,7 @@ from trainer.catalogue import grow_dataset
 from trainer.config_loading import load_config
 from trainer.fold_in import FoldInOptions, fold_in
 from trainer.pipeline import train
-from trainer.serving import Recommender
+from trainer.serving import Recommender, load_saved
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -154,6 +155,59 @@ def test_failed_fold_in_leaves_the_previous_output_whole(run: Path, folded: dict
         fold_in(run / "model", read(new_tables(tmp_path / "input")), out, FoldInOptions(progress=False))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input", "model"]
+
+
+# ---- where new rows start ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_run(run: Path, tiny_llama) -> Path:
+    """`run`'s schedule and dataset, its content rows started from their texts (`model.content_init_from_text`)."""
+    out = run.parent / "text-run"
+    train(load_config(None, tiny_overrides(run.parent / "data", tiny_llama, out, **FOLD_IN_SMALL,
+                                           **{"model.content_init_from_text": True})), progress=False)
+    return out
+
+
+def start_rows(model_dir: Path, root: Path) -> dict[str, torch.Tensor]:
+    """The tables of `model_dir` after a fold-in without passes of new item new0 (a text), item blank (no
+    text), user nu0 (a biography, two interactions) and user nx0 (no biography, one interaction)."""
+    root.mkdir()
+    (root / "items.csv").write_text(f"item,text\nnew0,a {CLUSTER_WORDS[0]}\nblank,\n")
+    (root / "users.jsonl").write_text(f'{{"user": "nu0", "text": "a user who loves {CLUSTER_WORDS[0]}"}}\n')
+    (root / "inter.csv").write_text("user,item\nnu0,i0\nnu0,new0\nnx0,blank\n")
+    tables_in = {"items": root / "items.csv", "users": root / "users.jsonl", "interactions": root / "inter.csv"}
+    fold_in(model_dir, read(tables_in), root / "model", FoldInOptions(passes=0, progress=False))
+    return tables(root / "model")
+
+
+def test_new_rows_start_from_their_text_when_the_model_did(text_run: Path, tmp_path: Path) -> None:
+    """content_init_from_text: a new entity with text starts at its text's mean word embedding (content and
+    collaborative rows alike); one without text at the centroid; old rows stay bit-identical."""
+    before, after = tables(text_run / "model"), start_rows(text_run / "model", tmp_path / "fold")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    _, parts, _ = load_saved(tmp_path / "fold" / "model")
+    words, text_ids = parts.model.backbone.get_input_embeddings(), parts.corpora.entity_text_ids()
+    assert ("item", N_ITEMS + 1) not in text_ids and ("user", N_USERS + 1) not in text_ids  # blank, nx0
+    for kind, row in (("item", N_ITEMS), ("user", N_USERS)):  # new0, nu0
+        expected = mean_word_embedding(words, text_ids[kind, row])
+        torch.testing.assert_close(after[f"content_{kind}"][row], expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(after[f"collab_{kind}"][row], expected, rtol=0, atol=1e-6)
+        assert (expected - before[f"content_{kind}"].mean(dim=0)).norm() > 1e-2  # not the centroid
+    for kind, row in (("item", N_ITEMS + 1), ("user", N_USERS + 1)):  # blank, nx0: no text
+        centroid = before[f"content_{kind}"].mean(dim=0)
+        torch.testing.assert_close(after[f"content_{kind}"][row], centroid)
+        torch.testing.assert_close(after[f"collab_{kind}"][row], centroid)  # step 3: its content row
+
+
+def test_new_rows_start_at_the_centroid_without_the_text_rule(run: Path, tmp_path: Path) -> None:
+    """Without content_init_from_text every new content row is its table's centroid; with no pass the
+    collaborative rows are set to it (step 3), whatever their text."""
+    before, after = tables(run / "model"), start_rows(run / "model", tmp_path / "fold")
+    for kind, old in (("item", N_ITEMS), ("user", N_USERS)):
+        centroid = before[f"content_{kind}"].mean(dim=0).expand(2, -1)
+        torch.testing.assert_close(after[f"content_{kind}"][old:], centroid)
+        torch.testing.assert_close(after[f"collab_{kind}"][old:], centroid)
 
 
 # ---- bad input: one-line errors naming file, row and field ----------------------------------------

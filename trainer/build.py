@@ -119,6 +119,12 @@ def load_weights(model: CLLM4Rec, tables: dict[str, torch.Tensor], backbone: dic
         params[name].copy_(tensor)
 
 
+def text_init_ids(config: ModelConfig, corpora: Corpora) -> dict[tuple[str, int], list[int]]:
+    """The word ids each content row starts from (`CLLM4Rec.init_content_from_text`): with
+    `content_init_from_text`, the entity's text (and reviews, with `content_init_reviews`); else none."""
+    return corpora.entity_text_ids(reviews=config.content_init_reviews) if config.content_init_from_text else {}
+
+
 @dataclass
 class RunParts:
     dataset: ProcessedDataset
@@ -178,7 +184,6 @@ def build_run(config: TrainConfig, device: torch.device | None = None, dtype: to
         skip_corrupt=config.data.skip_corrupt_shards,
         bucket_window=config.data.bucket_window,
     )
-    if config.model.content_init_from_text:
-        model.init_content_from_text(corpora.entity_text_ids(reviews=config.model.content_init_reviews))
+    model.init_content_from_text(text_init_ids(config.model, corpora))
     log.info("model: backbone %s (%s), %d users, %d items, K=%d", ref, dtype, dataset.n_users, dataset.n_items, model.dim)
     return RunParts(dataset, path, dataset_hash(path), model, tokenizer, corpora, ref)

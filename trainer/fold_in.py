@@ -2,10 +2,12 @@
 
 1. The model's dataset grows by the new ids (`trainer/catalogue.py`), and the ID token ranges with it
    (users V..V+N'-1, then items: cllm4rec/tokenization.py). Every new row starts at the centroid (the
-   mean) of the old rows of its table.
+   mean) of the old rows of its table; for a model built with `model.content_init_from_text`, a new
+   entity with text starts both its rows at its text's mean word embedding, as the build started the
+   old content rows (`start_from_text`).
 2. The content LLM reads the new entities' own texts (biographies, item texts) for `passes` epochs of
-   task `content`, the model's C-step: MR pulls each content row toward its collaborative row, still
-   the centroid, which keeps the new rows at the scale of the old ones. Only the new content rows move
+   task `content`, the model's C-step: MR pulls each content row toward its collaborative row (where
+   it started), which keeps the new rows at the scale of the old ones. Only the new content rows move
    (every old row's gradient is zeroed before each Adam step, so Adam leaves it bit-identical).
 3. Each new collaborative row is set to the mean of its MR prior N(z^c, λ_c⁻¹I): its content row.
 4. New users with interactions: `passes` epochs of the finetuning objective (task `rec`, masked prompts
@@ -33,7 +35,7 @@ from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
 from trainer import checkpoint as ckpt
-from trainer.build import build_run, load_weights, resolve_dataset
+from trainer.build import build_run, load_weights, resolve_dataset, text_init_ids
 from trainer.catalogue import grow_dataset
 from trainer.config import ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
@@ -136,6 +138,20 @@ def row_masks(model: CLLM4Rec, users: np.ndarray, items: np.ndarray) -> tuple[to
     return torch.as_tensor(users, device=device), torch.as_tensor(items, device=device)
 
 
+def start_from_text(model: CLLM4Rec, config: TrainConfig, corpora: Corpora, new_users: np.ndarray,
+                    new_items: np.ndarray) -> None:
+    """Step 1's text rule: with `model.content_init_from_text`, each new entity (bool [N] / [J] masks) with
+    text gets the content row the model's build gives it (`text_init_ids`, over the model's loaded word
+    embeddings), and its collaborative row, the MR prior's mean, equal to it. Other rows stay as they are."""
+    new = {"user": new_users, "item": new_items}
+    texts = {(kind, index): ids for (kind, index), ids in text_init_ids(config.model, corpora).items()
+             if ids and new[kind][index]}
+    model.init_content_from_text(texts)
+    with torch.no_grad():
+        for kind, index in texts:
+            getattr(model, f"collab_{kind}")[index] = getattr(model, f"content_{kind}")[index]
+
+
 def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: np.ndarray,
                    new_items: np.ndarray) -> PlainEngine:
     """A plain engine over `model` with the model's own steps at a constant `lr` (`fold_in_plans`), in which
@@ -211,9 +227,10 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         new_users, new_items = np.arange(grown.n_users) >= old.n_users, np.arange(grown.n_items) >= old.n_items
         load_weights(model, mapped_tables(saved.tables, grown_rows(old.n_users, grown.n_users),
                                           grown_rows(old.n_items, grown.n_items)), saved.extra)
+        corpora = new_corpora(parts.corpora, new_users, new_items)
+        start_from_text(model, config, corpora, new_users, new_items)
         model.backbone.requires_grad_(False)  # trained backbone or LoRA weights stay as they are
         engine = fold_in_engine(model, config, options.lr, new_users, new_items)
-        corpora = new_corpora(parts.corpora, new_users, new_items)
         batch = options.batch_size or config.pretrain.batch_size
         lap("setup")
         result.content_loss = read_new_texts(engine, corpora, options, batch, new_users, new_items)

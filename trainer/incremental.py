@@ -35,7 +35,7 @@ from trainer import checkpoint as ckpt
 from trainer.build import RunParts, load_weights, resolve_dataset
 from trainer.config import TrainConfig
 from trainer.distributed import Dist
-from trainer.fold_in import FoldInOptions, fold_in_engine, mapped_tables, new_corpora, read_new_texts
+from trainer.fold_in import FoldInOptions, fold_in_engine, mapped_tables, new_corpora, read_new_texts, start_from_text
 from trainer.id_mapping import IdMapping
 from trainer.serving import model_folder, saved_config
 from trainer.tracking import Tracker
@@ -167,9 +167,11 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
     load_weights(model, mapped_tables(saved.tables, mapping.users, mapping.items), saved.extra or None)
     losses: list[float] = []
     if dist.is_main and (new_users.any() or new_items.any()):
+        corpora = new_corpora(parts.corpora, new_users, new_items)
+        start_from_text(model, config, corpora, new_users, new_items)
         with backbone_frozen(model):
             engine = fold_in_engine(model, config, inc.lr, new_users, new_items)
-            losses = read_new_texts(engine, new_corpora(parts.corpora, new_users, new_items), options,
+            losses = read_new_texts(engine, corpora, options,
                                     config.pretrain.batch_size, new_users, new_items)
             engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
     share_rows(model, mapping, dist)
