@@ -37,7 +37,6 @@ from cllm4rec.tasks import TableSet, Task
 TABLE_NAMES = (*TableSet.COLLAB.table_names, *TableSet.CONTENT.table_names)
 
 
-
 def mean_word_embedding(words: nn.Embedding, ids: list[int]) -> torch.Tensor:
     """float32 [K]: the mean of the word-embedding rows of the (non-empty) token ids `ids`."""
     return words(torch.as_tensor(list(ids), dtype=torch.long, device=words.weight.device)).float().mean(dim=0)

@@ -153,17 +153,22 @@ def save_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer) ->
     shapes = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
     meta = {"param_groups": full["param_groups"], "param_shapes": shapes, "state": scalars}
     save_file(tensors, str(optimizer_tensors(folder, name)))
-    _write_json(Path(folder) / f"optimizer-{name}.json", meta)
+    _write_json(optimizer_json(folder, name), meta)
 
 
 def optimizer_meta(folder: Path, name: str) -> dict[str, Any]:
     """The JSON part of optimizer `name` saved by `save_optimizer` in `folder`: "param_groups",
     "param_shapes", "state" (the non-tensor state); its tensors are in `optimizer_tensors(folder, name)`."""
-    meta_path = Path(folder) / f"optimizer-{_check_name(name, 'optimizer name')}.json"
+    meta_path = optimizer_json(folder, name)
     if not meta_path.is_file():
         saved = sorted(p.stem.removeprefix("optimizer-") for p in Path(folder).glob("optimizer-*.json"))
         raise CheckpointError(f"{folder} has no optimizer {name!r} (saved: {saved})")
     return _read_json(meta_path)
+
+
+def optimizer_json(folder: Path, name: str) -> Path:
+    """The JSON file of optimizer `name`'s groups, parameter shapes and non-tensor state."""
+    return Path(folder) / f"optimizer-{_check_name(name, 'optimizer name')}.json"
 
 
 def optimizer_tensors(folder: Path, name: str) -> Path:
@@ -176,7 +181,7 @@ def restore_optimizer(folder: Path, name: str, optimizer: torch.optim.Optimizer)
     meta = optimizer_meta(folder, name)
     current = [[list(p.shape) for p in group["params"]] for group in optimizer.param_groups]
     if meta["param_shapes"] != current:
-        raise CheckpointError(f"optimizer {name!r} does not match {Path(folder) / f'optimizer-{name}.json'}: saved "
+        raise CheckpointError(f"optimizer {name!r} does not match {optimizer_json(folder, name)}: saved "
                               f"parameter groups with shapes {meta['param_shapes']}, current ones {current}")
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
     for key, tensor in load_file(str(optimizer_tensors(folder, name))).items():

@@ -7,7 +7,8 @@ prepared again later starts from an earlier model's rows instead of random ones.
 2. Its users and items are matched to this run's dataset by raw id (`trainer/id_mapping.py`), read from
    the dataset it was trained on (whose sha256 must still be the one its identity records). Kept ids get
    their rows copied, bit-identical, in all four tables; removed ids are dropped; new ids start at the
-   centroid of the earlier table and are folded in (`trainer/fold_in.py`, steps 2-3): their content rows
+   centroid of the earlier table (or, under `model.content_init_from_text`, those with text at its mean
+   word embedding) and are folded in (`trainer/fold_in.py`, steps 1-3): their content rows
    learned by the content LLM from the documents that name them (biographies, item texts, reviews) with
    every other row and the backbone frozen, then their collaborative rows set to their content rows.
 3. Trained backbone or LoRA weights of the earlier model are loaded too.
@@ -171,8 +172,7 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
         start_from_text(model, config, corpora, new_users, new_items)
         with backbone_frozen(model):
             engine = fold_in_engine(model, config, inc.lr, new_users, new_items)
-            losses = read_new_texts(engine, corpora, options,
-                                    config.pretrain.batch_size, new_users, new_items)
+            losses = read_new_texts(engine, corpora, options, config.pretrain.batch_size, new_users, new_items)
             engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
     share_rows(model, mapping, dist)
     return WarmStart(source, saved.identity, mapping, {"passes": inc.passes, "lr": inc.lr}, losses,
