@@ -69,11 +69,18 @@ def last_hidden_and_logits(engine: PlainEngine, batch: Batch) -> tuple[torch.Ten
     return model.last_position(hidden, batch["lengths"]).float(), model.last_position_item_logits(hidden, batch["lengths"])
 
 
-def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256) -> dict[str, float]:
+def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256,
+                   history_caps: tuple[int, ...] = ()) -> dict[str, Any]:
     """User-specificity of a saved model's scoring pass (`cllm4rec/diagnostics.py`) over the first
     `max_users` users (by index) with held-out items in `split`: hidden_user_variance,
-    mean_pairwise_cosine, logit_user_share (raw logits) and n_users."""
+    mean_pairwise_cosine, logit_user_share (raw logits) and n_users; with `history_caps`, also
+    "history_caps": {cap: metrics of every user of `split` when each prompt keeps at most `cap` random
+    training items} — how much of the history the model uses (cap 0: the user rows alone)."""
     config, parts, engine = load_saved(model_dir)
+    caps = {cap: evaluate(engine, parts.corpora, user_item_lists(parts.dataset, split), prompt=scoring_prompt(config),
+                          seed=config.seed, batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
+                          ndcg_ks=config.eval.ndcg_ks, desc=f"history cap {cap}", max_history=cap)
+            for cap in history_caps}
     users = np.flatnonzero(user_item_lists(parts.dataset, split).lengths() > 0)[:max_users]
     if len(users) < 2:
         raise DataPrepError(f"diagnose needs at least 2 users with {split} items, got {len(users)}")
@@ -86,7 +93,7 @@ def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256) ->
         moments.update(logits)
     states = torch.cat(hidden)
     return {"hidden_user_variance": hidden_user_variance(states), "mean_pairwise_cosine": mean_pairwise_cosine(states),
-            "logit_user_share": moments.user_share(), "n_users": len(users)}
+            "logit_user_share": moments.user_share(), "n_users": len(users), **({"history_caps": caps} if caps else {})}
 
 
 @dataclass
