@@ -251,13 +251,12 @@ def test_evaluate_cold_start_users_ranks_the_catalogue_for_the_new_users(root: P
 def test_cold_start_scores_are_the_models_own_logits(root: Path, items_evaluated: dict, users_evaluated: dict,
                                                      kind: str) -> None:
     """The fold-in row ranks with exactly the logits `cllm4rec evaluate` and serving compute."""
-    from trainer.cold_start_scoring import user_states
     from trainer.evaluate import scoring_prompt
-    from trainer.serving import load_saved
+    from trainer.serving import load_saved, user_states
 
     config, parts, engine = load_saved((items_evaluated if kind == "items" else users_evaluated)["out"] / "model")
     users = np.array([0, 5, parts.dataset.n_users - 1])
-    states = user_states(engine, parts, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=2,
+    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=2,
                          progress=False)
     logits = engine.item_logits(parts.corpora.scoring_batch(users, scoring_prompt(config), config.seed)).float()
     assert torch.allclose(logit_scorer(states, users, parts.model.collab_item)(users), logits, atol=1e-5)

@@ -128,9 +128,12 @@ def cmd_fold_in(args: argparse.Namespace) -> int:
     result = fold_in(args.model, new, out, fold_in_options(args), pyfunc=pyfunc)
     losses = " ".join(f"{name} loss {values[0]:.3f} -> {values[-1]:.3f};" for name, values in
                       (("content", result.content_loss), ("collaborative", result.collab_loss)) if values)
+    align = result.alignment
+    placed = (f" {align['items']:,} new item rows placed by {align['method']} (scale {align['scale']:.2f});"
+              if align["items"] else f" no {align['method']} map: {align['skipped']};" if "skipped" in align else "")
     print(f"folded {result.added['users']:,} users, {result.added['items']:,} items and "
-          f"{result.added['interactions']:,} interactions into {out} in {sum(result.seconds.values()):.1f} s; {losses}"
-          f" pyfunc: {result.pyfunc or 'not written'}")
+          f"{result.added['interactions']:,} interactions into {out} in {sum(result.seconds.values()):.1f} s;{placed} "
+          f"{losses} pyfunc: {result.pyfunc or 'not written'}")
     return 0
 
 
