@@ -62,6 +62,7 @@ def test_logit_spread_counts_only_the_directions_users_read() -> None:
     predicted = torch.tensor([[0.5, 3.0], [-0.5, -3.0]])  # half the spread where the user looks
     assert logit_spread(states, true, predicted) == 2.0
     assert logit_spread(torch.eye(2), true, true / 4) == 4.0
+    assert logit_spread(None, true, true / 4) == 4.0  # no states: the rows' own spread (users)
     with pytest.raises(CannotAlign, match="same logit"):
         logit_spread(torch.tensor([[0.0, 1.0]]), true, true)
 
@@ -79,7 +80,8 @@ def test_affine_map_is_mean_plus_scaled_projection() -> None:
     assert mapped(torch.tensor([[2.0, 3.0]])).tolist() == [[2.0, 13.0, -4.0]]  # 2 * (1, 2) @ W, plus (0, 5, 0)
 
 
-@pytest.mark.parametrize("features, message", [(FEATURES[:1], "1 old item"), (FEATURES[:1].expand(4, -1), "the same")])
-def test_a_map_needs_two_different_texts(features: torch.Tensor, message: str) -> None:
+@pytest.mark.parametrize("features, entity, message", [(FEATURES[:1], "item", "1 old item"),
+                                                       (FEATURES[:1].expand(4, -1), "user", "every old user's text")])
+def test_a_map_needs_two_different_texts(features: torch.Tensor, entity: str, message: str) -> None:
     with pytest.raises(CannotAlign, match=message):
-        fit_alignment("ridge", features, torch.zeros(features.shape[0], 3), torch.eye(3))
+        fit_alignment("ridge", features, torch.zeros(features.shape[0], 3), torch.eye(3), entity)

@@ -243,8 +243,18 @@ def test_evaluate_cold_start_users_ranks_the_catalogue_for_the_new_users(root: P
     assert report["heldout"] == {"kind": "users", "model": 60, "new": 20}
     assert report["users_evaluated"] == len(set(held.users)) and report["targets"] == len(held.users)
     assert report["fold_in"]["content_loss"] and not (root / "users" / "mlflow.db").exists()  # --no-mlflow
+    assert report["options"]["align_users"] == "none" and report["fold_in"]["user_alignment"] == {"method": "none",
+                                                                                                 "users": 0}
     random, folded = (report["models"][row]["catalogue recall@3"] for row in (RANDOM_COLLAB, FOLD_IN))
     assert random != folded  # the new users' collaborative rows enter their prompts
+
+
+@pytest.mark.parametrize("command", ["evaluate", "fold-in"])
+def test_align_users_flag_reaches_the_fold_in_options(command: str) -> None:
+    from trainer.cli_cold_start import fold_in_options
+
+    argv = [command, "--model", "m", "--align-users", "moments", *(["--out", "o"] if command == "fold-in" else [])]
+    assert fold_in_options(cli.build_parser().parse_args(argv)).align_users == "moments"
 
 
 @pytest.mark.parametrize("kind", ["items", "users"])

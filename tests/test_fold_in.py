@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cllm4rec.interactions import UserItems
 from cllm4rec.model import mean_word_embedding
 from conftest import CLUSTER_WORDS, FOLD_IN_SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
@@ -29,7 +30,7 @@ from trainer.catalogue import grow_dataset
 from trainer.config_loading import load_config
 from trainer.alignment import fit_alignment
 from trainer.evaluate import scoring_prompt
-from trainer.fold_in import FoldInOptions, calibration_users, fold_in, text_features
+from trainer.fold_in import FoldInOptions, calibration_users, fold_in, history_features, text_features
 from trainer.pipeline import train
 from trainer.serving import Recommender, load_saved, user_states
 
@@ -173,16 +174,17 @@ def text_run(run: Path, tiny_llama) -> Path:
     return out
 
 
-def start_rows(model_dir: Path, root: Path, align: str = "none") -> dict[str, torch.Tensor]:
-    """The tables of `model_dir` after a fold-in without passes (`align`) of new item new0 (a text), item blank
-    (no text), user nu0 (a biography, two interactions) and user nx0 (no biography, one interaction)."""
+def start_rows(model_dir: Path, root: Path, align: str = "none", align_users: str = "none") -> dict[str, torch.Tensor]:
+    """The tables of `model_dir` after a fold-in without passes (`align`, `align_users`) of new item new0 (a
+    text), item blank (no text), user nu0 (a biography, two interactions: i0 and new0) and user nx0 (no
+    biography, one interaction: blank)."""
     root.mkdir()
     (root / "items.csv").write_text(f"item,text\nnew0,a {CLUSTER_WORDS[0]}\nblank,\n")
     (root / "users.jsonl").write_text(f'{{"user": "nu0", "text": "a user who loves {CLUSTER_WORDS[0]}"}}\n')
     (root / "inter.csv").write_text("user,item\nnu0,i0\nnu0,new0\nnx0,blank\n")
     tables_in = {"items": root / "items.csv", "users": root / "users.jsonl", "interactions": root / "inter.csv"}
     fold_in(model_dir, read(tables_in), root / "model", FoldInOptions(passes=0, history_passes=0, align=align,
-                                                                      progress=False))
+                                                                      align_users=align_users, progress=False))
     return tables(root / "model")
 
 
@@ -229,6 +231,37 @@ def test_ridge_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Pa
     report = json.loads((tmp_path / "fold" / "model" / "fold_in.json").read_text())["alignment"]
     assert report == {"method": "ridge", "items": 1, "fitted_on": N_ITEMS, "users": N_USERS,
                       "alpha": pytest.approx(fitted.alpha), "scale": pytest.approx(fitted.scale)}
+
+
+def test_history_features_average_the_texts_of_each_users_items() -> None:
+    train = UserItems.from_lists([[0, 2], [1], [3, 2, 0]], n_items=4)  # item 1 has no text
+    features = torch.tensor([[1.0, 0.0], [0.0, 4.0], [3.0, 2.0]])  # items 0, 2, 3
+    users, profiles = history_features(train, np.array([0, 2, 3]), features)
+    assert users.tolist() == [0, 2]  # user 1's only item has no text
+    torch.testing.assert_close(profiles, torch.tensor([[0.5, 2.0], [4.0 / 3.0, 2.0]]))
+
+
+def test_align_users_places_a_new_user_at_their_history_texts_image(text_run: Path, tmp_path: Path) -> None:
+    """--align-users ridge: nu0's collaborative row is the image of the mean text feature of its items (i0,
+    new0) under the map fitted on the old users' such features and rows, scaled to the rows' spread; nx0
+    (whose only item has no text) keeps its prior's mean; content rows and old rows stay as they were."""
+    before = tables(text_run / "model")
+    after = start_rows(text_run / "model", tmp_path / "fold", align_users="ridge")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    _, parts, _ = load_saved(tmp_path / "fold" / "model")
+    items, features = text_features(parts.model, parts.corpora)
+    users, profiles = history_features(parts.corpora.train, items, features)
+    assert users.tolist() == list(range(N_USERS + 1))  # not nx0
+    i0 = parts.dataset.item_raw.index("i0")
+    torch.testing.assert_close(profiles[N_USERS], features[[i0, N_ITEMS]].mean(dim=0))
+    fitted = fit_alignment("ridge", profiles[:N_USERS], before["collab_user"], None, "user")
+    torch.testing.assert_close(after["collab_user"][N_USERS], fitted(profiles[N_USERS:])[0].float(), rtol=0, atol=1e-5)
+    assert (after["collab_user"][N_USERS] - after["content_user"][N_USERS]).norm() > 1e-2
+    torch.testing.assert_close(after["collab_user"][N_USERS + 1], before["content_user"].mean(dim=0))
+    report = json.loads((tmp_path / "fold" / "model" / "fold_in.json").read_text())["user_alignment"]
+    assert report == {"method": "ridge", "users": 1, "fitted_on": N_USERS, "alpha": pytest.approx(fitted.alpha),
+                      "scale": pytest.approx(fitted.scale)}
 
 
 def test_new_rows_start_at_the_centroid_without_the_text_rule(run: Path, tmp_path: Path) -> None:
@@ -314,3 +347,5 @@ def test_bad_options_are_refused() -> None:
         FoldInOptions(history_passes=-2)
     with pytest.raises(ConfigError, match="align must be one of none, moments, ridge; got 'nearest'"):
         FoldInOptions(align="nearest")
+    with pytest.raises(ConfigError, match="align_users must be one of none, moments, ridge; got 'text'"):
+        FoldInOptions(align_users="text")

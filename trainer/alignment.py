@@ -1,8 +1,9 @@
-"""Where a fold-in places new items' collaborative rows (`cllm4rec fold-in --align`, docs/fold_in.md §2).
+"""Where a fold-in places new items' and users' collaborative rows (`cllm4rec fold-in --align`,
+`--align-users`, docs/fold_in.md §2).
 
-An affine map is fitted on the old items, from each item's text feature x [K] (the mean input word
-embedding of its own text) to its trained collaborative row z [K], and a new item starts at the image
-of its own x:
+An affine map is fitted on the old items (users), from each one's text feature x [K] (an item: the mean
+input word embedding of its own text; a user: the mean of their training items' features) to its trained
+collaborative row z [K], and a new item (user) starts at the image of its own x:
 
 - `moments`: z = μ_z + c·(x − μ_x), the old rows' mean and the spread of their logits;
 - `ridge`:   z = μ_z + c·(x − μ_x) W, W the ridge regression of the old rows' deviations from μ_z on their
@@ -11,7 +12,9 @@ of its own x:
 c puts the new rows' logits on the old rows' scale: with S [U, K] the scoring states of some old users, B
 [n, K] the old rows' deviations from μ_z and P [n, K] what the map predicts for them when each is left out
 of the fit (as a new item is), c = ‖S Bᵀ‖_F / ‖S Pᵀ‖_F. A least-squares image is shrunk toward the mean:
-without c a new item's logit sits near each user's mean logit and seldom reaches the top of a list.
+without c a new item's logit sits near each user's mean logit and seldom reaches the top of a list. A user
+row is read by the backbone, not by a dot product: for users S is the identity, c = ‖B‖_F / ‖P‖_F, the
+rows' own spread.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-4.0, 2.5, 0.5))
 
 
 class CannotAlign(ValueError):
-    """The old items cannot fit a map (too few with text, texts alike, logits without spread)."""
+    """The old items or users cannot fit a map (too few with text, texts alike, logits without spread)."""
 
 
 @dataclass(frozen=True)
@@ -71,26 +74,30 @@ def ridge_loo(a: torch.Tensor, b: torch.Tensor, alphas: tuple[float, ...]) -> Ri
     return Ridge(alpha, weight, b - left_out_residuals(alpha))
 
 
-def logit_spread(states: torch.Tensor, true: torch.Tensor, predicted: torch.Tensor) -> float:
-    """‖S Tᵀ‖_F / ‖S Pᵀ‖_F for states S [U, K], true deviations T [n, K] and predicted ones P [n, K]: the
-    factor that gives the predictions' logits the true rows' spread."""
-    states = states.double()
-    spread = float(torch.linalg.norm(states @ predicted.double().T))
+def logit_spread(states: torch.Tensor | None, true: torch.Tensor, predicted: torch.Tensor) -> float:
+    """‖S Tᵀ‖_F / ‖S Pᵀ‖_F for states S [U, K] (None: the identity), true deviations T [n, K] and predicted
+    ones P [n, K]: the factor that gives the predictions' logits the true rows' spread."""
+    def read(rows: torch.Tensor) -> torch.Tensor:
+        return rows.double() if states is None else states.double() @ rows.double().T
+
+    spread = float(torch.linalg.norm(read(predicted)))
     if not spread > 0:
         raise CannotAlign("the map's predictions give every user the same logit")
-    return float(torch.linalg.norm(states @ true.double().T)) / spread
+    return float(torch.linalg.norm(read(true))) / spread
 
 
-def fit_alignment(method: str, features: torch.Tensor, rows: torch.Tensor, states: torch.Tensor) -> AffineMap:
-    """The `moments` or `ridge` map (module docstring) from the old items' features [n, K] to their rows
-    [n, K], its scale from the scoring states [U, K] of some old users."""
+def fit_alignment(method: str, features: torch.Tensor, rows: torch.Tensor, states: torch.Tensor | None,
+                  entity: str = "item") -> AffineMap:
+    """The `moments` or `ridge` map (module docstring) from the old items' (`entity` "user": users')
+    features [n, K] to their rows [n, K], its scale from the scoring states [U, K] of some old users (None:
+    the rows' own spread)."""
     if features.shape[0] < 2:
-        raise CannotAlign(f"{features.shape[0]} old item(s) with text; a map needs at least 2")
+        raise CannotAlign(f"{features.shape[0]} old {entity}(s) with text; a map needs at least 2")
     mean_in, mean_out = features.double().mean(dim=0), rows.double().mean(dim=0)
     a, b = features.double() - mean_in, rows.double() - mean_out
     variance = float(a.square().sum(dim=1).mean())
     if not variance > 0:
-        raise CannotAlign("every old item's text feature is the same")
+        raise CannotAlign(f"every old {entity}'s text feature is the same")
     if method == "moments":
         return AffineMap(mean_in, mean_out, None, logit_spread(states, b, a))
     fit = ridge_loo(a, b, tuple(alpha * variance for alpha in ALPHAS))

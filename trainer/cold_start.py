@@ -92,11 +92,13 @@ def evaluate_cold_start(model_dir: Path, out: Path, options: ColdStartOptions = 
               "users_evaluated": scored.users, "users_not_in_model": scored.users_not_in_model,
               "targets": scored.targets,
               "heldout": {"kind": held.kind, "model": in_model - len(held.texts), "new": len(held.texts)},
-              "fold_in": {"alignment": folded.alignment, "content_loss": folded.content_loss,
+              "fold_in": {"alignment": folded.alignment, "user_alignment": folded.user_alignment,
+                          "content_loss": folded.content_loss,
                           "collab_loss": folded.collab_loss, "seconds": folded.seconds},
               "options": {"k": options.k, "seed": options.seed, "max_users": options.max_users,
                           "passes": options.fold_in.passes, "history_passes": options.fold_in.history_passes,
-                          "lr": options.fold_in.lr, "align": options.fold_in.align},
+                          "lr": options.fold_in.lr, "align": options.fold_in.align,
+                          "align_users": options.fold_in.align_users},
               "seconds": time.perf_counter() - start}
     write_results(Path(out), scored.rows, columns, report)
     _log(report, scored.rows, Path(out), Path(model_dir), config, options.mlflow)

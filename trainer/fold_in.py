@@ -7,12 +7,14 @@
    old content rows (`start_from_text`).
 2. With `align` `moments` or `ridge` (the default), each new item with text starts its collaborative row
    at the image of its text under a map fitted on the old items, scaled so that its logits spread like
-   the old items' (`align_new_items`, `trainer/alignment.py`).
+   the old items' (`align_new_items`, `trainer/alignment.py`). With `align_users` `moments` or `ridge`,
+   each new user with a training item that has text starts the same way from the mean of those items'
+   features, under a map fitted on the old users (`align_new_users`).
 3. The content LLM reads the new entities' own texts (biographies, item texts) for `passes` epochs of
    task `content`, the model's C-step: MR pulls each content row toward its collaborative row (where
    it started). Only the new content rows move (every old row's gradient is zeroed before each Adam
    step, so Adam leaves it bit-identical).
-4. Every other new collaborative row (users, and items step 2 did not place) is set to the mean of its
+4. Every other new collaborative row (users and items step 2 did not place) is set to the mean of its
    MR prior N(z^c, λ_c⁻¹I): its content row.
 5. New users with interactions: `history_passes` epochs of the finetuning objective (task `rec`, masked
    prompts as in finetuning; the collaborative LLM, task `collab`, for a model trained without
@@ -61,8 +63,8 @@ CALIBRATION_USERS = 256
 class FoldInOptions:
     """passes: C-step epochs over the new entities' texts; history_passes: epochs over the new users'
     histories; lr: Adam's rate for the new rows; batch_size: documents per step (None: the model's
-    pretrain.batch_size); seed: batch order and the users that scale an alignment; align: where new items
-    start their collaborative rows (ALIGNMENTS, `align_new_items`)."""
+    pretrain.batch_size); seed: batch order and the users that scale an alignment; align / align_users:
+    where new items / users start their collaborative rows (ALIGNMENTS, `align_new_items`, `align_new_users`)."""
 
     passes: int = 0
     history_passes: int = 5
@@ -70,6 +72,7 @@ class FoldInOptions:
     batch_size: int | None = None
     seed: int = 0
     align: str = "ridge"
+    align_users: str = "none"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -78,18 +81,21 @@ class FoldInOptions:
             raise ConfigError(f"fold-in: need passes >= 0, history passes >= 0, lr > 0 and batch_size >= 1; got "
                               f"passes={self.passes}, history_passes={self.history_passes}, lr={self.lr}, "
                               f"batch_size={self.batch_size}")
-        if self.align not in ALIGNMENTS:
-            raise ConfigError(f"fold-in: align must be one of {', '.join(ALIGNMENTS)}; got {self.align!r}")
+        for name, value in (("align", self.align), ("align_users", self.align_users)):
+            if value not in ALIGNMENTS:
+                raise ConfigError(f"fold-in: {name} must be one of {', '.join(ALIGNMENTS)}; got {value!r}")
 
 
 @dataclass
 class FoldInResult:
     """What `fold_in` wrote and measured; `content_loss` / `collab_loss`: the mean LM loss of each pass;
-    `seconds`: of each stage (setup, align, content, collab, write, pyfunc); `alignment`: `align_new_items`' report."""
+    `seconds`: of each stage (setup, align, content, collab, write, pyfunc); `alignment` / `user_alignment`:
+    `align_new_items`' / `align_new_users`' report."""
 
     out: Path
     added: dict[str, int]
     alignment: dict[str, Any] = field(default_factory=dict)
+    user_alignment: dict[str, Any] = field(default_factory=dict)
     content_loss: list[float] = field(default_factory=list)
     collab_loss: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -191,6 +197,20 @@ def text_features(model: CLLM4Rec, corpora: Corpora) -> tuple[np.ndarray, torch.
             torch.stack(matrix).cpu() if matrix else torch.zeros(0, model.dim))
 
 
+def history_features(train: UserItems, items: np.ndarray, features: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(the users with a training item among `items` [n] (the items with text) [m], float32 [m, K]: the mean
+    of those items' features [n, K], `text_features`: the profile of a user's history texts)."""
+    position = np.full(train.n_items, -1, np.int64)
+    position[items] = np.arange(len(items))
+    owner = np.repeat(np.arange(train.n_users), train.lengths())
+    rows = position[train.indices]
+    owner, rows = owner[rows >= 0], rows[rows >= 0]
+    sums = torch.zeros(train.n_users, features.shape[1]).index_add_(0, torch.from_numpy(owner), features[rows])
+    counts = np.bincount(owner, minlength=train.n_users)
+    users = np.flatnonzero(counts > 0)
+    return users, sums[users] / torch.from_numpy(counts[users]).float()[:, None]
+
+
 def calibration_users(train: UserItems, new_users: np.ndarray, new_items: np.ndarray, seed: int) -> np.ndarray:
     """Sorted: at most CALIBRATION_USERS old users (bool [N] / [J] masks of the new ones) with training items,
     none of them new (their scoring prompts hold old rows only), drawn with `seed`."""
@@ -210,6 +230,26 @@ def calibration_states(engine: PlainEngine, corpora: Corpora, config: TrainConfi
                        batch_size=config.eval.batch_size, progress=progress)
 
 
+def align_rows(table: torch.nn.Parameter, owners: np.ndarray, features: torch.Tensor, new: np.ndarray, method: str,
+               states: torch.Tensor | None, entity: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit `method`'s map (`fit_alignment`) from the features [n, K] of the old `owners` [n] (where `new` [n] is
+    false) to their rows of `table`, and set the rows of the new owners to their features' images. Returns
+    (bool [rows of table]: the rows set; the report: `method`, `<entity>s` set, `fitted_on`, `alpha`, `scale`,
+    or `skipped`: why no map could be fitted, nothing then set)."""
+    placed, report = np.zeros(table.shape[0], dtype=bool), {"method": method, f"{entity}s": 0}
+    old_rows = table.detach()[torch.as_tensor(owners[~new], device=table.device)].float().cpu()
+    try:
+        fitted = fit_alignment(method, features[torch.from_numpy(~new)], old_rows, states, entity)
+    except CannotAlign as error:
+        return placed, {**report, "skipped": str(error)}
+    with torch.no_grad():
+        table[torch.as_tensor(owners[new], device=table.device)] = fitted(features[torch.from_numpy(new)]).to(
+            table.device, table.dtype)
+    placed[owners[new]] = True
+    return placed, {**report, f"{entity}s": int(new.sum()), "fitted_on": int((~new).sum()), "alpha": fitted.alpha,
+                    "scale": fitted.scale}
+
+
 def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
                     new_items: np.ndarray, method: str, seed: int, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
     """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments` or `ridge`, each new
@@ -218,27 +258,34 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
     over `calibration_states`. Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
     `items` set, `fitted_on` old items, `users`, `alpha`, `scale`, or `skipped`: why no map could be
     fitted, its rows then left to step 4)."""
-    model, table = engine.model, engine.model.collab_item
     nothing = np.zeros_like(new_items), {"method": method, "items": 0}
     if method == "none":
         return nothing
-    items, features = text_features(model, corpora)
+    items, features = text_features(engine.model, corpora)
     new = new_items[items]
     if not new.any():
         return nothing
     states = calibration_states(engine, corpora, config, new_users, new_items, seed, progress)
-    old_rows = table.detach()[torch.as_tensor(items[~new], device=table.device)].float().cpu()
-    try:
-        fitted = fit_alignment(method, features[torch.from_numpy(~new)], old_rows, states)
-    except CannotAlign as error:
-        return nothing[0], {**nothing[1], "skipped": str(error)}
-    with torch.no_grad():
-        rows = fitted(features[torch.from_numpy(new)]).to(table.device, table.dtype)
-        table[torch.as_tensor(items[new], device=table.device)] = rows
-    aligned = np.zeros_like(new_items)
-    aligned[items[new]] = True
-    return aligned, {"method": method, "items": int(new.sum()), "fitted_on": int((~new).sum()),
-                     "users": states.shape[0], "alpha": fitted.alpha, "scale": fitted.scale}
+    aligned, report = align_rows(engine.model.collab_item, items, features, new, method, states, "item")
+    return aligned, report if "skipped" in report else {**report, "users": states.shape[0]}
+
+
+def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, method: str) -> tuple[np.ndarray,
+                                                                                                     dict[str, Any]]:
+    """Step 2 for users: under `method` `moments` or `ridge`, each new user (bool [N] mask `new_users`; `corpora`:
+    all of the grown catalogue's) with a training item that has text starts their collaborative row at the
+    image of their history feature (`history_features`) under the map fitted on the old users, scaled to the
+    old rows' spread (a user row is read by the backbone, not by a dot product). Returns (bool [N]: the rows
+    set; the report for fold_in.json: `method`, `users` set, `fitted_on` old users, `alpha`, `scale`, or
+    `skipped`)."""
+    nothing = np.zeros_like(new_users), {"method": method, "users": 0}
+    if method == "none":
+        return nothing
+    users, features = history_features(corpora.train, *text_features(model, corpora))
+    new = new_users[users]
+    if not new.any():
+        return nothing
+    return align_rows(model.collab_user, users, features, new, method, None, "user")
 
 
 def read_new_texts(engine: PlainEngine, corpora: Corpora, options: FoldInOptions, batch: int, new_users: np.ndarray,
@@ -314,8 +361,9 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         lap("setup")
         aligned, result.alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
                                                     options.seed, options.progress)
+        placed, result.user_alignment = align_new_users(model, parts.corpora, new_users, options.align_users)
         lap("align")
-        result.content_loss = read_new_texts(engine, corpora, options, batch, new_users, new_items & ~aligned)
+        result.content_loss = read_new_texts(engine, corpora, options, batch, new_users & ~placed, new_items & ~aligned)
         lap("content")
         if corpora.train.nnz:
             result.collab_loss = _collab_passes(engine, corpora, config, options, batch)
@@ -331,9 +379,10 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
 
 
 def _write_report(path: Path, model_dir: Path, source_identity: dict, options: FoldInOptions, result: FoldInResult) -> None:
-    """fold_in.json: the source model, what was added, the options, the alignment, each pass's loss, the stages'
+    """fold_in.json: the source model, what was added, the options, the alignments, each pass's loss, the stages'
     seconds so far."""
     report = {"source": {"model": str(model_dir.resolve()), "identity": source_identity}, "added": result.added,
               "options": {k: v for k, v in asdict(options).items() if k != "progress"}, "alignment": result.alignment,
+              "user_alignment": result.user_alignment,
               "content_loss": result.content_loss, "collab_loss": result.collab_loss, "seconds": result.seconds}
     path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
