@@ -1,4 +1,7 @@
-"""Train CLLM4Rec with Ray Train: a TorchTrainer whose workers run the training under DeepSpeed ZeRO-3.
+"""Train CLLM4Rec with Ray Train: a TorchTrainer whose workers each run the training as one rank.
+
+The engine is DeepSpeed ZeRO-3, or the row-sharded ID tables with `distributed.table_sharding=rows`
+among the overrides (docs/cluster.md, sections 2.4 and 8.3).
 
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \\
         python ray_jobs/train.py --workers 8 --gpus-per-worker 1 --storage /shared/cllm4rec \\
@@ -25,7 +28,7 @@ if str(REPO) not in sys.path:  # `python ray_jobs/train.py` from a job's working
 
 
 def train_loop(loop_config: dict) -> None:
-    """One Ray Train worker: the training run under DeepSpeed on this worker's device."""
+    """One Ray Train worker: the training run under the distributed engine on this worker's device."""
     import ray.train
     import ray.train.torch
 
@@ -71,7 +74,7 @@ def build_trainer(args: argparse.Namespace):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (= DeepSpeed ranks)")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (= ranks)")
     p.add_argument("--gpus-per-worker", type=float, default=0, help="0: CPU workers over gloo")
     p.add_argument("--cpus-per-worker", type=float, default=1)
     p.add_argument("--storage", required=True, help="shared path for checkpoints, results, MLflow and Ray's run state")

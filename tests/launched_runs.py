@@ -1,12 +1,16 @@
 """Training runs started as users start them, for the multi-rank tests: one rank in a plain process, R
-CPU ranks under the DeepSpeed launcher (scripts/deepspeed_single_node.sh), one OpenMP thread each (no
-oversubscription on 2 cores, deterministic reductions); and how two finished runs are compared."""
+CPU ranks under the DeepSpeed launcher (scripts/deepspeed_single_node.sh), or loopback "nodes" of one
+rank each, one launcher per node without ssh (scripts/deepspeed_multi_node.sh --no-ssh); one OpenMP
+thread per rank (no oversubscription on 2 cores, deterministic reductions); and how two finished runs
+are compared."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +24,13 @@ METRICS = ("recall@20", "recall@40", "ndcg@100")
 
 
 def launch_env() -> dict[str, str]:
+    """This environment without a launcher's variables, one thread per rank, and the interpreter's bin
+    first on PATH, as for the Ray workers (ray_jobs/local_cluster.py): DeepSpeed JIT-builds its CPU comm
+    op with the first `ninja` found, and a ninja of another version rebuilds it (a minute of both cores)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000))
+               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
     return env
 
 
@@ -37,6 +45,46 @@ def run_training(args: list[str], ranks: int, log: Path, timeout: float = 300) -
         proc = subprocess.run(command(args, ranks), cwd=REPO, env=launch_env(), stdout=sink, stderr=subprocess.STDOUT,
                               timeout=timeout)
     assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+def node_command(args: list[str], hostfile: Path, node_rank: int) -> list[str]:
+    """The command a user runs on node `node_rank` of `hostfile` without ssh."""
+    return ["bash", str(REPO / "scripts" / "deepspeed_multi_node.sh"), "--no-ssh", "--node-rank", str(node_rank),
+            str(hostfile), "--no-progress", *args]
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """Exit codes once every process has ended, one has failed, or `timeout` seconds have passed (None:
+    still running)."""
+    deadline = time.monotonic() + timeout
+    codes = [p.poll() for p in procs]
+    while None in codes and not any(codes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        codes = [p.poll() for p in procs]
+    return codes
+
+
+def run_nodes(args: list[str], nodes: int, folder: Path, timeout: float = 300) -> None:
+    """Train on `nodes` loopback hosts of one slot each (hostfile `folder`/hosts, MASTER_ADDR 127.0.0.1):
+    one launcher per node, each in its own process group, logging to `folder`/node<N>.log. Every group
+    still running is killed once one fails or `timeout` seconds have passed."""
+    hostfile = folder / "hosts"
+    hostfile.write_text("".join(f"node-{n} slots=1\n" for n in range(nodes)), encoding="utf-8")
+    env = {**launch_env(), "MASTER_ADDR": "127.0.0.1"}
+    procs = []
+    try:
+        for n in range(nodes):
+            with (folder / f"node{n}.log").open("w") as sink:
+                procs.append(subprocess.Popen(node_command(args, hostfile, n), cwd=REPO, env=env, stdout=sink,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        codes = _wait_all(procs, timeout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the node's launcher and its ranks
+                proc.wait(timeout=60)
+    tails = "\n".join((folder / f"node{n}.log").read_text()[-2000:] for n in range(nodes))
+    assert codes == [0] * nodes, f"exit codes {codes}\n{tails}"
 
 
 def results(out: Path) -> dict:

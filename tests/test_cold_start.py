@@ -243,21 +243,30 @@ def test_evaluate_cold_start_users_ranks_the_catalogue_for_the_new_users(root: P
     assert report["heldout"] == {"kind": "users", "model": 60, "new": 20}
     assert report["users_evaluated"] == len(set(held.users)) and report["targets"] == len(held.users)
     assert report["fold_in"]["content_loss"] and not (root / "users" / "mlflow.db").exists()  # --no-mlflow
+    assert report["options"]["align_users"] == "none" and report["fold_in"]["user_alignment"] == {"method": "none",
+                                                                                                 "users": 0}
     random, folded = (report["models"][row]["catalogue recall@3"] for row in (RANDOM_COLLAB, FOLD_IN))
     assert random != folded  # the new users' collaborative rows enter their prompts
+
+
+@pytest.mark.parametrize("command", ["evaluate", "fold-in"])
+def test_align_users_flag_reaches_the_fold_in_options(command: str) -> None:
+    from trainer.cli_cold_start import fold_in_options
+
+    argv = [command, "--model", "m", "--align-users", "moments", *(["--out", "o"] if command == "fold-in" else [])]
+    assert fold_in_options(cli.build_parser().parse_args(argv)).align_users == "moments"
 
 
 @pytest.mark.parametrize("kind", ["items", "users"])
 def test_cold_start_scores_are_the_models_own_logits(root: Path, items_evaluated: dict, users_evaluated: dict,
                                                      kind: str) -> None:
     """The fold-in row ranks with exactly the logits `cllm4rec evaluate` and serving compute."""
-    from trainer.cold_start_scoring import user_states
     from trainer.evaluate import scoring_prompt
-    from trainer.serving import load_saved
+    from trainer.serving import load_saved, user_states
 
     config, parts, engine = load_saved((items_evaluated if kind == "items" else users_evaluated)["out"] / "model")
     users = np.array([0, 5, parts.dataset.n_users - 1])
-    states = user_states(engine, parts, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=2,
+    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=2,
                          progress=False)
     logits = engine.item_logits(parts.corpora.scoring_batch(users, scoring_prompt(config), config.seed)).float()
     assert torch.allclose(logit_scorer(states, users, parts.model.collab_item)(users), logits, atol=1e-5)

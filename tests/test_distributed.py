@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO-3 on CPU (gloo): 2 ranks = 1 rank = plain engine, partitioning, step isolation,
-SIGKILL + exact resume, damaged checkpoints, export without the launcher.
+"""DeepSpeed ZeRO-3 on CPU (gloo): 2 ranks = 1 rank = plain engine, 2 loopback nodes without ssh = 2
+ranks on one node, partitioning, step isolation, SIGKILL + exact resume, damaged checkpoints, export
+without the launcher.
 
 The 1-rank and 2-rank runs start once (module fixture) and every assertion shares them. Subprocesses
 run with one OpenMP thread each (deterministic reductions, no oversubscription on 2 cores).
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from launched_runs import (LAUNCH_VARS, METRICS, REPO, assert_same_history, assert_same_run, command,
-                           final_tables, launch_env, results, run_training)
+                           final_tables, launch_env, results, run_nodes, run_training)
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
@@ -62,6 +63,20 @@ def test_two_ranks_equal_one_rank(runs: Runs) -> None:
     the same final metrics and tables."""
     assert results(runs.one)["engine"] == "deepspeed-zero3 x1" and results(runs.two)["engine"] == "deepspeed-zero3 x2"
     assert_same_run(runs.one, runs.two)
+
+
+def test_two_nodes_without_ssh_equal_two_ranks_on_one_node(runs: Runs, planted_dataset, tiny_llama,
+                                                           tmp_path: Path) -> None:
+    """scripts/deepspeed_multi_node.sh --no-ssh --node-rank N once per loopback "node" of one slot, as on
+    a cluster without ssh: each launcher starts its node's rank only, and the two train as 2 ranks on
+    one node do (the same tolerance)."""
+    out = tmp_path / "run"
+    run_nodes(_overrides(planted_dataset, tiny_llama, out), 2, tmp_path)
+    for node in (0, 1):
+        log = (tmp_path / f"node{node}.log").read_text()
+        assert f"nnodes=2, num_local_procs=1, node_rank={node}" in log and "dist_world_size=2" in log
+    assert results(out)["engine"] == "deepspeed-zero3 x2"
+    assert_same_run(runs.two, out)
 
 
 def test_zero3_one_rank_equals_the_plain_engine(runs: Runs) -> None:

@@ -1,8 +1,8 @@
 """Fold-in (`cllm4rec fold-in`): new items and users join a trained model without retraining it.
 
-One smallest-schedule run (tiny LLaMA) on a private copy of the planted dataset, and one fold-in of
-four new items (one per planted cluster), two new users with biographies and interactions, and one
-new user known only from interactions, are shared by the module.
+One smallest-schedule run (tiny LLaMA) on a private copy of the planted dataset, and one fold-in (5 C-step
+passes, the default ridge alignment) of four new items (one per planted cluster), two new users with
+biographies and interactions, and one new user known only from interactions, are shared by the module.
 """
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from cllm4rec.interactions import UserItems
 from cllm4rec.model import mean_word_embedding
 from conftest import CLUSTER_WORDS, FOLD_IN_SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
@@ -26,9 +28,11 @@ from trainer import checkpoint as ckpt
 from trainer import cli
 from trainer.catalogue import grow_dataset
 from trainer.config_loading import load_config
-from trainer.fold_in import FoldInOptions, fold_in
+from trainer.alignment import fit_alignment
+from trainer.evaluate import scoring_prompt
+from trainer.fold_in import FoldInOptions, calibration_users, fold_in, history_features, text_features
 from trainer.pipeline import train
-from trainer.serving import Recommender, load_saved
+from trainer.serving import Recommender, load_saved, user_states
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -67,8 +71,8 @@ def read(tables: dict[str, Path]):
 @pytest.fixture(scope="module")
 def folded(run: Path, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("folded")
-    result = fold_in(run / "model", read(new_tables(root / "input")), root / "model", FoldInOptions(progress=False),
-                     pyfunc=root / "pyfunc")
+    result = fold_in(run / "model", read(new_tables(root / "input")), root / "model",
+                     FoldInOptions(passes=5, progress=False), pyfunc=root / "pyfunc")
     return {"result": result, "root": root, "model": root / "model", "pyfunc": root / "pyfunc"}
 
 
@@ -92,8 +96,9 @@ def test_old_rows_are_bit_identical_and_new_rows_learned(run: Path, folded: dict
         moved = (after[f"content_{kind}"][old:] - centroid).norm(dim=1)
         learned = moved[:2] if kind == "user" else moved  # nx0 has no biography: its content row stays
         assert bool((learned > 1e-2).all()), moved
-    # new items sit at their MR prior's mean; new users' collaborative rows were refined from it
-    assert torch.equal(after["collab_item"][N_ITEMS:], after["content_item"][N_ITEMS:])
+    # new items sit where the ridge map put them; new users' collaborative rows were refined from their prior's mean
+    assert result.alignment["method"] == "ridge" and result.alignment["items"] == 4
+    assert bool(((after["collab_item"][N_ITEMS:] - after["content_item"][N_ITEMS:]).norm(dim=1) > 1e-3).all())
     assert bool(((after["collab_user"][N_USERS:] - after["content_user"][N_USERS:]).norm(dim=1) > 1e-3).all())
 
 
@@ -110,6 +115,7 @@ def test_model_folder_records_the_grown_catalogue(run: Path, folded: dict) -> No
     assert set(dataset.split_csr("train")[1][-10:]) >= {N_ITEMS, N_ITEMS + 1, N_ITEMS + 2}
     report = json.loads((model / "fold_in.json").read_text())
     assert report["added"] == folded["result"].added and report["options"]["passes"] == 5
+    assert report["options"]["align"] == "ridge" and report["alignment"] == folded["result"].alignment
     assert not [p.name for p in folded["root"].iterdir() if p.name.startswith(".")]  # no staging leftovers
 
 
@@ -168,15 +174,17 @@ def text_run(run: Path, tiny_llama) -> Path:
     return out
 
 
-def start_rows(model_dir: Path, root: Path) -> dict[str, torch.Tensor]:
-    """The tables of `model_dir` after a fold-in without passes of new item new0 (a text), item blank (no
-    text), user nu0 (a biography, two interactions) and user nx0 (no biography, one interaction)."""
+def start_rows(model_dir: Path, root: Path, align: str = "none", align_users: str = "none") -> dict[str, torch.Tensor]:
+    """The tables of `model_dir` after a fold-in without passes (`align`, `align_users`) of new item new0 (a
+    text), item blank (no text), user nu0 (a biography, two interactions: i0 and new0) and user nx0 (no
+    biography, one interaction: blank)."""
     root.mkdir()
     (root / "items.csv").write_text(f"item,text\nnew0,a {CLUSTER_WORDS[0]}\nblank,\n")
     (root / "users.jsonl").write_text(f'{{"user": "nu0", "text": "a user who loves {CLUSTER_WORDS[0]}"}}\n')
     (root / "inter.csv").write_text("user,item\nnu0,i0\nnu0,new0\nnx0,blank\n")
     tables_in = {"items": root / "items.csv", "users": root / "users.jsonl", "interactions": root / "inter.csv"}
-    fold_in(model_dir, read(tables_in), root / "model", FoldInOptions(passes=0, progress=False))
+    fold_in(model_dir, read(tables_in), root / "model", FoldInOptions(passes=0, history_passes=0, align=align,
+                                                                      align_users=align_users, progress=False))
     return tables(root / "model")
 
 
@@ -198,6 +206,62 @@ def test_new_rows_start_from_their_text_when_the_model_did(text_run: Path, tmp_p
         centroid = before[f"content_{kind}"].mean(dim=0)
         torch.testing.assert_close(after[f"content_{kind}"][row], centroid)
         torch.testing.assert_close(after[f"collab_{kind}"][row], centroid)  # step 3: its content row
+
+
+def test_ridge_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Path) -> None:
+    """--align ridge: new0's collaborative row is the image of its text feature under the map fitted on the old
+    items' features and rows, scaled over the old users' scoring states; blank (no text) keeps its prior's
+    mean; the content rows keep the text rule; old rows stay bit-identical."""
+    before, after = tables(text_run / "model"), start_rows(text_run / "model", tmp_path / "fold", align="ridge")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    config, parts, engine = load_saved(tmp_path / "fold" / "model")
+    items, features = text_features(parts.model, parts.corpora)
+    assert items.tolist() == [*range(N_ITEMS), N_ITEMS]  # blank has no text
+    new_users = np.arange(parts.dataset.n_users) >= N_USERS
+    new_items = np.arange(parts.dataset.n_items) >= N_ITEMS
+    users = calibration_users(parts.corpora.train, new_users, new_items, seed=0)
+    assert users.tolist() == list(range(N_USERS))  # every old user: fewer than CALIBRATION_USERS
+    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
+                         progress=False)
+    fitted = fit_alignment("ridge", features[:N_ITEMS], before["collab_item"], states)
+    torch.testing.assert_close(after["collab_item"][N_ITEMS], fitted(features[N_ITEMS:])[0].float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(after["content_item"][N_ITEMS], features[N_ITEMS], rtol=0, atol=1e-6)  # the text rule
+    torch.testing.assert_close(after["collab_item"][N_ITEMS + 1], before["content_item"].mean(dim=0))  # blank: step 4
+    report = json.loads((tmp_path / "fold" / "model" / "fold_in.json").read_text())["alignment"]
+    assert report == {"method": "ridge", "items": 1, "fitted_on": N_ITEMS, "users": N_USERS,
+                      "alpha": pytest.approx(fitted.alpha), "scale": pytest.approx(fitted.scale)}
+
+
+def test_history_features_average_the_texts_of_each_users_items() -> None:
+    train = UserItems.from_lists([[0, 2], [1], [3, 2, 0]], n_items=4)  # item 1 has no text
+    features = torch.tensor([[1.0, 0.0], [0.0, 4.0], [3.0, 2.0]])  # items 0, 2, 3
+    users, profiles = history_features(train, np.array([0, 2, 3]), features)
+    assert users.tolist() == [0, 2]  # user 1's only item has no text
+    torch.testing.assert_close(profiles, torch.tensor([[0.5, 2.0], [4.0 / 3.0, 2.0]]))
+
+
+def test_align_users_places_a_new_user_at_their_history_texts_image(text_run: Path, tmp_path: Path) -> None:
+    """--align-users ridge: nu0's collaborative row is the image of the mean text feature of its items (i0,
+    new0) under the map fitted on the old users' such features and rows, scaled to the rows' spread; nx0
+    (whose only item has no text) keeps its prior's mean; content rows and old rows stay as they were."""
+    before = tables(text_run / "model")
+    after = start_rows(text_run / "model", tmp_path / "fold", align_users="ridge")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    _, parts, _ = load_saved(tmp_path / "fold" / "model")
+    items, features = text_features(parts.model, parts.corpora)
+    users, profiles = history_features(parts.corpora.train, items, features)
+    assert users.tolist() == list(range(N_USERS + 1))  # not nx0
+    i0 = parts.dataset.item_raw.index("i0")
+    torch.testing.assert_close(profiles[N_USERS], features[[i0, N_ITEMS]].mean(dim=0))
+    fitted = fit_alignment("ridge", profiles[:N_USERS], before["collab_user"], None, "user")
+    torch.testing.assert_close(after["collab_user"][N_USERS], fitted(profiles[N_USERS:])[0].float(), rtol=0, atol=1e-5)
+    assert (after["collab_user"][N_USERS] - after["content_user"][N_USERS]).norm() > 1e-2
+    torch.testing.assert_close(after["collab_user"][N_USERS + 1], before["content_user"].mean(dim=0))
+    report = json.loads((tmp_path / "fold" / "model" / "fold_in.json").read_text())["user_alignment"]
+    assert report == {"method": "ridge", "users": 1, "fitted_on": N_USERS, "alpha": pytest.approx(fitted.alpha),
+                      "scale": pytest.approx(fitted.scale)}
 
 
 def test_new_rows_start_at_the_centroid_without_the_text_rule(run: Path, tmp_path: Path) -> None:
@@ -279,3 +343,9 @@ def test_bad_options_are_refused() -> None:
         FoldInOptions(passes=-1)
     with pytest.raises(ConfigError, match="lr=0"):
         FoldInOptions(lr=0)
+    with pytest.raises(ConfigError, match="history_passes=-2"):
+        FoldInOptions(history_passes=-2)
+    with pytest.raises(ConfigError, match="align must be one of none, moments, ridge; got 'nearest'"):
+        FoldInOptions(align="nearest")
+    with pytest.raises(ConfigError, match="align_users must be one of none, moments, ridge; got 'text'"):
+        FoldInOptions(align_users="text")

@@ -115,10 +115,13 @@ def test_the_mapping_is_printed_logged_and_saved(runs: Runs) -> None:
     assert source.dataset.source == report["source"]["model"] and json.loads(source.dataset.profile) == counts
 
 
-def test_carried_rows_are_bit_identical_right_after_init(runs: Runs, tiny_llama) -> None:
-    config = load_config("quick", tiny_overrides(runs.later, tiny_llama, runs.root / "unused", **WARM))
+@pytest.mark.parametrize("align", ["none", "ridge"])
+def test_carried_rows_are_bit_identical_right_after_init(runs: Runs, tiny_llama, align: str) -> None:
+    config = load_config("quick", tiny_overrides(runs.later, tiny_llama, runs.root / "unused", **WARM,
+                                                 **{"incremental.align": align}))
     config.incremental.init_from = str(runs.earlier)
-    tables = TrainingRun(config, progress=False).engine.full_tables()  # initialised, not trained
+    run = TrainingRun(config, progress=False)
+    tables = run.engine.full_tables()  # initialised, not trained
     before = load_file(str(runs.earlier / "model" / ckpt.TABLES))
     earlier, later = load_processed(runs.earlier_data), load_processed(runs.later)
     rows = {"user": earlier_rows(earlier.user_raw, later.user_raw), "item": earlier_rows(earlier.item_raw, later.item_raw)}
@@ -130,8 +133,12 @@ def test_carried_rows_are_bit_identical_right_after_init(runs: Runs, tiny_llama)
     new_items = torch.as_tensor(rows["item"] < 0)
     centroid = before["content_item"].mean(dim=0)
     assert bool(((tables["content_item"][new_items] - centroid).norm(dim=1) > 1e-4).all())  # read from their text
-    for kind, new in (("user", torch.as_tensor(rows["user"] < 0)), ("item", new_items)):
-        assert torch.equal(tables[f"collab_{kind}"][new], tables[f"content_{kind}"][new])  # the MR prior's mean
+    new_users = torch.as_tensor(rows["user"] < 0)
+    assert torch.equal(tables["collab_user"][new_users], tables["content_user"][new_users])  # the MR prior's mean
+    placed = (tables["collab_item"][new_items] - tables["content_item"][new_items]).norm(dim=1) > 1e-3
+    assert placed.tolist() == [align == "ridge"] * 2  # else the MR prior's mean too
+    alignment = run.warm_start.report()["fold_in"]["alignment"]
+    assert alignment["method"] == align and alignment["items"] == (2 if align == "ridge" else 0)
 
 
 def test_warm_start_reaches_scratch_quality_in_fewer_epochs(runs: Runs, bench) -> None:

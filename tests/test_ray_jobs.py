@@ -1,7 +1,8 @@
 """Ray Train on a local loopback cluster: `ray job submit` of ray_jobs/train.py with 2 CPU workers
 (DeepSpeed ZeRO-3 over gloo), one worker SIGKILLed mid-epoch: the worker group restarts, resumes from
 the last checkpoint and the job succeeds; the MLflow store holds the run; ray_jobs/evaluate.py
-reproduces its test metrics."""
+reproduces its test metrics. With the row-sharded tables (`distributed.table_sharding=rows`) the job
+trains as one row-sharded rank does."""
 from __future__ import annotations
 
 import json
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
+from launched_runs import assert_same_run, results, run_training
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
 SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
             "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
             "checkpoint.every_steps": 3, "tracking.mlflow": True}
@@ -30,13 +33,18 @@ def _workers(session: int) -> list[int]:
             if int(sid) == session and args and args[0].startswith("ray::RayTrainWorker")]
 
 
+def _train_job(address: str, storage: Path, name: str, overrides: list[str]) -> list[str]:
+    """`ray job submit` of ray_jobs/train.py: 2 CPU workers, one restart, the run `name` in `storage`/runs."""
+    return [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", "python", "ray_jobs/train.py",
+            "--workers", "2", "--cpus-per-worker", "1", "--max-failures", "1", "--storage", str(storage), f"name={name}",
+            *overrides]
+
+
 def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, tiny_llama, tmp_path) -> None:
     address, session = ray_cluster.address, ray_cluster.session
     storage = tmp_path / "storage"
     overrides = [o for o in tiny_overrides(planted_dataset, tiny_llama, storage, **SETTINGS) if not o.startswith("output_dir=")]
-    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-               "--", "python", "ray_jobs/train.py", "--workers", "2", "--cpus-per-worker", "1", "--max-failures", "1",
-               "--storage", str(storage), "name=ray-tiny", *overrides]
+    command = _train_job(address, storage, "ray-tiny", overrides)
     log = tmp_path / "job.log"
     latest = storage / "runs" / "ray-tiny" / "checkpoints" / "latest"
     with log.open("w") as sink:
@@ -68,7 +76,7 @@ def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, ti
     assert parents and any(r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id for r in runs)
 
     out = tmp_path / "eval.json"
-    evaluate = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+    evaluate = subprocess.run([RAY, "job", "submit", "--address", address,
                                "--working-dir", str(REPO), "--", "python", "ray_jobs/evaluate.py", "--model",
                                str(storage / "runs" / "ray-tiny" / "model"), "--out", str(out)],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -76,3 +84,21 @@ def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, ti
     metrics = json.loads(out.read_text())
     for key in ("recall@20", "recall@40", "ndcg@100"):
         assert metrics[key] == pytest.approx(results["models"]["CLLM4Rec"][key], abs=1e-6)
+
+
+def test_ray_train_job_with_row_sharded_tables_equals_one_rank(ray_cluster, planted_dataset, tiny_llama,
+                                                              tmp_path) -> None:
+    """`distributed.table_sharding=rows` under Ray Train: each of the 2 workers holds half the rows of
+    every table, and the job trains as one row-sharded rank in a plain process does (the cross-rank
+    tolerance of the launcher tests)."""
+    rows = {**SETTINGS, "tracking.mlflow": False, "distributed.engine": "deepspeed", "distributed.table_sharding": "rows"}
+    ray_out, one = tmp_path / "storage" / "runs" / "ray-rows", tmp_path / "one"
+    job = subprocess.run(_train_job(ray_cluster.address, tmp_path / "storage", "ray-rows",
+                                    tiny_overrides(planted_dataset, tiny_llama, ray_out, **rows)),
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    run_training(tiny_overrides(planted_dataset, tiny_llama, one, **rows), 1, tmp_path / "one.log")
+    assert results(ray_out)["engine"] == results(one)["engine"] == "row-sharded"
+    (whole,) = [r["trainable_elements_on_rank"] for r in results(one)["ranks"]]
+    assert [r["trainable_elements_on_rank"] for r in results(ray_out)["ranks"]] == [whole // 2] * 2
+    assert_same_run(one, ray_out)

@@ -1,4 +1,5 @@
-"""scripts/deepspeed_multi_node.sh picks MASTER_ADDR without launching anything (`--print-master-addr`)."""
+"""scripts/deepspeed_multi_node.sh picks MASTER_ADDR, with ssh and without (`--no-ssh --node-rank N`),
+and checks its flags, without launching anything (`--print-master-addr`)."""
 from __future__ import annotations
 
 import os
@@ -11,11 +12,14 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "deepspeed_multi_node.sh"
 
 
-def _master_addr(hostfile: Path, master_addr: str | None = None) -> subprocess.CompletedProcess:
+NO_SSH = ("--no-ssh", "--node-rank", "0")
+
+
+def _master_addr(hostfile: Path, master_addr: str | None = None, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MASTER_ADDR"}
     if master_addr is not None:
         env["MASTER_ADDR"] = master_addr
-    return subprocess.run(["bash", str(SCRIPT), "--print-master-addr", str(hostfile)], env=env,
+    return subprocess.run(["bash", str(SCRIPT), "--print-master-addr", *flags, str(hostfile)], env=env,
                           capture_output=True, text=True, timeout=30)
 
 
@@ -39,9 +43,29 @@ def test_default_is_the_source_address_of_the_route_to_the_first_host(tmp_path: 
 
 
 @pytest.mark.skipif(shutil.which("ip") is None or shutil.which("getent") is None, reason="needs ip and getent")
+@pytest.mark.parametrize("flags", [(), NO_SSH], ids=["ssh", "no-ssh"])
 @pytest.mark.parametrize("hosts", ["no-such-host.invalid slots=1\n", "127.0.0.1 slots=1\nnode-b.invalid slots=1\n"],
                          ids=["unresolvable", "loopback-with-other-hosts"])
-def test_no_usable_address_fails_naming_master_addr(tmp_path: Path, hosts: str) -> None:
-    proc = _master_addr(_hostfile(tmp_path, hosts))
+def test_no_usable_address_fails_naming_master_addr(tmp_path: Path, hosts: str, flags: tuple[str, ...]) -> None:
+    proc = _master_addr(_hostfile(tmp_path, hosts), flags=flags)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "set MASTER_ADDR" in proc.stderr
+
+
+def test_without_ssh_every_node_defaults_to_the_first_host_itself(tmp_path: Path) -> None:
+    """Node 1 points at the first host's address, not at the source of its own route there."""
+    hosts = _hostfile(tmp_path, "192.0.2.10 slots=1\n192.0.2.11 slots=1\n")
+    proc = _master_addr(hosts, flags=("--no-ssh", "--node-rank", "1"))
+    assert (proc.returncode, proc.stdout) == (0, "192.0.2.10\n"), proc.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--no-ssh",), "--no-ssh and --node-rank N go together"),
+    (("--node-rank", "0"), "--no-ssh and --node-rank N go together"),
+    (("--no-ssh", "--node-rank", "2"), "--node-rank must be 0 to 1"),
+    (("--no-ssh", "--node-rank", "first"), "--node-rank must be 0 to 1"),
+    (("--no-shh",), "usage:"),
+])
+def test_bad_node_flags_are_refused(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
+    proc = _master_addr(_hostfile(tmp_path, "192.0.2.10 slots=1\n192.0.2.11 slots=1\n"), "10.1.2.3", flags)
+    assert proc.returncode == 2 and proc.stdout == "" and message in proc.stderr

@@ -7,12 +7,21 @@ from pathlib import Path
 
 from data_prep.cold_start import KINDS
 from trainer.checkpoint import COMPLETE
+from trainer.config import ALIGNMENTS
 
 
 def add_fold_in_options(p: argparse.ArgumentParser) -> None:
-    """--passes, --lr, --batch-size and --seed of a fold-in (`fold_in_options`)."""
-    p.add_argument("--passes", type=int, default=5, help="fold-in epochs over the new texts and over the new users' "
-                   "histories (default 5)")
+    """--passes, --history-passes, --align, --align-users, --lr, --batch-size and --seed of a fold-in
+    (`fold_in_options`)."""
+    p.add_argument("--passes", type=int, default=0, help="fold-in C-step epochs over the new texts (default 0)")
+    p.add_argument("--history-passes", type=int, default=5, help="fold-in epochs over the new users' histories "
+                   "(default 5)")
+    p.add_argument("--align", choices=ALIGNMENTS, default="ridge", help="where new items start their collaborative "
+                   "rows: their content rows (none), or their text's image under a map fitted on the old items, "
+                   "moments or ridge (default ridge; docs/fold_in.md, section 2)")
+    p.add_argument("--align-users", choices=ALIGNMENTS, default="none", help="where new users start their "
+                   "collaborative rows: their content rows (none, the default), or the image of their history "
+                   "items' texts under a map fitted on the old users, moments or ridge (docs/fold_in.md, section 2)")
     p.add_argument("--lr", type=float, default=1e-2, help="fold-in Adam lr of the new rows (default 0.01)")
     p.add_argument("--batch-size", type=int, help="fold-in documents per step (default: the model's "
                    "pretrain.batch_size)")
@@ -24,8 +33,9 @@ def fold_in_options(args: argparse.Namespace):
     """The FoldInOptions of `add_fold_in_options`' flags and --no-progress."""
     from trainer.fold_in import FoldInOptions
 
-    return FoldInOptions(passes=args.passes, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         progress=not args.no_progress)
+    return FoldInOptions(passes=args.passes, history_passes=args.history_passes, lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed, align=args.align,
+                         align_users=args.align_users, progress=not args.no_progress)
 
 
 def add_prepare_cold_start(sources: argparse._SubParsersAction) -> None:

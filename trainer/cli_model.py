@@ -120,6 +120,14 @@ def _fold_in_tables(args: argparse.Namespace) -> dict:
                                                                       args.time_col)}
 
 
+def _placed(report: dict, entity: str) -> str:
+    """What an alignment report (`trainer.fold_in.align_rows`) of new `entity` rows says, for the summary line."""
+    count = report[f"{entity}s"]
+    if count:
+        return f" {count:,} new {entity} rows placed by {report['method']} (scale {report['scale']:.2f});"
+    return f" no {report['method']} {entity} map: {report['skipped']};" if "skipped" in report else ""
+
+
 def cmd_fold_in(args: argparse.Namespace) -> int:
     """New users and items into a saved model without retraining it (trainer/fold_in.py)."""
     from data_prep.prepare import check_output
@@ -138,9 +146,10 @@ def cmd_fold_in(args: argparse.Namespace) -> int:
     result = fold_in(args.model, new, out, fold_in_options(args), pyfunc=pyfunc)
     losses = " ".join(f"{name} loss {values[0]:.3f} -> {values[-1]:.3f};" for name, values in
                       (("content", result.content_loss), ("collaborative", result.collab_loss)) if values)
+    placed = _placed(result.alignment, "item") + _placed(result.user_alignment, "user")
     print(f"folded {result.added['users']:,} users, {result.added['items']:,} items and "
-          f"{result.added['interactions']:,} interactions into {out} in {sum(result.seconds.values()):.1f} s; {losses}"
-          f" pyfunc: {result.pyfunc or 'not written'}")
+          f"{result.added['interactions']:,} interactions into {out} in {sum(result.seconds.values()):.1f} s;{placed} "
+          f"{losses} pyfunc: {result.pyfunc or 'not written'}")
     return 0
 
 

@@ -37,7 +37,7 @@ FOLDED = "model"
 
 @dataclass(frozen=True)
 class ColdStartOptions:
-    """k: the metrics' cut-off; fold_in: the fold-in's passes, lr, batch size and seed; seed: of the random
+    """k: the metrics' cut-off; fold_in: the fold-in's options (passes, alignment, ...); seed: of the random
     scores and the random collaborative rows; max_users: only the first N users with targets (smoke runs);
     mlflow: log the results to the model's tracking store."""
 
@@ -92,10 +92,13 @@ def evaluate_cold_start(model_dir: Path, out: Path, options: ColdStartOptions = 
               "users_evaluated": scored.users, "users_not_in_model": scored.users_not_in_model,
               "targets": scored.targets,
               "heldout": {"kind": held.kind, "model": in_model - len(held.texts), "new": len(held.texts)},
-              "fold_in": {"content_loss": folded.content_loss, "collab_loss": folded.collab_loss,
-                          "seconds": folded.seconds},
+              "fold_in": {"alignment": folded.alignment, "user_alignment": folded.user_alignment,
+                          "content_loss": folded.content_loss,
+                          "collab_loss": folded.collab_loss, "seconds": folded.seconds},
               "options": {"k": options.k, "seed": options.seed, "max_users": options.max_users,
-                          "passes": options.fold_in.passes, "lr": options.fold_in.lr},
+                          "passes": options.fold_in.passes, "history_passes": options.fold_in.history_passes,
+                          "lr": options.fold_in.lr, "align": options.fold_in.align,
+                          "align_users": options.fold_in.align_users},
               "seconds": time.perf_counter() - start}
     write_results(Path(out), scored.rows, columns, report)
     _log(report, scored.rows, Path(out), Path(model_dir), config, options.mlflow)

@@ -18,14 +18,13 @@ from cllm4rec.baselines.content import mean_word_vectors, profile_scores, random
 from cllm4rec.baselines.mostpop import item_popularity, score_mostpop
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_scores
-from cllm4rec.templates import ScoringPrompt
 from data_prep.cold_start import HeldOut
 from data_prep.processed import ProcessedDataset
 from trainer.build import RunParts
 from trainer.config import TrainConfig
 from trainer.engine import PlainEngine
 from trainer.evaluate import scoring_prompt
-from trainer.serving import last_hidden_and_logits
+from trainer.serving import user_states
 
 Scorer = Callable[[np.ndarray], torch.Tensor]
 
@@ -56,19 +55,6 @@ def heldout_targets(dataset: ProcessedDataset, held: HeldOut, max_users: int | N
         pairs = pairs[np.isin(pairs[:, 0], np.unique(pairs[:, 0])[:max_users])]
     targets = UserItems.from_pairs(pairs[:, 0], pairs[:, 1], dataset.n_users, dataset.n_items)
     return targets, len(set(held.users) - set(users))
-
-
-@torch.no_grad()
-def user_states(engine: PlainEngine, parts: RunParts, users: np.ndarray, *, prompt: ScoringPrompt, seed: int,
-                batch_size: int, progress: bool) -> torch.Tensor:
-    """float32 [len(users), K]: each user's last hidden state under the scoring prompt (their training
-    items), from which the item logits are states @ collab_item.T (`last_hidden_and_logits`)."""
-    states = []
-    for start in tqdm(range(0, len(users), batch_size), desc="cold-start: user states", disable=not progress,
-                      leave=False):
-        batch = parts.corpora.scoring_batch(users[start : start + batch_size], prompt, seed)
-        states.append(last_hidden_and_logits(engine, batch)[0].cpu())
-    return torch.cat(states) if states else torch.zeros(0, parts.model.dim)
 
 
 def random_rows(rows: int, dim: int, std: float, seed: int) -> torch.Tensor:
@@ -108,7 +94,7 @@ def model_scorers(config: TrainConfig, parts: RunParts, engine: PlainEngine, kin
     table = model.collab_item if kind == "items" else model.collab_user
 
     def states() -> torch.Tensor:
-        return user_states(engine, parts, users, prompt=scoring_prompt(config), seed=config.seed,
+        return user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed,
                            batch_size=config.eval.batch_size, progress=progress)
 
     folded_states = states()

@@ -327,6 +327,10 @@ class ServingConfig:
     """Most item ids in one record's `history`; more: HTTP 413 (`cllm4rec serve`) or 400 (MLflow)."""
 
 
+ALIGNMENTS = ("none", "moments", "ridge")
+"""Where a fold-in starts new items' collaborative rows (`trainer/alignment.py`)."""
+
+
 @dataclass
 class IncrementalConfig:
     """Incremental training: start from an earlier model on a dataset prepared again later
@@ -337,9 +341,15 @@ class IncrementalConfig:
     users and items it shares with this run's dataset (by raw id) are copied, new ones are folded in from
     their text, removed ones dropped; a different backbone, tokenizer, K or ID token layout is refused."""
     passes: int = 5
-    """Fold-in epochs of the content LLM over the new users' and items' documents (`cllm4rec fold-in --passes`)."""
+    """Fold-in epochs of the content LLM over the new users' and items' documents (`cllm4rec fold-in --passes`,
+    whose default is 0)."""
     lr: float = 1e-2
     """Adam lr of those epochs (`cllm4rec fold-in --lr`)."""
+    align: str = "none"
+    """Where new items with text start their collaborative rows (`cllm4rec fold-in --align`, whose default is
+    `ridge`): `none`, at their content rows after the passes (the MR prior's mean); `moments` or `ridge`, at
+    the image of their text under a map fitted on the kept items ([fold_in.md](fold_in.md), section 2).
+    `none` by default here: the run then trains every row, and the maps were measured on fold-in only."""
 
 
 @dataclass

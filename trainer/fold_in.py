@@ -5,18 +5,25 @@
    mean) of the old rows of its table; for a model built with `model.content_init_from_text`, a new
    entity with text starts both its rows at its text's mean word embedding, as the build started the
    old content rows (`start_from_text`).
-2. The content LLM reads the new entities' own texts (biographies, item texts) for `passes` epochs of
+2. With `align` `moments` or `ridge` (the default), each new item with text starts its collaborative row
+   at the image of its text under a map fitted on the old items, scaled so that its logits spread like
+   the old items' (`align_new_items`, `trainer/alignment.py`). With `align_users` `moments` or `ridge`,
+   each new user with a training item that has text starts the same way from the mean of those items'
+   features, under a map fitted on the old users (`align_new_users`).
+3. The content LLM reads the new entities' own texts (biographies, item texts) for `passes` epochs of
    task `content`, the model's C-step: MR pulls each content row toward its collaborative row (where
-   it started), which keeps the new rows at the scale of the old ones. Only the new content rows move
-   (every old row's gradient is zeroed before each Adam step, so Adam leaves it bit-identical).
-3. Each new collaborative row is set to the mean of its MR prior N(z^c, λ_c⁻¹I): its content row.
-4. New users with interactions: `passes` epochs of the finetuning objective (task `rec`, masked prompts
-   as in finetuning; the collaborative LLM, task `collab`, for a model trained without finetuning)
-   over their histories, with the model's MR toward their content rows. Only the new users'
-   collaborative rows move; new items keep their prior mean.
-5. The new model folder, written whole: the grown tables, the config, the identity of the grown
+   it started). Only the new content rows move (every old row's gradient is zeroed before each Adam
+   step, so Adam leaves it bit-identical).
+4. Every other new collaborative row (users and items step 2 did not place) is set to the mean of its
+   MR prior N(z^c, λ_c⁻¹I): its content row.
+5. New users with interactions: `history_passes` epochs of the finetuning objective (task `rec`, masked
+   prompts as in finetuning; the collaborative LLM, task `collab`, for a model trained without
+   finetuning) over their histories, with the model's MR toward their content rows. Only the new
+   users' collaborative rows move; new items keep where steps 2-4 put them.
+6. The new model folder, written whole: the grown tables, the config, the identity of the grown
    dataset, the grown dataset itself (`ckpt.DATASET`, so serving needs no other dataset folder), and
-   `fold_in.json` (what was added, the options, the loss of every pass, seconds); then its pyfunc.
+   `fold_in.json` (what was added, the options, the alignment, the loss of every pass, seconds); then its
+   pyfunc.
 """
 from __future__ import annotations
 
@@ -30,48 +37,65 @@ import numpy as np
 import torch
 
 from cllm4rec.interactions import UserItems
-from cllm4rec.model import CLLM4Rec
+from cllm4rec.model import CLLM4Rec, mean_word_embedding
 from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
 from trainer import checkpoint as ckpt
+from trainer.alignment import CannotAlign, fit_alignment
 from trainer.build import build_run, load_weights, resolve_dataset, text_init_ids
 from trainer.catalogue import grow_dataset
-from trainer.config import ConfigError, TrainConfig, config_to_dict
+from trainer.config import ALIGNMENTS, ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
 from trainer.engine import PlainEngine
+from trainer.evaluate import scoring_prompt
 from trainer.loop import run_epoch
 from trainer.phases import StepKind
 from trainer.schedule import PLANNED_STEPS, StepPlan, step_plans
-from trainer.serving import save_pyfunc, saved_config
+from trainer.serving import save_pyfunc, saved_config, user_states
 
 REPORT = "fold_in.json"
+CALIBRATION_USERS = 256
+"""At most this many old users' scoring states scale an alignment (drawn with the fold-in's seed)."""
 
 
 @dataclass(frozen=True)
 class FoldInOptions:
-    """passes: epochs over the new entities' texts, and over the new users' histories; lr: Adam's rate for
-    the new rows; batch_size: documents per step (None: the model's pretrain.batch_size); seed: batch order."""
+    """passes: C-step epochs over the new entities' texts; history_passes: epochs over the new users'
+    histories; lr: Adam's rate for the new rows; batch_size: documents per step (None: the model's
+    pretrain.batch_size); seed: batch order and the users that scale an alignment; align / align_users:
+    where new items / users start their collaborative rows (ALIGNMENTS, `align_new_items`, `align_new_users`)."""
 
-    passes: int = 5
+    passes: int = 0
+    history_passes: int = 5
     lr: float = 1e-2
     batch_size: int | None = None
     seed: int = 0
+    align: str = "ridge"
+    align_users: str = "none"
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.passes < 0 or not self.lr > 0 or (self.batch_size is not None and self.batch_size < 1):
-            raise ConfigError(f"fold-in: need passes >= 0, lr > 0 and batch_size >= 1; got passes={self.passes}, "
-                              f"lr={self.lr}, batch_size={self.batch_size}")
+        if (min(self.passes, self.history_passes) < 0 or not self.lr > 0
+                or (self.batch_size is not None and self.batch_size < 1)):
+            raise ConfigError(f"fold-in: need passes >= 0, history passes >= 0, lr > 0 and batch_size >= 1; got "
+                              f"passes={self.passes}, history_passes={self.history_passes}, lr={self.lr}, "
+                              f"batch_size={self.batch_size}")
+        for name, value in (("align", self.align), ("align_users", self.align_users)):
+            if value not in ALIGNMENTS:
+                raise ConfigError(f"fold-in: {name} must be one of {', '.join(ALIGNMENTS)}; got {value!r}")
 
 
 @dataclass
 class FoldInResult:
     """What `fold_in` wrote and measured; `content_loss` / `collab_loss`: the mean LM loss of each pass;
-    `seconds`: of each stage (setup, content, collab, write, pyfunc)."""
+    `seconds`: of each stage (setup, align, content, collab, write, pyfunc); `alignment` / `user_alignment`:
+    `align_new_items`' / `align_new_users`' report."""
 
     out: Path
     added: dict[str, int]
+    alignment: dict[str, Any] = field(default_factory=dict)
+    user_alignment: dict[str, Any] = field(default_factory=dict)
     content_loss: list[float] = field(default_factory=list)
     collab_loss: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -163,10 +187,112 @@ def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: n
     return engine
 
 
+def text_features(model: CLLM4Rec, corpora: Corpora) -> tuple[np.ndarray, torch.Tensor]:
+    """(the items with text [n], float32 [n, K] on the CPU: the mean input word embedding of each one's own
+    text, no reviews: where the text rule starts a new item, `start_from_text`)."""
+    words = model.backbone.get_input_embeddings()
+    texts = sorted((index, ids) for (kind, index), ids in corpora.entity_text_ids().items() if kind == "item" and ids)
+    matrix = [mean_word_embedding(words, ids) for _, ids in texts]
+    return (np.array([index for index, _ in texts], dtype=np.int64),
+            torch.stack(matrix).cpu() if matrix else torch.zeros(0, model.dim))
+
+
+def history_features(train: UserItems, items: np.ndarray, features: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(the users with a training item among `items` [n] (the items with text) [m], float32 [m, K]: the mean
+    of those items' features [n, K], `text_features`: the profile of a user's history texts)."""
+    position = np.full(train.n_items, -1, np.int64)
+    position[items] = np.arange(len(items))
+    owner = np.repeat(np.arange(train.n_users), train.lengths())
+    rows = position[train.indices]
+    owner, rows = owner[rows >= 0], rows[rows >= 0]
+    sums = torch.zeros(train.n_users, features.shape[1]).index_add_(0, torch.from_numpy(owner), features[rows])
+    counts = np.bincount(owner, minlength=train.n_users)
+    users = np.flatnonzero(counts > 0)
+    return users, sums[users] / torch.from_numpy(counts[users]).float()[:, None]
+
+
+def calibration_users(train: UserItems, new_users: np.ndarray, new_items: np.ndarray, seed: int) -> np.ndarray:
+    """Sorted: at most CALIBRATION_USERS old users (bool [N] / [J] masks of the new ones) with training items,
+    none of them new (their scoring prompts hold old rows only), drawn with `seed`."""
+    owner = np.repeat(np.arange(train.n_users), train.lengths())
+    touched = np.zeros(train.n_users, dtype=bool)
+    touched[owner[new_items[train.indices]]] = True
+    eligible = np.flatnonzero((train.lengths() > 0) & ~new_users & ~touched)
+    picked = epoch_rng(seed, "fold-in", "align").choice(eligible, min(len(eligible), CALIBRATION_USERS), replace=False)
+    return np.sort(picked)
+
+
+def calibration_states(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
+                       new_items: np.ndarray, seed: int, progress: bool) -> torch.Tensor:
+    """float32 [U, K]: the scoring states (`user_states`, the model's scoring prompt) of `calibration_users`."""
+    users = calibration_users(corpora.train, new_users, new_items, seed)
+    return user_states(engine, corpora, users, prompt=scoring_prompt(config), seed=config.seed,
+                       batch_size=config.eval.batch_size, progress=progress)
+
+
+def align_rows(table: torch.nn.Parameter, owners: np.ndarray, features: torch.Tensor, new: np.ndarray, method: str,
+               states: torch.Tensor | None, entity: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit `method`'s map (`fit_alignment`) from the features [n, K] of the old `owners` [n] (where `new` [n] is
+    false) to their rows of `table`, and set the rows of the new owners to their features' images. Returns
+    (bool [rows of table]: the rows set; the report: `method`, `<entity>s` set, `fitted_on`, `alpha`, `scale`,
+    or `skipped`: why no map could be fitted, nothing then set)."""
+    placed, report = np.zeros(table.shape[0], dtype=bool), {"method": method, f"{entity}s": 0}
+    old_rows = table.detach()[torch.as_tensor(owners[~new], device=table.device)].float().cpu()
+    try:
+        fitted = fit_alignment(method, features[torch.from_numpy(~new)], old_rows, states, entity)
+    except CannotAlign as error:
+        return placed, {**report, "skipped": str(error)}
+    with torch.no_grad():
+        table[torch.as_tensor(owners[new], device=table.device)] = fitted(features[torch.from_numpy(new)]).to(
+            table.device, table.dtype)
+    placed[owners[new]] = True
+    return placed, {**report, f"{entity}s": int(new.sum()), "fitted_on": int((~new).sum()), "alpha": fitted.alpha,
+                    "scale": fitted.scale}
+
+
+def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
+                    new_items: np.ndarray, method: str, seed: int, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments` or `ridge`, each new
+    item with text (bool [J] mask `new_items`; `corpora`: all of the grown catalogue's) starts its
+    collaborative row at its text feature's image under the map fitted on the old items with text, scaled
+    over `calibration_states`. Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
+    `items` set, `fitted_on` old items, `users`, `alpha`, `scale`, or `skipped`: why no map could be
+    fitted, its rows then left to step 4)."""
+    nothing = np.zeros_like(new_items), {"method": method, "items": 0}
+    if method == "none":
+        return nothing
+    items, features = text_features(engine.model, corpora)
+    new = new_items[items]
+    if not new.any():
+        return nothing
+    states = calibration_states(engine, corpora, config, new_users, new_items, seed, progress)
+    aligned, report = align_rows(engine.model.collab_item, items, features, new, method, states, "item")
+    return aligned, report if "skipped" in report else {**report, "users": states.shape[0]}
+
+
+def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, method: str) -> tuple[np.ndarray,
+                                                                                                     dict[str, Any]]:
+    """Step 2 for users: under `method` `moments` or `ridge`, each new user (bool [N] mask `new_users`; `corpora`:
+    all of the grown catalogue's) with a training item that has text starts their collaborative row at the
+    image of their history feature (`history_features`) under the map fitted on the old users, scaled to the
+    old rows' spread (a user row is read by the backbone, not by a dot product). Returns (bool [N]: the rows
+    set; the report for fold_in.json: `method`, `users` set, `fitted_on` old users, `alpha`, `scale`, or
+    `skipped`)."""
+    nothing = np.zeros_like(new_users), {"method": method, "users": 0}
+    if method == "none":
+        return nothing
+    users, features = history_features(corpora.train, *text_features(model, corpora))
+    new = new_users[users]
+    if not new.any():
+        return nothing
+    return align_rows(model.collab_user, users, features, new, method, None, "user")
+
+
 def read_new_texts(engine: PlainEngine, corpora: Corpora, options: FoldInOptions, batch: int, new_users: np.ndarray,
                    new_items: np.ndarray) -> list[float]:
-    """Steps 2-3 of the module docstring: `options.passes` content epochs over `corpora` (`new_corpora`), then
-    each new collaborative row set to its content row, the mean of its MR prior; the loss of each pass."""
+    """Steps 3-4 of the module docstring: `options.passes` content epochs over `corpora` (`new_corpora`), then
+    each collaborative row of `new_users` / `new_items` (bool [N] / [J]: the new rows step 2 did not place)
+    set to its content row, the mean of its MR prior; the loss of each pass."""
     step = StepKind.C_STEP
     losses = _passes(engine, step, [corpora.content_batches(epoch_rng(options.seed, "fold-in", step.task, p), batch)
                                     for p in range(options.passes)], options.progress) if corpora.content else []
@@ -198,7 +324,7 @@ def _collab_passes(engine: PlainEngine, corpora: Corpora, config: TrainConfig, o
             return corpora.finetune_batches(rng, batch, mode=fine.mask_mode, ratio=fine.mask_ratio, target=fine.target)
         return corpora.collab_batches(rng, batch, reorder=config.pretrain.reorder)
 
-    return _passes(engine, step, [stream(p) for p in range(options.passes)], options.progress)
+    return _passes(engine, step, [stream(p) for p in range(options.history_passes)], options.progress)
 
 
 def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions = FoldInOptions(),
@@ -233,7 +359,11 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         engine = fold_in_engine(model, config, options.lr, new_users, new_items)
         batch = options.batch_size or config.pretrain.batch_size
         lap("setup")
-        result.content_loss = read_new_texts(engine, corpora, options, batch, new_users, new_items)
+        aligned, result.alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
+                                                    options.seed, options.progress)
+        placed, result.user_alignment = align_new_users(model, parts.corpora, new_users, options.align_users)
+        lap("align")
+        result.content_loss = read_new_texts(engine, corpora, options, batch, new_users & ~placed, new_items & ~aligned)
         lap("content")
         if corpora.train.nnz:
             result.collab_loss = _collab_passes(engine, corpora, config, options, batch)
@@ -249,8 +379,10 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
 
 
 def _write_report(path: Path, model_dir: Path, source_identity: dict, options: FoldInOptions, result: FoldInResult) -> None:
-    """fold_in.json: the source model, what was added, the options, each pass's loss, the stages' seconds so far."""
+    """fold_in.json: the source model, what was added, the options, the alignments, each pass's loss, the stages'
+    seconds so far."""
     report = {"source": {"model": str(model_dir.resolve()), "identity": source_identity}, "added": result.added,
-              "options": {k: v for k, v in asdict(options).items() if k != "progress"},
+              "options": {k: v for k, v in asdict(options).items() if k != "progress"}, "alignment": result.alignment,
+              "user_alignment": result.user_alignment,
               "content_loss": result.content_loss, "collab_loss": result.collab_loss, "seconds": result.seconds}
     path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -8,9 +8,11 @@ prepared again later starts from an earlier model's rows instead of random ones.
    the dataset it was trained on (whose sha256 must still be the one its identity records). Kept ids get
    their rows copied, bit-identical, in all four tables; removed ids are dropped; new ids start at the
    centroid of the earlier table (or, under `model.content_init_from_text`, those with text at its mean
-   word embedding) and are folded in (`trainer/fold_in.py`, steps 1-3): their content rows
-   learned by the content LLM from the documents that name them (biographies, item texts, reviews) with
-   every other row and the backbone frozen, then their collaborative rows set to their content rows.
+   word embedding) and are folded in (`trainer/fold_in.py`, steps 1-4): with `incremental.align` other than
+   `none`, new items with text start their collaborative rows at their text's image under a map fitted on
+   the kept items; their content rows are learned by the content LLM from the documents that name them
+   (biographies, item texts, reviews) with every other row and the backbone frozen, then the other new
+   collaborative rows are set to their content rows.
 3. Trained backbone or LoRA weights of the earlier model are loaded too.
 
 Rank 0 folds in and broadcasts the new rows; this happens before the engine is built (DeepSpeed then
@@ -36,7 +38,8 @@ from trainer import checkpoint as ckpt
 from trainer.build import RunParts, load_weights, resolve_dataset
 from trainer.config import TrainConfig
 from trainer.distributed import Dist
-from trainer.fold_in import FoldInOptions, fold_in_engine, mapped_tables, new_corpora, read_new_texts, start_from_text
+from trainer.fold_in import (FoldInOptions, align_new_items, fold_in_engine, mapped_tables, new_corpora, read_new_texts,
+                             start_from_text)
 from trainer.id_mapping import IdMapping
 from trainer.serving import model_folder, saved_config
 from trainer.tracking import Tracker
@@ -163,20 +166,24 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
         raise ckpt.CheckpointError(f"--init-from {source}: no user or item id in common with {parts.dataset_path}: "
                                    f"nothing to carry over (are the raw ids written the same way?)")
     inc = config.incremental
-    options = FoldInOptions(passes=inc.passes, lr=inc.lr, seed=config.seed, progress=progress)
+    options = FoldInOptions(passes=inc.passes, lr=inc.lr, seed=config.seed, align=inc.align, progress=progress)
     model, new_users, new_items = parts.model, mapping.users < 0, mapping.items < 0
     load_weights(model, mapped_tables(saved.tables, mapping.users, mapping.items), saved.extra or None)
     losses: list[float] = []
+    alignment: dict[str, Any] = {"method": inc.align, "items": 0}
     if dist.is_main and (new_users.any() or new_items.any()):
         corpora = new_corpora(parts.corpora, new_users, new_items)
         start_from_text(model, config, corpora, new_users, new_items)
         with backbone_frozen(model):
             engine = fold_in_engine(model, config, inc.lr, new_users, new_items)
-            losses = read_new_texts(engine, corpora, options, config.pretrain.batch_size, new_users, new_items)
+            aligned, alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
+                                                 options.seed, progress)
+            losses = read_new_texts(engine, corpora, options, config.pretrain.batch_size, new_users,
+                                    new_items & ~aligned)
             engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
     share_rows(model, mapping, dist)
-    return WarmStart(source, saved.identity, mapping, {"passes": inc.passes, "lr": inc.lr}, losses,
-                     time.perf_counter() - start)
+    return WarmStart(source, saved.identity, mapping, {"passes": inc.passes, "lr": inc.lr, "alignment": alignment},
+                     losses, time.perf_counter() - start)
 
 
 def initial_model(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool,

@@ -12,10 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
 from cllm4rec.diagnostics import LogitMoments, hidden_user_variance, mean_pairwise_cosine
 from cllm4rec.interactions import first_occurrences
 from cllm4rec.tasks import TableSet
+from cllm4rec.templates import ScoringPrompt
 from data_prep.atomic import atomic_file, atomic_folder
 from data_prep.errors import DataPrepError
 from trainer import checkpoint as ckpt
@@ -24,7 +26,7 @@ from trainer.config import TrainConfig
 from trainer.config_loading import config_from_dict, override_serving
 from trainer.engine import PlainEngine
 from trainer.evaluate import evaluate, recommend, scoring_prompt
-from trainer.data import Batch, user_item_lists
+from trainer.data import Batch, Corpora, user_item_lists
 from trainer.rest import RequestError, echo_ids
 
 
@@ -67,6 +69,18 @@ def last_hidden_and_logits(engine: PlainEngine, batch: Batch) -> tuple[torch.Ten
     model = engine.model
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], TableSet.COLLAB)
     return model.last_position(hidden, batch["lengths"]).float(), model.last_position_item_logits(hidden, batch["lengths"])
+
+
+@torch.no_grad()
+def user_states(engine: PlainEngine, corpora: Corpora, users: np.ndarray, *, prompt: ScoringPrompt, seed: int,
+                batch_size: int, progress: bool) -> torch.Tensor:
+    """float32 [len(users), K]: each user's last hidden state under the scoring prompt (their training
+    items), from which the item logits are states @ collab_item.T (`last_hidden_and_logits`)."""
+    states = []
+    for start in tqdm(range(0, len(users), batch_size), desc="user states", disable=not progress, leave=False):
+        batch = corpora.scoring_batch(users[start : start + batch_size], prompt, seed)
+        states.append(last_hidden_and_logits(engine, batch)[0].cpu())
+    return torch.cat(states) if states else torch.zeros(0, engine.model.dim)
 
 
 def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256,
