@@ -47,7 +47,7 @@ def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
     saved = ckpt.load_model(Path(model_dir))
     config = saved_config(saved)
     parts = build_run(config)
-    ckpt.check_identity(saved.identity, ckpt.identity_of(config, parts))
+    ckpt.check_identity(saved.identity, ckpt.identity_of(config, parts), own_config=True)
     load_weights(parts.model, saved.tables, saved.extra)
     engine = PlainEngine(parts.model, config.pretrain.lr, config.finetune.lr)
     return config, parts, engine
