@@ -34,6 +34,14 @@ def launch_env() -> dict[str, str]:
     return env
 
 
+def shm_buffers(ranks: int) -> list[Path]:
+    """The DeepSpeed shared-memory buffers that this session's single-node runs of `ranks` ranks create."""
+    from trainer.distributed import shm_allreduce_buffer
+
+    env = {**launch_env(), "MASTER_ADDR": "127.0.0.1"}  # the launcher's address on one node
+    return [shm_allreduce_buffer(rank, env) for rank in range(ranks)]
+
+
 def command(args: list[str], ranks: int) -> list[str]:
     if ranks == 1:  # a plain process, no launcher
         return [sys.executable, "-m", "trainer", "--no-progress", *args]

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from launched_runs import (LAUNCH_VARS, METRICS, REPO, assert_same_history, assert_same_run, command,
-                           final_tables, launch_env, results, run_nodes, run_training)
+                           final_tables, launch_env, results, run_nodes, run_training, shm_buffers)
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
@@ -63,6 +63,13 @@ def test_two_ranks_equal_one_rank(runs: Runs) -> None:
     the same final metrics and tables."""
     assert results(runs.one)["engine"] == "deepspeed-zero3 x1" and results(runs.two)["engine"] == "deepspeed-zero3 x2"
     assert_same_run(runs.one, runs.two)
+
+
+def test_finished_ranks_leave_no_shared_memory_buffer(runs: Runs) -> None:
+    """DeepSpeed's CPU comm op puts a ~66 MB all-reduce buffer per rank in /dev/shm and never unlinks it;
+    each rank of a finished run unlinks its own (`shutdown_distributed`), so runs do not fill /dev/shm."""
+    assert results(runs.two)["engine"] == "deepspeed-zero3 x2"
+    assert not [str(p) for p in shm_buffers(2) if p.exists()]
 
 
 def test_two_nodes_without_ssh_equal_two_ranks_on_one_node(runs: Runs, planted_dataset, tiny_llama,
@@ -143,6 +150,8 @@ def _kill_during(args: list[str], out: Path, phase: str, log: Path, resume: bool
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and all its ranks
             proc.wait(timeout=60)
+            for buffer in shm_buffers(ranks):  # killed ranks cannot unlink their own
+                buffer.unlink(missing_ok=True)
     return out / "checkpoints" / tag
 
 

@@ -11,6 +11,7 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -128,8 +129,21 @@ def init_distributed(device: str, require_group: bool) -> Dist:
     return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, active=True)
 
 
+def shm_allreduce_buffer(rank: int, env: dict[str, str] | None = None) -> Path:
+    """Rank `rank`'s shared-memory all-reduce buffer (/dev/shm, ~66 MB), which DeepSpeed's CPU comm op
+    creates when every rank is on one node and never unlinks (deepspeed/ops/csrc/cpu/comm/shm.cpp: named
+    by user id, MASTER_ADDR, MASTER_PORT and rank)."""
+    env = os.environ if env is None else env
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
+    return Path("/dev/shm") / name
+
+
 def shutdown_distributed() -> None:
     """Leave the process group (if one exists) before the interpreter exits: a group left to static
-    destructors can abort the process at exit ("terminate called without an active exception")."""
+    destructors can abort the process at exit ("terminate called without an active exception"). Then
+    unlink this rank's DeepSpeed shared-memory buffer, if any, so that runs do not pile them up in
+    /dev/shm (every rank mapped every buffer when the group started, so the others are unaffected)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        rank = torch_dist.get_rank()
         torch_dist.destroy_process_group()
+        shm_allreduce_buffer(rank).unlink(missing_ok=True)
