@@ -32,7 +32,9 @@ from torch import nn
 
 from cllm4rec.losses import squared_distance_sum, squared_norm_sum, vocab_cross_entropy_sum
 from cllm4rec.table_access import LOCAL_TABLES, TableAccess
+from cllm4rec.table_init import TableInit
 from cllm4rec.tasks import TableSet, Task
+from cllm4rec.zero_params import full_shape, gathered
 
 TABLE_NAMES = (*TableSet.COLLAB.table_names, *TableSet.CONTENT.table_names)
 
@@ -73,6 +75,32 @@ def decoder_of(backbone: nn.Module) -> nn.Module:
     return inner.base_model
 
 
+TableMaker = Callable[[TableInit, str, int, int, torch.device], nn.Parameter]
+
+
+def whole_table(init: TableInit, name: str, rows: int, dim: int, device: torch.device) -> nn.Parameter:
+    """Table `name` [rows, dim], fp32, whole on `device`."""
+    return nn.Parameter(init.whole(name, rows, dim).to(device))
+
+
+def table_init_of(words: torch.Tensor, n_users: int, n_items: int, init_std: float | None, seed: int,
+                  content_init: str) -> TableInit:
+    """The tables' starting values: σ = `init_std` or the std of the word embeddings `words` [V, K] (gathered
+    for a moment if partitioned: collective); content tables copy the collaborative ones ("collab") or are
+    drawn after them ("random")."""
+    if content_init not in ("collab", "random"):
+        raise ValueError(f"content_init must be 'collab' or 'random', got {content_init!r}")
+    if init_std is None:
+        with gathered([words]):
+            init_std = float(words.detach().float().std())
+    dim = int(full_shape(words)[1])
+    sizes = {name: (n_users if name.endswith("user") else n_items) * dim for name in TABLE_NAMES}
+    collab = content_init == "collab"
+    sources = {name: name.replace("content", "collab") for name in TABLE_NAMES if collab and name.startswith("content")}
+    draws = tuple((name, sizes[name]) for name in TABLE_NAMES if name not in sources)
+    return TableInit(seed, float(init_std), draws, sources)
+
+
 class CLLM4Rec(nn.Module):
     """Backbone + collaborative and content ID tables [N, K] / [J, K] (fp32) + tied heads.
 
@@ -81,7 +109,9 @@ class CLLM4Rec(nn.Module):
     their conditional prior N(z^l, λ_c⁻¹I), so the MR term starts at 0 instead of at ~2Kσ² per ID,
     which would otherwise dominate the LM losses for hundreds of epochs; "random" draws them
     independently. `head_gradient_dtype` is the dtype of the item head's gradient products (None: fp32,
-    exact; bf16 with a bf16 backbone: see `item_softmax_nll_sum`).
+    exact; bf16 with a bf16 backbone: see `item_softmax_nll_sum`). `make_table` creates each table
+    Parameter from its `TableInit` (default `whole_table`: the whole table on the backbone's device;
+    trainer/zero_build.py: a ZeRO-3 partition written in place).
     """
 
     def __init__(
@@ -98,27 +128,21 @@ class CLLM4Rec(nn.Module):
         backbone_dropout: bool = False,
         content_init: str = "collab",
         head_gradient_dtype: torch.dtype | None = None,
+        make_table: TableMaker = whole_table,
     ):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder_of(backbone)
         words = backbone.get_input_embeddings().weight
-        self.vocab_rows, self.dim = int(words.shape[0]), int(words.shape[1])
+        self.vocab_rows, self.dim = (int(n) for n in full_shape(words))
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.lambda_c, self.lambda_l = float(lambda_c), float(lambda_l)
         self.backbone_trainable, self.backbone_dropout = backbone_trainable, backbone_dropout
         self.head_gradient_dtype = head_gradient_dtype
-        std = float(words.detach().float().std()) if init_std is None else float(init_std)
-        generator = torch.Generator().manual_seed(seed)
+        self.table_init = table_init_of(words, self.n_users, self.n_items, init_std, seed, content_init)
         for name in TABLE_NAMES:
             rows = self.n_users if name.endswith("user") else self.n_items
-            if name.startswith("content") and content_init == "collab":
-                table = getattr(self, name.replace("content", "collab")).detach().clone()
-            elif content_init in ("collab", "random"):
-                table = torch.randn(rows, self.dim, generator=generator, dtype=torch.float32).to(words.device) * std
-            else:
-                raise ValueError(f"content_init must be 'collab' or 'random', got {content_init!r}")
-            setattr(self, name, nn.Parameter(table))
+            setattr(self, name, make_table(self.table_init, name, rows, self.dim, words.device))
         if not backbone_trainable:
             for p in backbone.parameters():
                 p.requires_grad_(False)

@@ -16,6 +16,8 @@ import logging
 import torch
 from torch import nn
 
+from cllm4rec.zero_params import full_shape, gathered
+
 log = logging.getLogger(__name__)
 
 # Classes computing weight * (x_fp32 * rsqrt(mean(x²) + eps)).to(x.dtype); Gemma's (1 + weight) is not one.
@@ -67,11 +69,11 @@ class FusedRMSNorm(nn.Module):
 
 def computes_the_same(module: nn.Module) -> bool:
     """Whether `module` gives the fused function's output, bit for bit, on a probe batch (drawn from a
-    private generator: the global random stream is left as it was)."""
+    private generator: the global random stream is left as it was); a ZeRO-3 weight is gathered for it."""
     weight = module.weight
-    probe = torch.randn(3, weight.shape[-1], generator=torch.Generator().manual_seed(0)).mul_(3)
+    probe = torch.randn(3, full_shape(weight)[-1], generator=torch.Generator().manual_seed(0)).mul_(3)
     probe = probe.to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), gathered([weight]):
         return torch.equal(module(probe), RMSNormFunction.apply(probe, weight, module.variance_epsilon))
 
 

@@ -23,7 +23,9 @@ from tokenizer_fixtures import build_tokenizer  # noqa: E402
 CLUSTER_WORDS = ["comedy about cats", "movie loved stars", "old films teacher", "dogs released items"]
 
 
-def _save_tiny_backbone(folder: Path, arch: str) -> Path:
+def _save_tiny_backbone(folder: Path, arch: str, max_shard_size: str | None = None) -> Path:
+    """A tiny random model of `arch` and its tokenizer in `folder`; its safetensors in files of at most
+    `max_shard_size` (with a model.safetensors.index.json) when given."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer("gpt2" if arch == "gpt2" else "llama")
@@ -39,7 +41,7 @@ def _save_tiny_backbone(folder: Path, arch: str) -> Path:
                              tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                              eos_token_id=tokenizer.eos_token_id)
         model = LlamaForCausalLM(config)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -47,6 +49,12 @@ def _save_tiny_backbone(folder: Path, arch: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return _save_tiny_backbone(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_sharded(tmp_path_factory) -> Path:
+    """`tiny_llama`'s weights (the same values) in several safetensors files."""
+    return _save_tiny_backbone(tmp_path_factory.mktemp("tiny-llama-sharded"), "llama", max_shard_size="20KB")
 
 
 @pytest.fixture(scope="session")

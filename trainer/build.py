@@ -1,14 +1,16 @@
 """Build the pieces of a run from its config: dataset, backbone (+ LoRA), model, tokenizer, corpora."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cllm4rec.backbone import load_backbone
-from cllm4rec.model import CLLM4Rec
+from cllm4rec.model import CLLM4Rec, whole_table
 from cllm4rec.rms_norm import fuse_rms_norms
 from cllm4rec.tokenization import IdTokenizer
 from data_prep.errors import DataPrepError
@@ -16,6 +18,7 @@ from data_prep.prepare import default_output, is_plain_name, prepare
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Corpora, epoch_rng
+from trainer.zero_build import PartitionedBuild
 
 log = logging.getLogger(__name__)
 EMBEDDED_DATASETS = ("ml-100k",)
@@ -142,29 +145,57 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_run(config: TrainConfig, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RunParts:
-    """Everything a run needs; `device` / `dtype` default to what the config resolves to."""
+def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.device, dtype: torch.dtype,
+                ds_config: dict[str, Any] | None = None) -> tuple[CLLM4Rec, Any, str]:
+    """(model, HF tokenizer, resolved backbone reference). With `ds_config` (the ZeRO-3 engine's filled
+    DeepSpeed config) the backbone and the tables are built into ZeRO-3 partitions (trainer/zero_build.py;
+    collective: every rank calls it together); else whole, on `device`."""
+    with PartitionedBuild.open(ds_config) if ds_config is not None else contextlib.nullcontext() as zero:
+        with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
+            # random backbones (LLM-Scratch) and LoRA adapters start from a stream derived from the run seed
+            torch.manual_seed(int(epoch_rng(config.seed, "backbone-init").integers(2**62)))
+            backbone, hf_tokenizer, ref = build_backbone(config.model, dtype, device)
+        with zero or contextlib.nullcontext():
+            model = CLLM4Rec(
+                backbone if zero else backbone.to(device),
+                n_users,
+                n_items,
+                init_std=config.model.init_std,
+                seed=config.seed,
+                lambda_c=config.pretrain.lambda_c,
+                lambda_l=config.pretrain.lambda_l,
+                backbone_trainable=config.model.train_backbone != "none",
+                backbone_dropout=config.model.dropout,
+                content_init=config.model.content_init,
+                head_gradient_dtype=pick_head_gradient_dtype(config.model.head_gradient_dtype, dtype),
+                make_table=zero.make_table if zero else whole_table,
+            )
+    return model, hf_tokenizer, ref
+
+
+def partitioned_build(config: TrainConfig, ds_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The DeepSpeed config to build into partitions with (`build_model`), or None for a whole build: with
+    `distributed.partitioned_build` off, where a table is written whole after it is drawn (text-initialised
+    content rows, `incremental.init_from`) and with LoRA adapters."""
+    if ds_config is None or not config.distributed.partitioned_build:
+        return None
+    if config.model.content_init_from_text or config.incremental.init_from or config.model.train_backbone == "lora":
+        log.info("building the whole model on every rank: content_init_from_text / incremental.init_from write "
+                 "whole tables, and LoRA adapters are attached to a whole backbone")
+        return None
+    return ds_config
+
+
+def build_run(config: TrainConfig, device: torch.device | None = None, dtype: torch.dtype | None = None,
+              ds_config: dict[str, Any] | None = None) -> RunParts:
+    """Everything a run needs; `device` / `dtype` default to what the config resolves to; `ds_config`: the
+    ZeRO-3 engine's DeepSpeed config, to build into partitions where `partitioned_build` allows."""
     device = device or pick_device(config.device)
     path = resolve_dataset(config.data.dataset, config.data.split_seed)
     dataset = load_processed(path)
     dtype = dtype or pick_dtype(config.model.dtype, device)
-    with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
-        # random backbones (LLM-Scratch) and LoRA adapters start from a stream derived from the run seed
-        torch.manual_seed(int(epoch_rng(config.seed, "backbone-init").integers(2**62)))
-        backbone, hf_tokenizer, ref = build_backbone(config.model, dtype, device)
-    model = CLLM4Rec(
-        backbone.to(device),
-        dataset.n_users,
-        dataset.n_items,
-        init_std=config.model.init_std,
-        seed=config.seed,
-        lambda_c=config.pretrain.lambda_c,
-        lambda_l=config.pretrain.lambda_l,
-        backbone_trainable=config.model.train_backbone != "none",
-        backbone_dropout=config.model.dropout,
-        content_init=config.model.content_init,
-        head_gradient_dtype=pick_head_gradient_dtype(config.model.head_gradient_dtype, dtype),
-    )
+    model, hf_tokenizer, ref = build_model(config, dataset.n_users, dataset.n_items, device, dtype,
+                                           partitioned_build(config, ds_config))
     if config.model.activation_checkpointing:
         model.enable_activation_checkpointing()
     if config.model.compile:

@@ -297,6 +297,13 @@ class DistributedConfig:
     plain engine. The default stays `zero3`: `rows` moves far fewer bytes per step (37× fewer in an
     ML-100K L-step on 2 CPU ranks, 1,096× at 1M items; [cluster.md](cluster.md), section 6.1), but it
     holds the whole backbone on every rank and trains none of it, and no step of it was timed on GPUs."""
+    partitioned_build: bool = True
+    """With `table_sharding: zero3`: build the backbone and the four ID tables straight into their ZeRO-3
+    partitions (`deepspeed.zero.Init`; the backbone's safetensors shards loaded into the partitions, each
+    rank drawing only its slice of every table: [cluster.md](cluster.md), section 4, note 2), so no rank
+    makes a whole table; the same starting values as `false`, which builds the whole model on every rank
+    and partitions it in `deepspeed.initialize`. `content_init_from_text`, `incremental.init_from` and LoRA
+    build whole."""
 
 
 @dataclass

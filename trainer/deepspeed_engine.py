@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from cllm4rec.model import CLLM4Rec, TABLE_NAMES
+from cllm4rec.zero_params import is_partitioned
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
 from trainer.distributed import Dist
 from trainer.engine import Engine, build_optimizer
 from trainer.phases import StepKind
 from trainer.schedule import StepPlan
+from trainer.zero_build import exact_partition
 
 DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
 
@@ -80,7 +82,8 @@ class DeepSpeedEngine(Engine):
         self.dist, self.device = dist, device
         self.ds_config = ds_config
         self.bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
-        exact = model.id_tables() if self.bf16 else None  # fp32 values, before bf16 rounds them
+        partitioned = is_partitioned(model.collab_user)  # built into partitions (trainer/zero_build.py)
+        exact = model.id_tables() if self.bf16 and not partitioned else None  # fp32 values, before bf16 rounds them
         zero = ds_config.get("zero_optimization", {})
         offload = zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
         base = build_optimizer(model, pretrain_lr, cpu_adam=offload and ds_config.get("zero_force_ds_cpu_optimizer", True))
@@ -90,6 +93,8 @@ class DeepSpeedEngine(Engine):
         self.optimizer = base
         if exact is not None:
             self.load_tables(exact, None)
+        elif self.bf16:
+            self.restore_exact_partitions()
 
     def group_tensors(self, group_index: int) -> list[torch.Tensor]:
         """The flat fp32 partitions (this rank's) that belong to optimizer group `group_index`."""
@@ -135,6 +140,15 @@ class DeepSpeedEngine(Engine):
             safe_set_full_fp32_param(param, value.to(self.device, torch.float32))
             with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
                 param.data.copy_(value.to(param.device, param.dtype))
+
+    def restore_exact_partitions(self) -> None:
+        """Write each table's fp32 starting values, drawn again for this rank's slice only, into its fp32
+        master partition (DeepSpeed made the masters from the bf16 partitions)."""
+        from deepspeed.utils import safe_set_local_fp32_param
+
+        for name in TABLE_NAMES:
+            param = getattr(self.model, name)
+            safe_set_local_fp32_param(param, exact_partition(self.model.table_init, name, param).to(self.device))
 
     def save_optimizer(self, folder: Path) -> None:
         """DeepSpeed's own checkpoint of the engine (per-rank optimizer partitions) under folder/deepspeed."""

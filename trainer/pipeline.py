@@ -78,7 +78,7 @@ class TrainingRun:
             resolve_backbone(config.model.backbone)
         self.dist.barrier()
         ds = load_ds_config(config, self.dist, device)
-        self.parts = build_run(config, device, model_dtype(config, device, ds))
+        self.parts = build_run(config, device, model_dtype(config, device, ds), ds[1] if ds else None)
         # the checkpoint a resume continues from, found before the engine is built: it wins over --init-from
         resuming = start in ("resume", "resume-or-start")
         self.resume_from = latest_checkpoint(self.checkpoints, self.dist) if resuming else None

@@ -1,0 +1,108 @@
+"""Per-rank peak resident memory while the model is built for the DeepSpeed ZeRO-3 engine: built into
+its partitions (`distributed.partitioned_build: true`, trainer/zero_build.py) or whole on every rank
+(`false`), on CPU ranks (gloo), fp32 (`zero3_cpu`).
+
+    .venv/bin/python benchmarks/build_rss.py --backbone MODEL_FOLDER --users 600000 --items 600000 --ranks 2
+
+Each build runs under the DeepSpeed launcher in worker mode: every rank imports everything, resets its
+peak RSS (Linux: `/proc/self/clear_refs` ← 5) after importing the backbone's modules and tokenizer,
+builds the backbone (from the folder's safetensors files,
+sharded or not) and the model with the given table shapes (no dataset, no engine), and reports the growth
+of its peak RSS (VmHWM) over its RSS before the build; rank 0 writes them with the table and backbone
+bytes (tables: 4 × fp32 elements; backbone: its safetensors files).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def status_mib(key: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs on every rank under the launcher; rank 0 writes every rank's figures to args.out."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    importlib.import_module("deepspeed")  # everything the build imports, imported before the baseline
+    AutoTokenizer.from_pretrained(args.backbone)
+    AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(args.backbone))]
+
+    from trainer.build import build_model
+    from trainer.config_loading import load_config
+    from trainer.deepspeed_engine import fill_ds_config, resolve_ds_config
+    from trainer.distributed import init_distributed, shutdown_distributed
+
+    dist = init_distributed("cpu", require_group=True)
+    cpu = torch.device("cpu")
+    config = load_config("quick", [f"model.backbone={args.backbone}", "model.dtype=float32", "model.init_std=0.02"])
+    ds_config = fill_ds_config(resolve_ds_config("zero3_cpu", cpu), 4, dist.world_size)
+    dist.barrier()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status_mib("VmRSS")
+    model, _, _ = build_model(config, args.users, args.items, cpu, torch.float32, None if args.whole else ds_config)
+    figures = {"rank": dist.rank, "growth_mib": status_mib("VmHWM") - before,
+               "table_mib": (2 * args.users + 2 * args.items) * model.dim * 4 / 2**20,
+               "backbone_mib": sum(f.stat().st_size for f in Path(args.backbone).glob("*.safetensors")) / 2**20}
+    ranks = dist.all_gather(figures)
+    if dist.is_main:
+        Path(args.out).write_text(json.dumps({"ranks": ranks, "partitioned": not args.whole}, indent=2))
+    shutdown_distributed()
+
+
+def launch(backbone: Path, users: int, items: int, ranks: int, whole: bool, out: Path, timeout: float = 600) -> dict:
+    """Run the worker on `ranks` CPU ranks (one OpenMP thread each) and return what rank 0 wrote to `out`."""
+    args = [__file__, "--worker", "--users", str(users), "--items", str(items), "--backbone", str(backbone),
+            "--out", str(out), *(["--whole"] if whole else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_WORLD_SIZE"):
+        env.pop(name, None)
+    log = out.with_suffix(".log")
+    with log.open("w") as sink:
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+                               "--master_port", str(29800 + os.getpid() % 100), "--no_local_rank", *args],
+                              cwd=REPO, env=env, timeout=timeout, stdout=sink, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"build_rss worker failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", required=True, help="a Hugging Face model folder (safetensors)")
+    parser.add_argument("--users", type=int, default=600_000)
+    parser.add_argument("--items", type=int, default=600_000)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    print("| build | rank | peak RSS growth (MiB) | tables (MiB) | backbone (MiB) | growth / (tables + backbone) |")
+    print("|---|---|---|---|---|---|")
+    for whole in (True, False):
+        out = Path(f"/tmp/build_rss-{'whole' if whole else 'partitioned'}-{os.getpid()}.json")
+        for r in launch(Path(args.backbone), args.users, args.items, args.ranks, whole, out)["ranks"]:
+            total = r["table_mib"] + r["backbone_mib"]
+            print(f"| {'whole' if whole else 'partitioned'} | {r['rank']} | {r['growth_mib']:.1f} | {r['table_mib']:.1f} "
+                  f"| {r['backbone_mib']:.2f} | {r['growth_mib'] / total:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

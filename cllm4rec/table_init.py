@@ -1,0 +1,61 @@
+"""The seeded starting values of the four ID tables, written whole or one flat element range at a time
+(one rank's ZeRO-3 partition): the same values either way, without holding more than the range.
+
+The tables are drawn from one CPU generator seeded with the run seed, table after table in draw order
+(`TableInit.draws`), each as `torch.randn(rows, K) * std`; a table that starts from another (content
+tables with content_init "collab") copies its values. A range is written by replaying the generator
+through the tables before it and through its own table, `CHUNK` elements at a time, keeping only the
+range: PyTorch's CPU normal sampler draws one uniform per element and transforms blocks of 16, so a
+draw cut into pieces of a multiple of 16 elements, the last piece holding at least 16, gives the same
+bits as one draw of the whole (tests/test_zero_build.py checks the tables against whole draws).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CHUNK = 1 << 20  # elements per replayed draw, a multiple of 16 (4 MiB of fp32)
+
+
+def draw_into(generator: torch.Generator, numel: int, start: int, out: torch.Tensor, std: float) -> None:
+    """Draw `numel` standard normals from `generator` in chunks and write elements [start, start +
+    out.numel()) of them, times `std`, into the flat `out` (any dtype); the generator ends where one
+    draw of `numel` would leave it."""
+    end, drawn = start + out.numel(), 0
+    while drawn < numel:
+        take = numel - drawn if numel - drawn <= CHUNK + 15 else CHUNK
+        chunk = torch.randn(take, generator=generator, dtype=torch.float32)
+        lo, hi = max(start, drawn), min(end, drawn + take)
+        if lo < hi:
+            out[lo - start:hi - start].copy_(chunk[lo - drawn:hi - drawn].mul_(std))
+        drawn += take
+
+
+@dataclass(frozen=True)
+class TableInit:
+    """How the tables start: N(0, std²) draws from `seed`, in the order of `draws` ((table, elements)
+    pairs); `sources` maps a table that copies another to the drawn one."""
+
+    seed: int
+    std: float
+    draws: tuple[tuple[str, int], ...]
+    sources: dict[str, str]
+
+    def write(self, name: str, start: int, out: torch.Tensor) -> None:
+        """Write elements [start, start + out.numel()) of table `name`, flattened row-major, into the flat
+        `out` [count]; collective-free, every rank may call it for its own range."""
+        drawn = self.sources.get(name, name)
+        generator = torch.Generator().manual_seed(self.seed)
+        empty = out[:0]
+        for table, numel in self.draws:
+            draw_into(generator, numel, start, out if table == drawn else empty, self.std)
+            if table == drawn:
+                return
+        raise KeyError(f"{name}: no table of that name is drawn")
+
+    def whole(self, name: str, rows: int, dim: int) -> torch.Tensor:
+        """float32 [rows, dim]: all of table `name`."""
+        table = torch.empty(rows * dim, dtype=torch.float32)
+        self.write(name, 0, table)
+        return table.view(rows, dim)
