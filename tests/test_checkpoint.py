@@ -136,6 +136,17 @@ def test_identity_mismatch_names_key_and_values() -> None:
     assert "backbone" not in message
 
 
+def test_a_model_loaded_with_its_own_config_skips_only_the_config_hash() -> None:
+    """Serving and fold-in build the run from the saved config.yaml, filling keys added since with their
+    defaults: its hash then differs though nothing does, so only that key is skipped."""
+    newer = {**IDENTITY, "config_hash": "c1"}
+    with pytest.raises(CheckpointError, match="config_hash: checkpoint has c0, current run has c1"):
+        check_identity(IDENTITY, newer)
+    check_identity(IDENTITY, newer, own_config=True)
+    with pytest.raises(CheckpointError, match="n_users: checkpoint has 4, current run has 7"):
+        check_identity(IDENTITY, {**newer, "n_users": 7}, own_config=True)
+
+
 def test_config_hash_ignores_dotted_keys() -> None:
     longer = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "rounds": 10}}
     assert config_hash(CONFIG) != config_hash(longer)

@@ -53,7 +53,7 @@ def test_config_resolution_and_round_trip(tmp_path) -> None:
     assert config.finetune.max_steps_per_epoch is None
     assert config.pretrain.content is False and config.pretrain.lambda_c == 0.0  # the ablation preset
     assert config_from_dict(config_to_dict(config)) == config
-    for shipped in ("quick", "paper"):
+    for shipped in ("quick", "ml100k", "paper"):
         assert load_config(shipped).name == shipped
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["pretrain.rounds"])
@@ -73,3 +73,12 @@ def test_cli_user_errors_exit_2(tmp_path, capsys) -> None:
         cli.main(["--help"])
     assert info.value.code == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_ml100k_recipe_is_quick_with_the_long_cosine_finetuning() -> None:
+    """The ml100k recipe is exactly the run its figures in docs/results.md come from: quick with 20
+    finetuning epochs on a cosine lr and patience 5."""
+    measured = load_config("quick", ["name=ml100k", "finetune.epochs=20", "finetune.lr_schedule=cosine",
+                                     "finetune.patience=5"])
+    assert load_config("ml100k") == measured
+

@@ -114,6 +114,34 @@ def test_diagnose_command_measures_user_specificity(trained: Trained, capsys) ->
     assert 0.05 < logit_user_share(logits) <= 1.0 and mean_pairwise_cosine(hidden) < 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_diagnose_history_caps_limit_the_prompt_not_the_exclusion(trained: Trained, capsys) -> None:
+    """`cllm4rec diagnose --history-caps`: a cap at or above data.max_items reproduces the plain
+    validation metrics; a cap of N puts at most N items in each prompt (0: none) while the training
+    items stay excluded from the ranking."""
+    run, model = trained.run, trained.out / "model"
+    corpora, tokenizer = run.parts.corpora, run.parts.corpora.tokenizer
+    users = np.flatnonzero(run.splits["val"].lengths() > 0)[:8]
+    first_item = tokenizer.item_token(0)
+    for cap in (0, 2):
+        ids = corpora.scoring_batch(users, "rec", run.config.seed, max_items=cap)["input_ids"]
+        per_row = ((ids >= first_item) & (ids < first_item + tokenizer.n_items)).sum(dim=1)
+        assert per_row.tolist() == [min(cap, int(run.splits["train"].lengths()[u])) for u in users]
+
+    full = corpora.max_items
+    assert cli.main(["diagnose", "--model", str(model), "--users", "30", "--history-caps", "0", str(full)]) == 0
+    printed = capsys.readouterr().out
+    table = [line.split("|")[1:-1] for line in printed.splitlines() if line.startswith("| ")][-2:]
+    plain = evaluate_saved(model, "val")
+    columns = run.config.eval.columns()
+    assert table[1][0].strip() == str(full)
+    assert [float(x) for x in table[1][1:]] == pytest.approx([plain[c] for c in columns], abs=1e-4)
+    assert [float(x) for x in table[0][1:]] != pytest.approx([plain[c] for c in columns], abs=1e-4)
+    assert cli.main(["diagnose", "--model", str(model), "--history-caps", "-1"]) == 2
+    assert "--history-caps: caps must be >= 0, got [-1]" in capsys.readouterr().err
+
+
 # ---- the MLflow pyfunc model and its REST endpoint --------------------------------------------
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:

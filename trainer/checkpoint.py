@@ -289,8 +289,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(**_load_common(path, CHECKPOINT_FILES), state=_read_json(path / STATE))
 
 
-def check_identity(saved: dict, current: dict) -> None:
-    """Raise CheckpointError listing every key whose value differs between the checkpoint and this run."""
+def check_identity(saved: dict, current: dict, *, own_config: bool = False) -> None:
+    """Raise CheckpointError listing every key whose value differs between the checkpoint and this run.
+
+    own_config: the run was built from the saved model's own config.yaml (serving, fold-in), so its
+    "config_hash" is not compared: it differs only when this version has config keys the saving one
+    had not, which a loaded model takes at their defaults."""
+    if own_config:
+        saved, current = ({k: v for k, v in d.items() if k != "config_hash"} for d in (saved, current))
     missing = "<missing>"
     problems = [f"{key}: checkpoint has {saved.get(key, missing)}, current run has {current.get(key, missing)}"
                 for key in sorted(set(saved) | set(current)) if saved.get(key, missing) != current.get(key, missing)]

@@ -35,11 +35,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """How user-specific a saved model's scores are (cllm4rec/diagnostics.py), as a small table."""
     from trainer.serving import diagnose_saved
 
-    result = diagnose_saved(args.model, args.split, args.users)
+    if any(cap < 0 for cap in args.history_caps):
+        raise ConfigError(f"--history-caps: caps must be >= 0, got {args.history_caps}")
+    result = diagnose_saved(args.model, args.split, args.users, tuple(args.history_caps))
     print(f"{args.model}: {result['n_users']} users with {args.split} items\n")
     print("| diagnostic | value | reads |\n|---|---|---|")
     for key, title, reading in DIAGNOSTICS:
         print(f"| {title} | {result[key]:.4f} | {reading} |")
+    caps = result.get("history_caps", {})
+    if caps:
+        columns = [k for k in next(iter(caps.values())) if not k.startswith("n_")]
+        print(f"\n{args.split} metrics of every user with {args.split} items, each prompt holding at most N random "
+              f"training items (0: the user rows alone)\n")
+        print("| N | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")
+        for cap, metrics in caps.items():
+            print(f"| {cap} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) + " |")
     return 0
 
 
@@ -154,6 +164,9 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--split", default="val", choices=("val", "test"), help="users with items in this split (default val)")
     p.add_argument("--users", type=int, default=256, help="the first N such users, by index (default 256)")
+    p.add_argument("--history-caps", type=int, nargs="*", default=[], metavar="N",
+                   help="also evaluate every user of --split with at most N random training items in each prompt, for "
+                   "each N given (0: the user rows alone): how much of the history the model uses")
     p = sub.add_parser("recommend", help="top-M unseen items for users of a saved model")
     p.add_argument("--model", type=Path, required=True, help="saved model folder (<output_dir>/model)")
     p.add_argument("--users", nargs="*", help="raw user ids (default: all users)")

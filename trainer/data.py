@@ -297,17 +297,19 @@ class Corpora:
         return EpochStream(stream(), steps)
 
     def scoring_batch(self, users: np.ndarray, prompt: ScoringPrompt, seed: int,
-                      histories: list[np.ndarray] | None = None) -> Batch:
+                      histories: list[np.ndarray] | None = None, max_items: int | None = None) -> Batch:
         """Prompts of ALL training items (no masking) for whole-catalogue scoring, deterministic.
 
         prompt RECOMMENDATION: the finetuning prompt; INTERACTION: `<user_i> has interacted with
         <items>` (LLM-PreRec). Over-long item lists drop random items, seeded per user. histories:
-        each user's items instead of the training items (serving with extra history).
+        each user's items instead of the training items (serving with extra history). max_items: keep at
+        most this many of them (default and upper bound: `data.max_items`; `cllm4rec diagnose --history-caps`).
         """
+        cap = self.max_items if max_items is None else min(max_items, self.max_items)
         segments = []
         for index, u in enumerate(users):
             history = self.train.row(int(u)) if histories is None else np.asarray(histories[index])
-            items = cap_items(history, self.max_items, epoch_rng(seed, "score", int(u)))
+            items = cap_items(history, cap, epoch_rng(seed, "score", int(u)))
             if prompt == ScoringPrompt.RECOMMENDATION:
                 segments.append(recommendation_prompt(int(u), items))
             else:

@@ -42,6 +42,7 @@ def evaluate(
     desc: str = "evaluate",
     progress: bool = True,
     logit_share: bool = False,
+    max_history: int | None = None,
 ) -> dict[str, float]:
     """Recall@K / NDCG@K of ranking every item for each user with held-out items.
 
@@ -50,6 +51,8 @@ def evaluate(
     rank returns the figures of the whole set (collective: all ranks call it together).
     logit_share: also return "logit_user_share" (`cllm4rec.diagnostics.logit_user_share` of the
     scored users' raw logits, from per-item sums reduced over the ranks).
+    max_history: at most this many training items in each prompt (default `data.max_items`); the
+    exclusion is still every training item (`cllm4rec diagnose --history-caps`).
     """
     heldout = limit_users(heldout, max_users)
     dist = engine.dist
@@ -58,7 +61,7 @@ def evaluate(
     deepest = max([*recall_ks, *ndcg_ks], default=1)
     with tqdm(total=-(-total // dist.world_size), desc=desc, disable=not progress, leave=False) as bar:
         def rank(rows: np.ndarray, real: bool) -> torch.Tensor:
-            items, _ = engine.rank_items(corpora.scoring_batch(rows, prompt, seed), corpora.train, rows, deepest,
+            items, _ = engine.rank_items(corpora.scoring_batch(rows, prompt, seed, max_items=max_history), corpora.train, rows, deepest,
                                          moments, real)
             bar.update(len(rows) if real else 0)
             return items

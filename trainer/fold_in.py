@@ -348,7 +348,7 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         write_processed(grown, tmp / ckpt.DATASET, old.meta["templates"]["prompts"])
         parts = build_run(replace(written, data=replace(written.data, dataset=str(tmp / ckpt.DATASET))))
         ckpt.check_identity(saved.identity, {**ckpt.identity_of(config, parts), "dataset_hash": dataset_hash(old_path),
-                                             "n_users": old.n_users, "n_items": old.n_items})
+                                             "n_users": old.n_users, "n_items": old.n_items}, own_config=True)
         model = parts.model
         new_users, new_items = np.arange(grown.n_users) >= old.n_users, np.arange(grown.n_items) >= old.n_items
         load_weights(model, mapped_tables(saved.tables, grown_rows(old.n_users, grown.n_users),

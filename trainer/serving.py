@@ -47,7 +47,7 @@ def load_saved(model_dir: Path) -> tuple[TrainConfig, RunParts, PlainEngine]:
     saved = ckpt.load_model(Path(model_dir))
     config = saved_config(saved)
     parts = build_run(config)
-    ckpt.check_identity(saved.identity, ckpt.identity_of(config, parts))
+    ckpt.check_identity(saved.identity, ckpt.identity_of(config, parts), own_config=True)
     load_weights(parts.model, saved.tables, saved.extra)
     engine = PlainEngine(parts.model, config.pretrain.lr, config.finetune.lr)
     return config, parts, engine
@@ -83,11 +83,18 @@ def user_states(engine: PlainEngine, corpora: Corpora, users: np.ndarray, *, pro
     return torch.cat(states) if states else torch.zeros(0, engine.model.dim)
 
 
-def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256) -> dict[str, float]:
+def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256,
+                   history_caps: tuple[int, ...] = ()) -> dict[str, Any]:
     """User-specificity of a saved model's scoring pass (`cllm4rec/diagnostics.py`) over the first
     `max_users` users (by index) with held-out items in `split`: hidden_user_variance,
-    mean_pairwise_cosine, logit_user_share (raw logits) and n_users."""
+    mean_pairwise_cosine, logit_user_share (raw logits) and n_users; with `history_caps`, also
+    "history_caps": {cap: metrics of every user of `split` when each prompt keeps at most `cap` random
+    training items} — how much of the history the model uses (cap 0: the user rows alone)."""
     config, parts, engine = load_saved(model_dir)
+    caps = {cap: evaluate(engine, parts.corpora, user_item_lists(parts.dataset, split), prompt=scoring_prompt(config),
+                          seed=config.seed, batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
+                          ndcg_ks=config.eval.ndcg_ks, desc=f"history cap {cap}", max_history=cap)
+            for cap in history_caps}
     users = np.flatnonzero(user_item_lists(parts.dataset, split).lengths() > 0)[:max_users]
     if len(users) < 2:
         raise DataPrepError(f"diagnose needs at least 2 users with {split} items, got {len(users)}")
@@ -100,7 +107,7 @@ def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256) ->
         moments.update(logits)
     states = torch.cat(hidden)
     return {"hidden_user_variance": hidden_user_variance(states), "mean_pairwise_cosine": mean_pairwise_cosine(states),
-            "logit_user_share": moments.user_share(), "n_users": len(users)}
+            "logit_user_share": moments.user_share(), "n_users": len(users), **({"history_caps": caps} if caps else {})}
 
 
 @dataclass
