@@ -21,25 +21,25 @@ from torch import nn
 from cllm4rec.table_init import TableInit
 
 
-def write_partition(init: TableInit, name: str, param: nn.Parameter) -> None:
-    """Write this rank's slice of table `name` into the partition `param.ds_tensor` [P] (elements
-    [rank·P, rank·P + P) of the flattened table; the padding past its end is zeroed)."""
-    part = param.ds_tensor
-    start = part.numel() * param.ds_zero_partition_rank
-    count = max(0, min(part.numel(), param.ds_numel - start))
+def fill_slice(init: TableInit, name: str, param: nn.Parameter, out: torch.Tensor) -> torch.Tensor:
+    """Write this rank's slice of table `name` into `out` [P] (P = the partition's size: elements
+    [rank·P, rank·P + P) of the flattened table; the padding past its end is zeroed); returns `out`."""
+    start = out.numel() * param.ds_zero_partition_rank
+    count = max(0, min(out.numel(), param.ds_numel - start))
     with torch.no_grad():
-        init.write(name, start, part[:count])
-        part[count:].zero_()
+        init.write(name, start, out[:count])
+        out[count:].zero_()
+    return out
+
+
+def write_partition(init: TableInit, name: str, param: nn.Parameter) -> None:
+    """Write this rank's slice of table `name` into its partition `param.ds_tensor`."""
+    fill_slice(init, name, param, param.ds_tensor)
 
 
 def exact_partition(init: TableInit, name: str, param: nn.Parameter) -> torch.Tensor:
     """float32 [P]: this rank's slice of table `name`, as `write_partition` lays it out."""
-    exact = torch.empty(param.ds_tensor.numel(), dtype=torch.float32)
-    start = exact.numel() * param.ds_zero_partition_rank
-    count = max(0, min(exact.numel(), param.ds_numel - start))
-    init.write(name, start, exact[:count])
-    exact[count:].zero_()
-    return exact
+    return fill_slice(init, name, param, torch.empty(param.ds_tensor.numel(), dtype=torch.float32))
 
 
 @dataclass
