@@ -89,6 +89,10 @@ class UserItems:
         """Items per user, int64 [U]."""
         return np.diff(self.indptr)
 
+    def owners(self) -> np.ndarray:
+        """The user of each stored item, int64 [nnz] (aligned with ``indices``)."""
+        return np.repeat(np.arange(self.n_users, dtype=np.int64), self.lengths())
+
     def item_counts(self) -> np.ndarray:
         """Users per item (each (user, item) pair counted once), int64 [J]."""
         return np.bincount(self.indices, minlength=self.n_items)
@@ -147,7 +151,7 @@ class UserItems:
         """Multi-hot matrix [len(rows), n_items] (all rows when ``rows`` is None)."""
         sub = self.subset(self._normalise_rows(rows))
         dense = torch.zeros(sub.n_users, self.n_items, dtype=dtype, device=device)
-        row_ids = torch.from_numpy(np.repeat(np.arange(sub.n_users), sub.lengths())).to(device)
+        row_ids = torch.from_numpy(sub.owners()).to(device)
         dense[row_ids, torch.from_numpy(sub.indices).to(device)] = 1
         return dense
 

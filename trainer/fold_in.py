@@ -202,7 +202,7 @@ def history_features(train: UserItems, items: np.ndarray, features: torch.Tensor
     of those items' features [n, K], `text_features`: the profile of a user's history texts)."""
     position = np.full(train.n_items, -1, np.int64)
     position[items] = np.arange(len(items))
-    owner = np.repeat(np.arange(train.n_users), train.lengths())
+    owner = train.owners()
     rows = position[train.indices]
     owner, rows = owner[rows >= 0], rows[rows >= 0]
     sums = torch.zeros(train.n_users, features.shape[1]).index_add_(0, torch.from_numpy(owner), features[rows])
@@ -214,7 +214,7 @@ def history_features(train: UserItems, items: np.ndarray, features: torch.Tensor
 def calibration_users(train: UserItems, new_users: np.ndarray, new_items: np.ndarray, seed: int) -> np.ndarray:
     """Sorted: at most CALIBRATION_USERS old users (bool [N] / [J] masks of the new ones) with training items,
     none of them new (their scoring prompts hold old rows only), drawn with `seed`."""
-    owner = np.repeat(np.arange(train.n_users), train.lengths())
+    owner = train.owners()
     touched = np.zeros(train.n_users, dtype=bool)
     touched[owner[new_items[train.indices]]] = True
     eligible = np.flatnonzero((train.lengths() > 0) & ~new_users & ~touched)

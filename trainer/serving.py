@@ -91,13 +91,14 @@ def diagnose_saved(model_dir: Path, split: str = "val", max_users: int = 256,
     "history_caps": {cap: metrics of every user of `split` when each prompt keeps at most `cap` random
     training items} — how much of the history the model uses (cap 0: the user rows alone)."""
     config, parts, engine = load_saved(model_dir)
-    caps = {cap: evaluate(engine, parts.corpora, user_item_lists(parts.dataset, split), prompt=scoring_prompt(config),
-                          seed=config.seed, batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
-                          ndcg_ks=config.eval.ndcg_ks, desc=f"history cap {cap}", max_history=cap)
-            for cap in history_caps}
-    users = np.flatnonzero(user_item_lists(parts.dataset, split).lengths() > 0)[:max_users]
+    heldout = user_item_lists(parts.dataset, split)
+    users = np.flatnonzero(heldout.lengths() > 0)[:max_users]
     if len(users) < 2:
         raise DataPrepError(f"diagnose needs at least 2 users with {split} items, got {len(users)}")
+    caps = {cap: evaluate(engine, parts.corpora, heldout, prompt=scoring_prompt(config), seed=config.seed,
+                          batch_size=config.eval.batch_size, recall_ks=config.eval.recall_ks,
+                          ndcg_ks=config.eval.ndcg_ks, desc=f"history cap {cap}", max_history=cap)
+            for cap in history_caps}
     hidden, moments = [], LogitMoments.zeros(parts.dataset.n_items)
     for start in range(0, len(users), config.eval.batch_size):
         batch = parts.corpora.scoring_batch(users[start : start + config.eval.batch_size], scoring_prompt(config),
