@@ -200,6 +200,34 @@ def test_tiny_config_passes_headroom_scales_and_the_check_can_be_skipped(tiny_co
     check_memory(tiny_config, LOCAL, "plain", cpu, torch.float32, None)
 
 
+def _check_on_a_rank(comm, config, host_bytes: list[int]) -> str:
+    """check_memory on this rank of a gloo group, with `host_bytes[rank]` as this rank's host memory: "fits" or
+    the refusal's message."""
+    from trainer.distributed import Dist
+
+    memory_check.host_available = lambda: host_bytes[comm.rank]
+    try:
+        memory_check.check_memory(config, Dist(comm.rank, comm.world, 0, active=True), "rows", torch.device("cpu"),
+                                  torch.float32, None)
+    except InsufficientMemory as error:
+        return str(error)
+    return "fits"
+
+
+@pytest.mark.slow
+def test_every_rank_stops_together_on_the_least_share(tiny_config, tmp_path):
+    """Two ranks of one node share its host memory, and one rank's shortfall stops both (no rank is left
+    waiting in a collective)."""
+    from spawn_ranks import run_ranks
+
+    need = plan_of_run(tiny_config, "rows", 2, torch.device("cpu"), torch.float32, None).peak(HOST)[0]
+    assert run_ranks(_check_on_a_rank, 2, tmp_path / "enough", tiny_config, [4 * need, 4 * need]) == ["fits", "fits"]
+    # rank 1 sees 1.5 × the peak: enough for one rank, not for the node's two
+    refused = run_ranks(_check_on_a_rank, 2, tmp_path / "short", tiny_config, [4 * need, 3 * need // 2])
+    assert refused[0] == refused[1] and refused[0].startswith("the run needs more memory per rank than a rank has")
+    assert f"> {gib(3 * need // 4)} GiB available per rank" in refused[0]
+
+
 def test_run_setup_follows_the_schedule_and_the_deepspeed_config(tiny_config):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     plain = run_setup(tiny_config, "plain", 1, cpu, torch.float32, None)
@@ -268,3 +296,20 @@ def test_plan_memory_command(planted_dataset, tiny_llama, tmp_path, capsys):
     assert "engine rows × 2 rank(s)" in printed and "1,000 users × 2,000 items" in printed
     assert "available 0.000 GiB per rank: DOES NOT FIT" in printed
     assert cli.main(["plan-memory", "--users", "5", *overrides]) == 2  # --items missing
+
+
+def test_longest_history_reads_the_training_split(planted_dataset, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from data_prep.errors import DataPrepError
+    from data_prep.processed import load_processed
+    from trainer.memory_check import longest_history
+
+    indptr, _ = load_processed(planted_dataset).split_csr("train")
+    assert longest_history(planted_dataset) == int(np.diff(indptr).max())
+    broken = shutil.copytree(planted_dataset, tmp_path / "broken")
+    (broken / "interactions.parquet").write_text("not parquet")
+    with pytest.raises(DataPrepError, match=r"interactions\.parquet: unreadable"):
+        longest_history(broken)

@@ -24,6 +24,8 @@ import torch
 
 from cllm4rec.backbone import backbone_config
 from cllm4rec.tasks import Task
+from data_prep.errors import DataPrepError
+from data_prep.processed import read_meta
 from trainer.build import builds_whole, pick_device, resolve_dataset
 from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.deepspeed_engine import fill_ds_config, resolve_ds_config
@@ -31,7 +33,7 @@ from trainer.distributed import Dist, launched
 from trainer.engine_setup import model_dtype
 from trainer.memory_plan import (DEVICE, GIB, HOST, PROMPT_TOKENS, MemoryPlan, Setup, Shapes, gib, plan_memory,
                                  render, shortfalls)
-from trainer.phases import training_units
+from trainer.phases import StepKind, training_units
 
 log = logging.getLogger(__name__)
 UNLIMITED = 2**60  # a cgroup limit at or above this is no limit (cgroup v1 writes 2^63 rounded to a page)
@@ -93,10 +95,15 @@ def lora_elements(weights: dict[str, tuple[int, ...]], rank: int, targets: list[
 
 def longest_history(dataset: Path) -> int:
     """Most training interactions of one user in a processed dataset (its interactions' user and split columns)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(dataset) / "interactions.parquet", columns=["user", "split"])
+    file = Path(dataset) / "interactions.parquet"
+    try:
+        table = pq.read_table(file, columns=["user", "split"])
+    except (OSError, pa.ArrowException) as error:
+        raise DataPrepError(f"{file}: unreadable ({error}); prepare the dataset again") from None
     users = table.filter(pc.equal(table["split"], "train"))["user"]
     return int(pc.max(pc.value_counts(users).field("counts")).as_py() or 0) if len(users) else 0
 
@@ -104,8 +111,6 @@ def longest_history(dataset: Path) -> int:
 def run_shapes(config: TrainConfig, ranks: int, catalogue: tuple[int, int] | None = None) -> Shapes:
     """The shapes of a run of `config` on `ranks` ranks; `catalogue`: (users, items) instead of the dataset's,
     whose longest history is then taken as `data.max_items`."""
-    from data_prep.processed import read_meta
-
     if catalogue is None:
         path = resolve_dataset(config.data.dataset, config.data.split_seed)
         counts = read_meta(path)["counts"]
@@ -122,8 +127,8 @@ def run_shapes(config: TrainConfig, ranks: int, catalogue: tuple[int, int] | Non
                   batch=math.ceil(max(config.pretrain.batch_size, config.finetune.batch_size) / ranks))
 
 
-def schedule_steps(config: TrainConfig) -> set[Any]:
-    """The step kinds (`trainer.phases.StepKind`) the run's schedule takes."""
+def schedule_steps(config: TrainConfig) -> set[StepKind]:
+    """The step kinds the run's schedule takes."""
     return {step for unit in training_units(config) for step in unit.steps(config)}
 
 
