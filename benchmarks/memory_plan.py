@@ -1,7 +1,8 @@
 """The memory plan of a run (trainer/memory_plan.py; what `cllm4rec plan-memory` prints and the preflight
 checks) against the run itself: one training in this process, its resident memory once the model and engine
-are built and its peak, each over the resident memory just before the build (after the check), beside the
-plan's host totals at the build and its host peak. CPU runs: on a GPU the device terms are not resident memory.
+are built, its peak by the end of each epoch unit and of the run, each over the resident memory just before
+the build (after the check), beside the plan's host totals at the build and its host peak. CPU runs: on a GPU
+the device terms are not resident memory.
 
     PYTHONPATH=. .venv/bin/python benchmarks/memory_plan.py --recipe quick name=plan-check \\
         pretrain.max_steps_per_epoch=20 finetune.epochs=1 finetune.max_steps_per_epoch=20
@@ -21,6 +22,11 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("/proc/self/status has no VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(recipe: str, overrides: list[str]) -> dict[str, Any]:
@@ -43,15 +49,17 @@ def measure(recipe: str, overrides: list[str]) -> dict[str, Any]:
     pipeline.check_memory = checked
     run = pipeline.TrainingRun(config, progress=False, start="overwrite")
     built = rss_bytes()
-    run.run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     plan, base = seen["plan"], seen["before_build"]
+    by_unit: dict[str, float] = {}
+    run.on_unit = lambda tag, metrics: by_unit.__setitem__(tag, round((peak_rss_bytes() - base) / GIB, 4))
+    run.run()
+    peak = peak_rss_bytes()
     need, moment = plan.peak(HOST)
     print(render(plan, {}))
     return {"rss_before_build_gib": base / GIB,
             "plan_build_gib": plan.total(HOST, BUILD) / GIB, "measured_build_gib": (built - base) / GIB,
-            "plan_peak_gib": need / GIB, "plan_peak_moment": moment, "measured_peak_gib": (peak - base) / GIB,
-            "measured_over_plan": (peak - base) / need}
+            "plan_peak_gib": need / GIB, "plan_peak_moment": moment, "measured_peak_by_unit_gib": by_unit,
+            "measured_peak_gib": (peak - base) / GIB, "measured_over_plan": (peak - base) / need}
 
 
 def main(argv: list[str] | None = None) -> int:

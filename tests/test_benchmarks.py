@@ -185,7 +185,9 @@ def test_memory_plan_benchmark_sets_the_plan_beside_the_measured_memory(planted_
     small = [f"{key}={value}" for key, value in SMALL.items()]
     out = run_benchmark("memory_plan.py", "--recipe", "", *tiny_overrides(planted_dataset, tiny_llama, tmp_path / "run"),
                         *small, timeout=600)
-    figures = json.loads(out[out.rindex("{"):])
+    figures = json.loads(out[out.rindex("\n{\n") + 1:])  # the JSON printed last
     assert figures["plan_peak_moment"] in ("build", "step", "save", "baselines")
+    assert list(figures["measured_peak_by_unit_gib"]) == ["warmup-r000-e000", "lstep-r000-e000", "cstep-r000-e000",
+                                                          "finetune-r000-e000"]
     assert figures["plan_peak_gib"] > 0 and figures["measured_peak_gib"] > 0 and figures["rss_before_build_gib"] > 0
     assert "per rank: engine plain × 1 rank(s) on CPU" in out and "host peak:" in out

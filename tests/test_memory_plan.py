@@ -18,9 +18,9 @@ from trainer.memory_plan import (BASELINES, BUILD, DEVICE, GPU_ALLOWANCE, HOST, 
 
 # N = 10 users, J = 20 items, K = 8: one table set (N + J)·K = 240 elements, the four tables E = 480, the
 # largest table 160; b·s = 4 × 12 = 48 tokens per rank, whose activations per layer at 16 bits are
-# 48 × (34·8 + 5·2·12) = 18,816 bytes.
+# 48 × (34·8 + 5·2·12) = 18,816 bytes; content documents of 6 main tokens over a vocabulary of 50 words.
 SMALL_SHAPES = Shapes(users=10, items=20, dim=8, layers=2, heads=2, backbone_params=1000, trained_backbone=0,
-                      seq_len=12, batch=4)
+                      seq_len=12, batch=4, vocab=50, main_tokens=6)
 ACTIVATIONS_16 = 2 * 18_816
 
 
@@ -46,7 +46,7 @@ def totals(plan, memory: str) -> dict[str, int]:
 
 def test_plain_engine_bytes_by_hand():
     setup = Setup(engine="plain", ranks=1, gpu=False, dtype_bytes=4, trained_sets=2, item_head=True,
-                  checkpointing=False, ease=True)
+                  vocab_head=True, checkpointing=False, ease=True)
     plan = plan_memory(SMALL_SHAPES, setup)
     terms = by_name(plan)
     assert terms["backbone, whole"] == (4000, HOST, (BUILD, STEP, SAVE, BASELINES))
@@ -56,19 +56,22 @@ def test_plain_engine_bytes_by_hand():
     assert terms["checkpoint copies on rank 0: tables, optimizer state, trained weights"][:2] == (1920 + 3840, HOST)
     assert terms["backbone activations kept for backward"][0] == ACTIVATIONS_16 * 2  # fp32: twice the 16-bit bytes
     assert terms["item softmax: stored exps of one row chunk"][0] == 48 * 20 * 4
+    assert terms["vocabulary head: logits and their gradient (24 tokens × 50 words)"][0] == 2 * 4 * 6 * 50 * 4
     assert terms["EASE on rank 0: 4 × J² float64"][:3] == (32 * 20**2, HOST, (BASELINES,))
     assert "trained backbone" not in terms  # 0 bytes: left out
     held = 4000 + 1920
     state = 3840 + 960
     assert plan.memories() == (HOST,)
-    assert totals(plan, HOST) == {BUILD: held, STEP: held + state + 75_264 + 3840, SAVE: held + state + 5760,
+    step = 75_264 + 3840 + 9600  # activations, stored exps, vocabulary head
+    assert totals(plan, HOST) == {BUILD: held, STEP: held + state + step, SAVE: held + state + 5760,
                                   BASELINES: held + state + 12_800}
-    assert plan.peak(HOST) == (held + state + 75_264 + 3840, STEP)
+    assert plan.peak(HOST) == (held + state + step, STEP)
 
 
 def test_zero3_bf16_bytes_by_hand():
     setup = Setup(engine="zero3", ranks=4, gpu=True, dtype_bytes=2, trained_sets=2, item_head=True,
-                  checkpointing=False, ease=False, partitioned_build=True, grad_bytes=2, max_live=10**9)
+                  vocab_head=False, checkpointing=False, ease=False, partitioned_build=True, grad_bytes=2,
+                  max_live=10**9)
     plan = plan_memory(SMALL_SHAPES, setup)
     terms = by_name(plan)
     everywhere = (BUILD, STEP, SAVE, BASELINES)
@@ -94,7 +97,7 @@ def test_zero3_bf16_bytes_by_hand():
 
 def test_zero3_offload_and_whole_build_move_their_terms():
     setup = Setup(engine="zero3", ranks=4, gpu=True, dtype_bytes=2, trained_sets=1, item_head=False,
-                  checkpointing=False, ease=False, partitioned_build=False, offload_params=True,
+                  vocab_head=False, checkpointing=False, ease=False, partitioned_build=False, offload_params=True,
                   offload_optimizer=True, grad_bytes=2)
     terms = by_name(plan_memory(SMALL_SHAPES, setup))
     assert terms["backbone partition"][:2] == (500, HOST)
@@ -110,7 +113,7 @@ def test_zero3_offload_and_whole_build_move_their_terms():
 
 def test_row_sharded_bytes_by_hand():
     setup = Setup(engine="rows", ranks=4, gpu=True, dtype_bytes=4, trained_sets=2, item_head=True,
-                  checkpointing=True, ease=False)
+                  vocab_head=False, checkpointing=True, ease=False)
     plan = plan_memory(SMALL_SHAPES, setup)
     terms = by_name(plan)
     shard = (math.ceil(10 / 4) + math.ceil(20 / 4)) * 8  # one set's rows on a rank: 64 elements
@@ -131,9 +134,10 @@ def test_row_sharded_bytes_by_hand():
 def test_cluster_md_section_3_figures():
     """docs/cluster.md, section 3, A1 (ZeRO-3, 8 ranks) and C1 (row-sharded): the code gives the same GB per term."""
     llama = Shapes(users=10**6, items=10**6, dim=4096, layers=32, heads=32, backbone_params=6_738_415_616,
-                   trained_backbone=0, seq_len=512, batch=3)
+                   trained_backbone=0, seq_len=512, batch=3, vocab=32_000, main_tokens=128)
     a1 = by_name(plan_memory(llama, Setup(engine="zero3", ranks=8, gpu=True, dtype_bytes=2, trained_sets=2,
-                                          item_head=True, checkpointing=True, ease=False, partitioned_build=True)))
+                                          item_head=True, vocab_head=True, checkpointing=True, ease=False,
+                                          partitioned_build=True)))
     gb = lambda name: round(a1[name][0] / 1e9, 2)  # noqa: E731
     assert gb("backbone partition") == 1.68
     assert gb("gathered backbone working set") == 2.00
@@ -145,7 +149,7 @@ def test_cluster_md_section_3_figures():
     assert gb("backbone activations kept for backward") == 0.74
     assert gb("item head's fp32 copies of the gathered item table and of its gradient") == 32.77  # not in the table
     c1 = by_name(plan_memory(llama, Setup(engine="rows", ranks=8, gpu=True, dtype_bytes=2, trained_sets=2,
-                                          item_head=True, checkpointing=False, ease=False)))
+                                          item_head=True, vocab_head=True, checkpointing=False, ease=False)))
     assert round(c1["backbone, whole on every rank"][0] / 1e9, 2) == 13.48  # C1 with the backbone replicated
     assert round(c1["backbone activations kept for backward"][0] / 1e9, 2) == 10.87
 
@@ -231,7 +235,7 @@ def test_every_rank_stops_together_on_the_least_share(tiny_config, tmp_path):
 def test_run_setup_follows_the_schedule_and_the_deepspeed_config(tiny_config):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     plain = run_setup(tiny_config, "plain", 1, cpu, torch.float32, None)
-    assert (plain.trained_sets, plain.item_head, plain.gpu, plain.dtype_bytes) == (2, True, False, 4)
+    assert (plain.trained_sets, plain.item_head, plain.vocab_head, plain.gpu, plain.dtype_bytes) == (2, True, True, False, 4)
     offload = fill_ds_config(resolve_ds_config("zero3_offload", cuda), 8, 2)
     zero = run_setup(tiny_config, "zero3", 2, cuda, torch.bfloat16, offload)
     assert (zero.offload_params, zero.offload_optimizer, zero.grad_bytes, zero.partitioned_build) == (True, True, 2, True)
@@ -241,7 +245,7 @@ def test_run_setup_follows_the_schedule_and_the_deepspeed_config(tiny_config):
     assert run_setup(tiny_config, "plain", 1, cpu, torch.float32, None).trained_sets == 1
     tiny_config.pretrain.content, tiny_config.pretrain.rounds, tiny_config.finetune.enabled = True, 0, False
     content_only = run_setup(tiny_config, "plain", 1, cpu, torch.float32, None)
-    assert (content_only.trained_sets, content_only.item_head) == (1, False)
+    assert (content_only.trained_sets, content_only.item_head, content_only.vocab_head) == (1, False, True)
 
 
 def test_backbone_sizes_match_the_loaded_model_and_peft(tiny_llama, tiny_gpt2):
@@ -255,6 +259,7 @@ def test_backbone_sizes_match_the_loaded_model_and_peft(tiny_llama, tiny_gpt2):
         sizes = backbone_sizes(ModelConfig(backbone=str(folder)))
         assert sizes.params == sum(p.numel() for p in model.parameters())  # tied weights once
         assert (sizes.dim, sizes.layers, sizes.heads, sizes.adapters) == (32, 2, 4, 0)
+        assert sizes.vocab == model.get_output_embeddings().weight.shape[0]
         lora = backbone_sizes(ModelConfig(backbone=str(folder), train_backbone="lora", lora_r=4))
         adapted = get_peft_model(model, LoraConfig(r=4))
         assert lora.adapters == sum(p.numel() for p in adapted.parameters() if p.requires_grad) > 0

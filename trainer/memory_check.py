@@ -59,6 +59,7 @@ class BackboneSizes:
     dim: int  # K: the input embedding's width
     layers: int
     heads: int
+    vocab: int  # rows of the output embedding: vocabulary logits per token
 
 
 def backbone_sizes(cfg: ModelConfig) -> BackboneSizes:
@@ -79,7 +80,7 @@ def backbone_sizes(cfg: ModelConfig) -> BackboneSizes:
         adapters = lora_elements(weights, cfg.lora_r, cfg.lora_target_modules or DEFAULT_TARGETS.get(hf.model_type, []))
     return BackboneSizes(sum(math.prod(shape) for shape in weights.values()) + adapters, adapters,
                          int(model.get_input_embeddings().weight.shape[1]), int(hf.num_hidden_layers),
-                         int(hf.num_attention_heads))
+                         int(hf.num_attention_heads), int(model.get_output_embeddings().weight.shape[0]))
 
 
 def lora_elements(weights: dict[str, tuple[int, ...]], rank: int, targets: list[str]) -> int:
@@ -124,7 +125,8 @@ def run_shapes(config: TrainConfig, ranks: int, catalogue: tuple[int, int] | Non
                   backbone_params=backbone.params, trained_backbone=trained,
                   seq_len=PROMPT_TOKENS + max(min(config.data.max_items, history),
                                               config.data.max_main_tokens if content else 0),
-                  batch=math.ceil(max(config.pretrain.batch_size, config.finetune.batch_size) / ranks))
+                  batch=math.ceil(max(config.pretrain.batch_size, config.finetune.batch_size) / ranks),
+                  vocab=backbone.vocab, main_tokens=config.data.max_main_tokens)
 
 
 def schedule_steps(config: TrainConfig) -> set[StepKind]:
@@ -142,6 +144,7 @@ def run_setup(config: TrainConfig, engine: str, ranks: int, device: torch.device
     return Setup(engine=engine, ranks=ranks, gpu=device.type == "cuda", dtype_bytes=dtype.itemsize,
                  trained_sets=len({step.trains for step in steps}),
                  item_head=any(step.task in (Task.COLLAB_LM, Task.RECOMMEND) for step in steps),
+                 vocab_head=any(step.task is Task.CONTENT_LM for step in steps),
                  checkpointing=config.model.activation_checkpointing, ease=config.baselines.ease,
                  partitioned_build=config.distributed.partitioned_build and not builds_whole(config),
                  offload_params=zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme"),

@@ -52,6 +52,8 @@ class Shapes:
     trained_backbone: int  # backbone elements the optimizer trains: P (full), the LoRA adapters', or 0
     seq_len: int  # s: tokens of the longest document
     batch: int  # b: documents per rank in one step
+    vocab: int  # V: the backbone's vocabulary logits per token (rows of its output embedding)
+    main_tokens: int  # most main-part tokens of a content document (`data.max_main_tokens`)
 
     @property
     def set_elements(self) -> int:
@@ -79,6 +81,7 @@ class Setup:
     dtype_bytes: int  # the backbone's compute dtype: 2 (bf16) or 4 (fp32)
     trained_sets: int  # table sets the schedule trains (1 or 2): each keeps Adam m, v from its first step
     item_head: bool  # the schedule has item-softmax steps (L-steps, finetuning)
+    vocab_head: bool  # the schedule has content-LM steps (warm-up, C-steps, finetuning content epochs)
     checkpointing: bool  # model.activation_checkpointing
     ease: bool  # rank 0 fits EASE after training
     partitioned_build: bool = False  # ZeRO-3: the model is built straight into its partitions
@@ -249,10 +252,15 @@ def activation_bytes(shapes: Shapes, setup: Setup) -> int:
 
 
 def step_terms(shapes: Shapes, setup: Setup) -> list[Term]:
-    """A step's working sets that every engine has: activations, the item softmax's stored exps."""
+    """A step's working sets that every engine has: activations, the vocabulary head's logits and their
+    gradient (`FusedVocabCrossEntropy` stores the whole [tokens, V] gradient), the item softmax's stored exps."""
     dev = compute_memory(setup)
     terms = [Term(f"backbone activations kept for backward ({shapes.batch} × {shapes.seq_len} tokens)",
                   activation_bytes(shapes, setup), dev, (STEP,), FIX_ACTIVATIONS)]
+    if setup.vocab_head:
+        tokens = shapes.batch * shapes.main_tokens
+        terms.append(Term(f"vocabulary head: logits and their gradient ({tokens:,} tokens × {shapes.vocab:,} words)",
+                          2 * tokens * shapes.vocab * setup.dtype_bytes, dev, (STEP,), FIX_ACTIVATIONS))
     if setup.item_head:
         rows = shapes.batch * shapes.seq_len * (setup.ranks if setup.engine == "rows" else 1)
         items = math.ceil(shapes.items / setup.ranks) if setup.engine == "rows" else shapes.items
