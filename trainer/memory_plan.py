@@ -161,7 +161,7 @@ def plain_terms(shapes: Shapes, setup: Setup) -> list[Term]:
              TRAINING, FIX_SHARD),
         Term("gradients of the table set a step trains, fp32", 4 * s, dev, TRAINING, FIX_SHARD),
         Term(f"trained backbone weights' gradient, Adam m, v ({trained:,} × 3 × {d} B)", 3 * trained * d, dev,
-             TRAINING, FIX_SHARD),
+             TRAINING, FIX_PARTITION),
         Term("checkpoint copies on rank 0: tables, optimizer state, trained weights",
              4 * shapes.table_elements + 8 * s * setup.trained_sets + 3 * trained * d, HOST, (SAVE,), FIX_HOST),
     ]
