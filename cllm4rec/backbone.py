@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GgufConfig,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -82,6 +83,18 @@ def _check_loading_info(model: PreTrainedModel, info: dict[str, Any], ref: str) 
             f"Backbone {ref!r} did not load completely ({'; '.join(problems)}). The checkpoint does not "
             f"match its config; refusing to continue with randomly initialised weights."
         )
+
+
+def backbone_config(path_or_id: str | os.PathLike[str]) -> PreTrainedConfig:
+    """The Hugging Face config of a backbone reference (as `load_backbone` takes it), read without its weights."""
+    ref = os.fspath(path_or_id)
+    source, extra, is_hub = _locate(ref)
+    try:
+        return AutoConfig.from_pretrained(source, **extra)
+    except OSError as err:
+        if is_hub:
+            raise _hub_error(ref, err) from err
+        raise
 
 
 def load_backbone(

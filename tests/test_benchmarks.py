@@ -176,3 +176,18 @@ def test_table_sharding_benchmark_counts_both_engines_bytes():
     for step, zero3 in by_engine["zero3"].items():
         assert kib(by_engine["rows"][step][9]) < kib(zero3[9])
         assert kib(zero3[6]) == kib(zero3[10].split(" + ")[1])
+
+
+@pytest.mark.slow
+def test_memory_plan_benchmark_sets_the_plan_beside_the_measured_memory(planted_dataset, tiny_llama, tmp_path):
+    from conftest import SMALL, tiny_overrides
+
+    small = [f"{key}={value}" for key, value in SMALL.items()]
+    out = run_benchmark("memory_plan.py", "--recipe", "", *tiny_overrides(planted_dataset, tiny_llama, tmp_path / "run"),
+                        *small, timeout=600)
+    figures = json.loads(out[out.rindex("\n{\n") + 1:])  # the JSON printed last
+    assert figures["plan_peak_moment"] in ("build", "step", "save", "baselines")
+    assert list(figures["measured_peak_by_unit_gib"]) == ["warmup-r000-e000", "lstep-r000-e000", "cstep-r000-e000",
+                                                          "finetune-r000-e000"]
+    assert figures["plan_peak_gib"] > 0 and figures["measured_peak_gib"] > 0 and figures["rss_before_build_gib"] > 0
+    assert "per rank: engine plain × 1 rank(s) on CPU" in out and "host peak:" in out

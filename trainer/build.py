@@ -173,13 +173,19 @@ def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.d
     return model, hf_tokenizer, ref
 
 
+def builds_whole(config: TrainConfig) -> bool:
+    """Whether the model is built whole even under ZeRO-3: a table is written whole after it is drawn
+    (text-initialised content rows, `incremental.init_from`), or LoRA adapters wrap a whole backbone."""
+    return bool(config.model.content_init_from_text or config.incremental.init_from
+                or config.model.train_backbone == "lora")
+
+
 def partitioned_build(config: TrainConfig, ds_config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The DeepSpeed config to build into partitions with (`build_model`), or None for a whole build: with
-    `distributed.partitioned_build` off, where a table is written whole after it is drawn (text-initialised
-    content rows, `incremental.init_from`) and with LoRA adapters."""
+    `distributed.partitioned_build` off, or where `builds_whole`."""
     if ds_config is None or not config.distributed.partitioned_build:
         return None
-    if config.model.content_init_from_text or config.incremental.init_from or config.model.train_backbone == "lora":
+    if builds_whole(config):
         log.info("building the whole model on every rank: content_init_from_text / incremental.init_from write "
                  "whole tables, and LoRA adapters are attached to a whole backbone")
         return None

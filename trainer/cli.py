@@ -93,6 +93,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    """The bytes each rank of a run would hold, term by term, against the memory a rank has; exit status 1 when
+    the run would not fit (docs/cluster.md, section 3.1)."""
+    from trainer.config_loading import load_config
+    from trainer.memory_check import plan_command
+
+    if (args.users is None) != (args.items is None):
+        raise ConfigError("--users and --items go together (a catalogue instead of the dataset's)")
+    if min(args.ranks, args.users or 1, args.items or 1) < 1:
+        raise ConfigError("--ranks, --users and --items must be at least 1")
+    config = load_config(args.recipe, args.overrides)
+    catalogue = None if args.users is None else (args.users, args.items)
+    table, fits = plan_command(config, args.ranks, catalogue, gpu_gib=args.gpu_memory, host_gib=args.host_memory)
+    print(table)
+    return 0 if fits else 1
+
+
 def _add_start_flags(p: argparse.ArgumentParser, *, rows: bool) -> None:
     """--resume, --overwrite (one run: --resume-or-start); none: refuse a folder that holds a run.
 
@@ -151,12 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown) instead")
     p.add_argument("--update", type=Path, help="with --reference: rewrite the generated part of this file (docs/configuration.md)")
     p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5")
+    p = sub.add_parser("plan-memory", help="the memory each rank of a run would hold, term by term, without training "
+                       "(exit status 1 when it would not fit)")
+    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    p.add_argument("--ranks", type=int, default=1, help="ranks (world size) to plan for (default 1)")
+    p.add_argument("--users", type=int, help="plan for this many users (with --items) instead of the dataset's")
+    p.add_argument("--items", type=int, help="plan for this many items (with --users)")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="GPU memory each rank has (default: the free "
+                   "memory of this machine's GPU)")
+    p.add_argument("--host-memory", type=float, metavar="GIB", help="host memory each rank has (default: this "
+                   "machine's available memory divided by --ranks)")
+    p.add_argument("overrides", nargs="*", help="config overrides such as device=cuda distributed.table_sharding=rows")
     add_model_parsers(sub)
     return parser
 
 
 COMMANDS = {**DATA_COMMANDS, "train": cmd_train, "demo": cmd_demo, "sweep": cmd_sweep, "reproduce": cmd_reproduce,
-            "config": cmd_config, **MODEL_COMMANDS}
+            "config": cmd_config, "plan-memory": cmd_plan_memory, **MODEL_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

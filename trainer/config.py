@@ -304,6 +304,17 @@ class DistributedConfig:
     makes a whole table; the same starting values as `false`, which builds the whole model on every rank
     and partitions it in `deepspeed.initialize`. `content_init_from_text`, `incremental.init_from` and LoRA
     build whole."""
+    memory_check: bool = True
+    """Before the model is built, estimate the bytes each rank will hold — backbone, ID tables, optimizer state,
+    a step's working sets, checkpoint copies, EASE — and stop, naming each term in GiB, when the peak exceeds
+    what a rank has: host memory (MemAvailable, or less under a cgroup limit) shared by the ranks of a node, on
+    a GPU its free memory. `cllm4rec plan-memory` prints the same table ([cluster.md](cluster.md), section 3.1).
+    False skips the check."""
+    memory_headroom: float = 1.0
+    """The check refuses a run whose estimated peak × this factor exceeds a rank's memory: above 1 leaves a
+    margin for what the estimate leaves out (the tokenised corpora, scoring's logits, allocator slack on a CPU);
+    below 1 lets a run through whose estimate is over, trusting its bounds (activations, gathered working sets)
+    to be loose."""
 
 
 @dataclass

@@ -126,6 +126,7 @@ RANGES: dict[str, Range] = {
     "serving.max_history": _count(0),
     "incremental.passes": _count(0),
     "incremental.lr": _positive(),
+    "distributed.memory_headroom": _positive(),
 }
 
 

@@ -40,6 +40,7 @@ from trainer.engine_setup import build_engine, load_ds_config, model_dtype, want
 from trainer.evaluate import evaluate, scoring_prompt
 from trainer.incremental import initial_model
 from trainer.loop import EpochProgress, rank_share, run_epoch
+from trainer.memory_check import check_memory, planned_engine
 from trainer.phases import Phase, Stage, StepKind, Unit, training_units
 from trainer.results import write_results
 from trainer.resume import config_differences, latest_checkpoint, rng_state, set_rng_state
@@ -78,7 +79,11 @@ class TrainingRun:
             resolve_backbone(config.model.backbone)
         self.dist.barrier()
         ds = load_ds_config(config, self.dist, device)
-        self.parts = build_run(config, device, model_dtype(config, device, ds), ds[1] if ds else None)
+        dtype = model_dtype(config, device, ds)
+        # refuse, before anything is built, a run whose ranks cannot hold it (the estimate's terms in the error)
+        check_memory(config, self.dist, planned_engine(config, want_deepspeed(config.distributed.engine)), device,
+                     dtype, ds[1] if ds else None)
+        self.parts = build_run(config, device, dtype, ds[1] if ds else None)
         # the checkpoint a resume continues from, found before the engine is built: it wins over --init-from
         resuming = start in ("resume", "resume-or-start")
         self.resume_from = latest_checkpoint(self.checkpoints, self.dist) if resuming else None
