@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,21 +64,33 @@ def worker(args: argparse.Namespace) -> None:
     shutdown_distributed()
 
 
-def launch(backbone: Path, users: int, items: int, ranks: int, whole: bool, out: Path, timeout: float = 600) -> dict:
-    """Run the worker on `ranks` CPU ranks (one OpenMP thread each) and return what rank 0 wrote to `out`."""
-    args = [__file__, "--worker", "--users", str(users), "--items", str(items), "--backbone", str(backbone),
-            "--out", str(out), *(["--whole"] if whole else [])]
+def run_on_cpu_ranks(args: list[str], ranks: int, log: Path, timeout: float) -> None:
+    """Run `args` (a script and its flags) under the DeepSpeed launcher on `ranks` CPU ranks, one OpenMP
+    thread each, its output to `log`; RuntimeError with the log's tail when it fails or runs past `timeout`
+    seconds (then the launcher's whole process group, ranks included, is killed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_WORLD_SIZE"):
         env.pop(name, None)
-    log = out.with_suffix(".log")
     with log.open("w") as sink:
-        proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-                               "--master_port", str(29800 + os.getpid() % 100), "--no_local_rank", *args],
-                              cwd=REPO, env=env, timeout=timeout, stdout=sink, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"build_rss worker failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        proc = subprocess.Popen([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+                                 "--master_port", str(29800 + os.getpid() % 100), "--no_local_rank", *args],
+                                cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            status = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            status = f"killed after {timeout:.0f} s"
+    if status != 0:
+        raise RuntimeError(f"{Path(args[0]).name} worker failed ({status}):\n{log.read_text()[-4000:]}")
+
+
+def launch(backbone: Path, users: int, items: int, ranks: int, whole: bool, out: Path, timeout: float = 600) -> dict:
+    """Run the worker on `ranks` CPU ranks (one OpenMP thread each) and return what rank 0 wrote to `out`."""
+    args = [__file__, "--worker", "--users", str(users), "--items", str(items), "--backbone", str(backbone),
+            "--out", str(out), *(["--whole"] if whole else [])]
+    run_on_cpu_ranks(args, ranks, out.with_suffix(".log"), timeout)
     return json.loads(out.read_text())
 
 

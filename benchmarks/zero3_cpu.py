@@ -68,11 +68,11 @@ def worker(args: argparse.Namespace) -> None:
                                               "world_size": dist.world_size}, indent=2))
 
 
-def comms_config(folder: Path) -> Path:
-    """zero3_cpu.json with DeepSpeed's comms logger switched on."""
-    config = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
+def comms_config(folder: Path, base: str = "zero3_cpu") -> Path:
+    """The shipped DeepSpeed config `base` (ds_configs/<base>.json) with DeepSpeed's comms logger switched on."""
+    config = json.loads((REPO / "ds_configs" / f"{base}.json").read_text())
     config["comms_logger"] = {"enabled": True, "prof_all": True, "verbose": False, "debug": False}
-    path = folder / "zero3_cpu_comms.json"
+    path = folder / f"{base}_comms.json"
     path.write_text(json.dumps(config, indent=2))
     return path
 

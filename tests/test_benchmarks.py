@@ -2,6 +2,7 @@
 the figures themselves live in docs/performance.md)."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -69,13 +70,17 @@ def test_catalogue_scale_times_another_losses_file_alongside(tmp_path):
     assert refused.returncode == 2 and "--baseline-losses FILE" in refused.stderr
 
 
-def catalogue_scale():
+def benchmark_module(name: str):
+    """benchmarks/<name>.py imported as a module, with the benchmarks folder on the path for its imports."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import catalogue_scale
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return catalogue_scale
+
+
+def catalogue_scale():
+    return benchmark_module("catalogue_scale")
 
 
 def test_catalogue_scale_pairs_each_step_with_the_rates_probed_around_it(monkeypatch):
@@ -191,3 +196,41 @@ def test_memory_plan_benchmark_sets_the_plan_beside_the_measured_memory(planted_
                                                           "finetune-r000-e000"]
     assert figures["plan_peak_gib"] > 0 and figures["measured_peak_gib"] > 0 and figures["rss_before_build_gib"] > 0
     assert "per rank: engine plain × 1 rank(s) on CPU" in out and "host peak:" in out
+
+
+def test_llama7b_shape_cuts_smollm2s_tokenizer_to_its_first_ids():
+    """SmolLM2's byte-level BPE cut to its first 1,000 ids (benchmarks/llama7b_shape.py) is a tokenizer of
+    1,000 tokens: a sentence encodes to ids below 1,000 only, more of them than uncut, and decodes back."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from data_prep.assets import resolve_backbone
+
+    whole = json.loads((Path(resolve_backbone("smollm2-135m")) / "tokenizer.json").read_text())
+    cut = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(
+        json.dumps(benchmark_module("llama7b_shape").trimmed_tokenizer(whole, 1000))))
+    uncut = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(whole)))
+    text = "The biography of a retired teacher who loves old films, 1995!"
+    ids = cut(text)["input_ids"]
+    assert len(cut) == 1000 and max(ids) < 1000 and len(ids) > len(uncut(text)["input_ids"])
+    assert cut.decode(ids) == text
+
+
+@pytest.mark.slow
+def test_llama7b_shape_benchmark_runs_a_tiny_shape():
+    """One 64-wide layer on 2 CPU ranks: the backbone built has the P the arithmetic counts, every rank
+    reports each step kind, and its reduce-scatter is the arithmetic's to the byte: the trained pair's
+    bf16 gradient, E/2 elements, half of it reaching each rank."""
+    out = run_benchmark("llama7b_shape.py", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "4",
+                        "--vocab", "2000", "--steps", "1", timeout=900)
+    assert "backbone P = 297,152 elements (measured 297,152), torch.bfloat16" in out
+    steps = [row for row in table_rows(out) if len(row) == 12 and row[0].isdigit()]
+    assert sorted((row[0], row[1]) for row in steps) == sorted(
+        (rank, step) for rank in "01" for step in ("L-step", "C-step", "finetuning"))
+    folder = Path(out.split("figures as JSON: ")[1].split()[0])
+    table_elements = 2 * (943 + 1682) * 64
+    for rank in (0, 1):
+        figures = json.loads((folder / f"figures.rank{rank}.json").read_text())
+        for task in ("collab", "content", "rec"):
+            assert figures[task]["received_per_step"]["reduce_scatter"] == table_elements / 2 * 2 / 2
+            assert figures[task]["peak_mib"] > figures["rss_before_build_mib"]
