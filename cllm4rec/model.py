@@ -111,7 +111,7 @@ class CLLM4Rec(nn.Module):
     independently. `head_gradient_dtype` is the dtype of the item head's gradient products (None: fp32,
     exact; bf16 with a bf16 backbone: see `item_softmax_nll_sum`). `make_table` creates each table
     Parameter from its `TableInit` (default `whole_table`: the whole table on the backbone's device;
-    trainer/zero_build.py: a ZeRO-3 partition written in place).
+    trainer/zero_build.py: a ZeRO-3 partition written in place; `row_shards.RowSlices`: one rank's rows).
     """
 
     def __init__(
@@ -141,8 +141,7 @@ class CLLM4Rec(nn.Module):
         self.head_gradient_dtype = head_gradient_dtype
         self.table_init = table_init_of(words, self.n_users, self.n_items, init_std, seed, content_init)
         for name in TABLE_NAMES:
-            rows = self.n_users if name.endswith("user") else self.n_items
-            setattr(self, name, make_table(self.table_init, name, rows, self.dim, words.device))
+            setattr(self, name, make_table(self.table_init, name, self.table_rows(name), self.dim, words.device))
         if not backbone_trainable:
             for p in backbone.parameters():
                 p.requires_grad_(False)
@@ -182,6 +181,10 @@ class CLLM4Rec(nn.Module):
         for layer in self.checkpointed_layers:
             layer.training = mode
         return self
+
+    def table_rows(self, name: str) -> int:
+        """Rows of the whole table `name`: N for the user tables, J for the item tables."""
+        return self.n_users if name.endswith("user") else self.n_items
 
     def tables(self, which: TableSet) -> tuple[nn.Parameter, nn.Parameter]:
         """(user table, item table) of a table set."""

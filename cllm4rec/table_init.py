@@ -7,7 +7,9 @@ tables with content_init "collab") copies its values. A range is written by repl
 through the tables before it and through its own table, `CHUNK` elements at a time, keeping only the
 range: PyTorch's CPU normal sampler draws one uniform per element and transforms blocks of 16, so a
 draw cut into pieces of a multiple of 16 elements, the last piece holding at least 16, gives the same
-bits as one draw of the whole (tests/test_zero_build.py checks the tables against whole draws).
+bits as one draw of the whole (tests/test_zero_build.py checks the tables against whole draws). Every
+piece is drawn into one buffer per `write`: a fresh 4 MiB tensor per piece left glibc's heap holding
+up to 16 MiB of freed pieces per table (benchmarks/build_rss.py).
 """
 from __future__ import annotations
 
@@ -18,14 +20,15 @@ import torch
 CHUNK = 1 << 20  # elements per replayed draw, a multiple of 16 (4 MiB of fp32)
 
 
-def draw_into(generator: torch.Generator, numel: int, start: int, out: torch.Tensor, std: float) -> None:
-    """Draw `numel` standard normals from `generator` in chunks and write elements [start, start +
-    out.numel()) of them, times `std`, into the flat `out` (any dtype); the generator ends where one
-    draw of `numel` would leave it."""
+def draw_into(generator: torch.Generator, numel: int, start: int, out: torch.Tensor, std: float,
+              buffer: torch.Tensor) -> None:
+    """Draw `numel` standard normals from `generator` in chunks into `buffer` (float32, at least
+    min(numel, CHUNK + 15) elements) and write elements [start, start + out.numel()) of them, times
+    `std`, into the flat `out` (any dtype); the generator ends where one draw of `numel` would leave it."""
     end, drawn = start + out.numel(), 0
     while drawn < numel:
         take = numel - drawn if numel - drawn <= CHUNK + 15 else CHUNK
-        chunk = torch.randn(take, generator=generator, dtype=torch.float32)
+        chunk = buffer[:take].normal_(generator=generator)
         lo, hi = max(start, drawn), min(end, drawn + take)
         if lo < hi:
             out[lo - start:hi - start].copy_(chunk[lo - drawn:hi - drawn].mul_(std))
@@ -48,8 +51,9 @@ class TableInit:
         drawn = self.sources.get(name, name)
         generator = torch.Generator().manual_seed(self.seed)
         empty = out[:0]
+        buffer = torch.empty(min(CHUNK + 15, max(numel for _, numel in self.draws)), dtype=torch.float32)
         for table, numel in self.draws:
-            draw_into(generator, numel, start, out if table == drawn else empty, self.std)
+            draw_into(generator, numel, start, out if table == drawn else empty, self.std, buffer)
             if table == drawn:
                 return
         raise KeyError(f"{name}: no table of that name is drawn")
