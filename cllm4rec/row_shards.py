@@ -51,6 +51,14 @@ class RowShards:
         return torch.bucketize(index, starts, right=True)
 
 
+def row_slice(rows: torch.Tensor, first_row: int, requires_grad: bool = True) -> nn.Parameter:
+    """A Parameter of a table's rows [first_row, first_row + len(rows)), marked with its `first_row`
+    (`cllm4rec.zero_params.held_elements`)."""
+    param = nn.Parameter(rows, requires_grad=requires_grad)
+    param.first_row = first_row
+    return param
+
+
 @dataclass(frozen=True)
 class RowSlices:
     """Builds each ID table as rank `rank`'s rows of its `RowShards` over `world` ranks (the row-sharded
@@ -65,4 +73,4 @@ class RowSlices:
         lo, hi = RowShards(rows, self.world).range(self.rank)
         table = torch.empty((hi - lo) * dim, dtype=torch.float32, device=device)
         init.write(name, lo * dim, table)
-        return nn.Parameter(table.view(hi - lo, dim))
+        return row_slice(table.view(hi - lo, dim), lo)

@@ -304,8 +304,8 @@ class DistributedConfig:
     partitions (`deepspeed.zero.Init`; the backbone's safetensors shards loaded into the partitions, each
     rank drawing only its slice of every table: [cluster.md](cluster.md), section 4, note 2), so no rank
     makes a whole table; the same starting values as `false`, which builds the whole model on every rank
-    and partitions it in `deepspeed.initialize`. `content_init_from_text`, `incremental.init_from` and LoRA
-    build whole."""
+    and partitions it in `deepspeed.initialize`. Content rows initialised from text (`content_init_from_text`)
+    are computed by each rank for its partition only; `incremental.init_from` and LoRA build whole."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from cllm4rec.collectives import Collectives
 from cllm4rec.diagnostics import LogitMoments
 from cllm4rec.interactions import UserItems
 from cllm4rec.model import TABLE_NAMES, CLLM4Rec
-from cllm4rec.row_shards import RowShards
+from cllm4rec.row_shards import RowShards, row_slice
 from cllm4rec.sharded_tables import ShardedTables
 from trainer.data import Batch
 from trainer.distributed import Dist
@@ -45,7 +45,7 @@ def shard_tables(model: CLLM4Rec, dist: Dist) -> dict[str, RowShards]:
         if table.shape[0] != layouts[name].n_rows:
             raise ValueError(f"{name}: {table.shape[0]} rows are neither the whole table ({layouts[name].n_rows}) "
                              f"nor rank {dist.rank}'s {hi - lo} of {dist.world_size} ranks")
-        setattr(model, name, torch.nn.Parameter(table.detach()[lo:hi].clone(), requires_grad=table.requires_grad))
+        setattr(model, name, row_slice(table.detach()[lo:hi].clone(), lo, table.requires_grad))
     return layouts
 
 
