@@ -127,7 +127,7 @@ def test_table_layout_follows_the_engine(planted_dataset: Path, tiny_llama: Path
 def test_sharded_builds_peak_rss_under_bound(tiny_llama_sharded: Path, tmp_path: Path) -> None:
     """2 CPU ranks: per-rank peak RSS growth while the backbone (6 safetensors files) and 4 × 800k × 32 fp32
     tables are built into ZeRO-3 partitions, or as each rank's rows, stays under 0.6 × (tables + backbone)
-    (measured 0.54: the four half tables are 0.5; docs/cluster.md, section 4); the whole build is over 1."""
+    (measured 0.54-0.56: the four half tables are 0.5; docs/cluster.md, section 4); the whole build is over 1."""
     assert len(list(tiny_llama_sharded.glob("model-*.safetensors"))) > 1
     assert (tiny_llama_sharded / "model.safetensors.index.json").is_file()
     bench = load_script("build_rss", "benchmarks")
