@@ -24,6 +24,7 @@ Batches are right-padded: input_ids / attention_mask [B, T], lengths [B] (real t
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -32,16 +33,11 @@ from torch import nn
 
 from cllm4rec.losses import squared_distance_sum, squared_norm_sum, vocab_cross_entropy_sum
 from cllm4rec.table_access import LOCAL_TABLES, TableAccess
-from cllm4rec.table_init import TableInit
+from cllm4rec.table_init import TableInit, TextRows
 from cllm4rec.tasks import TableSet, Task
-from cllm4rec.zero_params import full_shape, gathered
+from cllm4rec.zero_params import full_shape, gathered, held_elements
 
 TABLE_NAMES = (*TableSet.COLLAB.table_names, *TableSet.CONTENT.table_names)
-
-
-def mean_word_embedding(words: nn.Embedding, ids: list[int]) -> torch.Tensor:
-    """float32 [K]: the mean of the word-embedding rows of the (non-empty) token ids `ids`."""
-    return words(torch.as_tensor(list(ids), dtype=torch.long, device=words.weight.device)).float().mean(dim=0)
 
 
 class TableRows(NamedTuple):
@@ -111,7 +107,7 @@ class CLLM4Rec(nn.Module):
     independently. `head_gradient_dtype` is the dtype of the item head's gradient products (None: fp32,
     exact; bf16 with a bf16 backbone: see `item_softmax_nll_sum`). `make_table` creates each table
     Parameter from its `TableInit` (default `whole_table`: the whole table on the backbone's device;
-    trainer/zero_build.py: a ZeRO-3 partition written in place).
+    trainer/zero_build.py: a ZeRO-3 partition written in place; `row_shards.RowSlices`: one rank's rows).
     """
 
     def __init__(
@@ -141,8 +137,7 @@ class CLLM4Rec(nn.Module):
         self.head_gradient_dtype = head_gradient_dtype
         self.table_init = table_init_of(words, self.n_users, self.n_items, init_std, seed, content_init)
         for name in TABLE_NAMES:
-            rows = self.n_users if name.endswith("user") else self.n_items
-            setattr(self, name, make_table(self.table_init, name, rows, self.dim, words.device))
+            setattr(self, name, make_table(self.table_init, name, self.table_rows(name), self.dim, words.device))
         if not backbone_trainable:
             for p in backbone.parameters():
                 p.requires_grad_(False)
@@ -183,6 +178,10 @@ class CLLM4Rec(nn.Module):
             layer.training = mode
         return self
 
+    def table_rows(self, name: str) -> int:
+        """Rows of the whole table `name`: N for the user tables, J for the item tables."""
+        return self.n_users if name.endswith("user") else self.n_items
+
     def tables(self, which: TableSet) -> tuple[nn.Parameter, nn.Parameter]:
         """(user table, item table) of a table set."""
         user, item = which.table_names
@@ -202,15 +201,25 @@ class CLLM4Rec(nn.Module):
     @torch.no_grad()
     def init_content_from_text(self, text_ids: dict[tuple[str, int], list[int]]) -> None:
         """Set content rows to the mean word embedding of the entity's text (the authors' suggested
-        option, `model.content_init_from_text`).
+        option, `model.content_init_from_text`) in the part of each content table this rank holds
+        (`held_elements`: all of a whole table, a rank's rows, a ZeRO-3 partition's): each rank computes
+        only those rows' means. `table_init` then includes them (`TableInit.text`: a bf16 ZeRO-3 engine
+        writes its fp32 masters from it). Collective with a ZeRO-3 backbone (its word embeddings are gathered).
 
         text_ids: ("user", i) or ("item", j) → word ids of that entity's biography / content text.
         """
-        words = self.backbone.get_input_embeddings()
-        for (kind, index), ids in text_ids.items():
-            if ids:
-                table = self.content_user if kind == "user" else self.content_item
-                table[index] = mean_word_embedding(words, ids)
+        if not text_ids:
+            return
+        held = {name: held_elements(getattr(self, name)) for name in TableSet.CONTENT.table_names}
+        ids: dict[str, dict[int, list[int]]] = {name: {} for name in held}
+        for (kind, index), words in text_ids.items():
+            start, values = held[f"content_{kind}"]
+            if words and start < (index + 1) * self.dim and index * self.dim < start + values.numel():
+                ids[f"content_{kind}"][index] = words
+        text = TextRows(ids, self.backbone.get_input_embeddings())
+        self.table_init = dataclasses.replace(self.table_init, text=text)
+        for name, (start, values) in held.items():
+            text.write(name, start, values)
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from cllm4rec.interactions import UserItems
-from cllm4rec.model import mean_word_embedding
+from cllm4rec.table_init import mean_word_embedding
 from conftest import CLUSTER_WORDS, FOLD_IN_SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
 from data_prep.prepare import prepare

@@ -4,6 +4,7 @@ figures, the refusal before a model is built, the check's inputs (backbone sizes
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -126,6 +127,9 @@ def test_row_sharded_bytes_by_hand():
     tokens = 4 * 48  # every rank's hidden rows
     assert terms["item head exchange: 192 hidden rows of all ranks and their gradients"][0] == tokens * 8 * 4 + tokens * 9 * 4
     assert terms["item softmax: stored exps of one row chunk"][0] == tokens * 5 * 4  # ⌈20 / 4⌉ items per rank
+    sliced = by_name(plan_memory(SMALL_SHAPES, replace(setup, partitioned_build=True)))
+    assert "ID tables, whole, before they are sharded" not in sliced  # each rank draws its own rows
+    assert sliced["backbone loaded in host memory before it moves to the GPU"][:2] == (4000, HOST)
     # checkpointing: each layer's input (2 layers × 2·48·8 B) and one layer's whole set, at 16 bits; fp32 doubles
     assert terms["backbone activations kept for backward"][0] == (2 * 2 * 48 * 8 + 18_816) * 2
     assert plan.peak(DEVICE)[1] == STEP

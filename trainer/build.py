@@ -12,6 +12,7 @@ import torch
 from cllm4rec.backbone import load_backbone
 from cllm4rec.model import CLLM4Rec, whole_table
 from cllm4rec.rms_norm import fuse_rms_norms
+from cllm4rec.row_shards import RowSlices
 from cllm4rec.tokenization import IdTokenizer
 from data_prep.errors import DataPrepError
 from data_prep.prepare import default_output, is_plain_name, prepare
@@ -22,6 +23,9 @@ from trainer.zero_build import PartitionedBuild
 
 log = logging.getLogger(__name__)
 EMBEDDED_DATASETS = ("ml-100k",)
+# How `build_model` lays out the ID tables: a filled ZeRO-3 DeepSpeed config (the backbone and the tables built
+# straight into its partitions), this rank's rows for the row-sharded engine, or None (whole, on every rank).
+TableLayout = dict[str, Any] | RowSlices | None
 
 
 def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
@@ -146,15 +150,18 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.device, dtype: torch.dtype,
-                ds_config: dict[str, Any] | None = None) -> tuple[CLLM4Rec, Any, str]:
-    """(model, HF tokenizer, resolved backbone reference). With `ds_config` (the ZeRO-3 engine's filled
-    DeepSpeed config) the backbone and the tables are built into ZeRO-3 partitions (trainer/zero_build.py;
-    collective: every rank calls it together); else whole, on `device`."""
+                layout: TableLayout = None) -> tuple[CLLM4Rec, Any, str]:
+    """(model, HF tokenizer, resolved backbone reference). `layout` (`TableLayout`): with a ZeRO-3 engine's
+    filled DeepSpeed config the backbone and the tables are built into its partitions (trainer/zero_build.py;
+    collective: every rank calls it together); with `RowSlices` each table as this rank's rows; else whole,
+    on `device`."""
+    ds_config = layout if isinstance(layout, dict) else None
     with PartitionedBuild.open(ds_config) if ds_config is not None else contextlib.nullcontext() as zero:
         with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
             # random backbones (LLM-Scratch) and LoRA adapters start from a stream derived from the run seed
             torch.manual_seed(int(epoch_rng(config.seed, "backbone-init").integers(2**62)))
             backbone, hf_tokenizer, ref = build_backbone(config.model, dtype, device)
+        make_table = zero.make_table if zero else layout.make_table if isinstance(layout, RowSlices) else whole_table
         with zero or contextlib.nullcontext():
             model = CLLM4Rec(
                 backbone if zero else backbone.to(device),
@@ -168,40 +175,26 @@ def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.d
                 backbone_dropout=config.model.dropout,
                 content_init=config.model.content_init,
                 head_gradient_dtype=pick_head_gradient_dtype(config.model.head_gradient_dtype, dtype),
-                make_table=zero.make_table if zero else whole_table,
+                make_table=make_table,
             )
     return model, hf_tokenizer, ref
 
 
 def builds_whole(config: TrainConfig) -> bool:
-    """Whether the model is built whole even under ZeRO-3: a table is written whole after it is drawn
-    (text-initialised content rows, `incremental.init_from`), or LoRA adapters wrap a whole backbone."""
-    return bool(config.model.content_init_from_text or config.incremental.init_from
-                or config.model.train_backbone == "lora")
-
-
-def partitioned_build(config: TrainConfig, ds_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The DeepSpeed config to build into partitions with (`build_model`), or None for a whole build: with
-    `distributed.partitioned_build` off, or where `builds_whole`."""
-    if ds_config is None or not config.distributed.partitioned_build:
-        return None
-    if builds_whole(config):
-        log.info("building the whole model on every rank: content_init_from_text / incremental.init_from write "
-                 "whole tables, and LoRA adapters are attached to a whole backbone")
-        return None
-    return ds_config
+    """Whether the model is built whole on every rank whatever the engine's table layout: the tables are
+    written whole after they are drawn (`incremental.init_from`), or LoRA adapters wrap a whole backbone."""
+    return bool(config.incremental.init_from or config.model.train_backbone == "lora")
 
 
 def build_run(config: TrainConfig, device: torch.device | None = None, dtype: torch.dtype | None = None,
-              ds_config: dict[str, Any] | None = None) -> RunParts:
-    """Everything a run needs; `device` / `dtype` default to what the config resolves to; `ds_config`: the
-    ZeRO-3 engine's DeepSpeed config, to build into partitions where `partitioned_build` allows."""
+              layout: TableLayout = None) -> RunParts:
+    """Everything a run needs; `device` / `dtype` default to what the config resolves to; `layout`: how the
+    engine wants the tables built (`build_model`; trainer.engine_setup.table_layout), whole by default."""
     device = device or pick_device(config.device)
     path = resolve_dataset(config.data.dataset, config.data.split_seed)
     dataset = load_processed(path)
     dtype = dtype or pick_dtype(config.model.dtype, device)
-    model, hf_tokenizer, ref = build_model(config, dataset.n_users, dataset.n_items, device, dtype,
-                                           partitioned_build(config, ds_config))
+    model, hf_tokenizer, ref = build_model(config, dataset.n_users, dataset.n_items, device, dtype, layout)
     if config.model.activation_checkpointing:
         model.enable_activation_checkpointing()
     if config.model.compile:

@@ -292,8 +292,10 @@ class DistributedConfig:
     step; `rows`, no DeepSpeed: the frozen backbone is replicated on every rank and each table is split by
     rows over the ranks with its Adam state, a batch's ID rows and their gradients are exchanged with
     their owners, the item softmax and top-k are computed shard by shard (traffic O(tokens·K), not
-    O(J·K)). `rows` trains no backbone weights (LoRA, LLM-FtAll: an error) and resumes its checkpoints
-    on any number of ranks; a checkpoint of the other value is refused by its engine. No effect on the
+    O(J·K)); each rank builds only its rows of every table, drawn from the run's seeded stream (the whole
+    build's values; [cluster.md](cluster.md), section 4, note 2). `rows` trains no backbone weights (LoRA,
+    LLM-FtAll: an error) and resumes its checkpoints on any number of ranks; a checkpoint of the other
+    value is refused by its engine. No effect on the
     plain engine. The default stays `zero3`: `rows` moves far fewer bytes per step (37× fewer in an
     ML-100K L-step on 2 CPU ranks, 1,096× at 1M items; [cluster.md](cluster.md), section 6.1), but it
     holds the whole backbone on every rank and trains none of it, and no step of it was timed on GPUs."""
@@ -302,8 +304,8 @@ class DistributedConfig:
     partitions (`deepspeed.zero.Init`; the backbone's safetensors shards loaded into the partitions, each
     rank drawing only its slice of every table: [cluster.md](cluster.md), section 4, note 2), so no rank
     makes a whole table; the same starting values as `false`, which builds the whole model on every rank
-    and partitions it in `deepspeed.initialize`. `content_init_from_text`, `incremental.init_from` and LoRA
-    build whole."""
+    and partitions it in `deepspeed.initialize`. Content rows initialised from text (`content_init_from_text`)
+    are computed by each rank for its partition only; `incremental.init_from` and LoRA build whole."""
     memory_check: bool = True
     """Before the model is built, estimate the bytes each rank will hold — backbone, ID tables, optimizer state,
     a step's working sets, checkpoint copies, EASE — and stop, naming each term in GiB, when the peak exceeds

@@ -1,6 +1,6 @@
-"""Which engine a config asks for, the backbone dtype that implies, and building it (docs/architecture.md,
-section 3): the plain engine in one process, or under a launcher or on request the distributed engine,
-DeepSpeed ZeRO-3 or the row-sharded one (`distributed.table_sharding`)."""
+"""Which engine a config asks for, the backbone dtype and the table layout that implies, and building it
+(docs/architecture.md, section 3): the plain engine in one process, or under a launcher or on request the
+distributed engine, DeepSpeed ZeRO-3 or the row-sharded one (`distributed.table_sharding`)."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from trainer.build import RunParts, pick_dtype
+from cllm4rec.row_shards import RowSlices
+from trainer.build import RunParts, TableLayout, builds_whole, pick_dtype
 from trainer.config import ConfigError, TrainConfig
 from trainer.deepspeed_engine import DeepSpeedEngine, fill_ds_config, resolve_ds_config
 from trainer.distributed import Dist, launched
@@ -53,6 +54,21 @@ def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[
         raise ConfigError(f"model.dtype={config.model.dtype} does not match {path} (bf16 "
                           f"{'on' if bf16 else 'off'}): set model.dtype=auto or {str(wanted).removeprefix('torch.')}")
     return wanted
+
+
+def table_layout(config: TrainConfig, dist: Dist, ds: tuple[Path, dict[str, Any]] | None) -> TableLayout:
+    """How the model's tables are built for the engine (`build_run`): this rank's rows for the row-sharded
+    engine, the ZeRO-3 partitions of `ds` with `distributed.partitioned_build`, else whole. Whole too where
+    the tables are written whole after they are drawn (`incremental.init_from`) and with LoRA adapters
+    (attached to a whole backbone)."""
+    rows = want_row_sharding(config)
+    if not rows and (ds is None or not config.distributed.partitioned_build):
+        return None
+    if builds_whole(config):
+        log.info("building the whole model on every rank: incremental.init_from writes whole tables, and LoRA "
+                 "adapters are attached to a whole backbone")
+        return None
+    return RowSlices(dist.rank, dist.world_size) if rows else ds[1]
 
 
 def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from cllm4rec.interactions import UserItems
-from cllm4rec.model import CLLM4Rec, mean_word_embedding
+from cllm4rec.model import CLLM4Rec
+from cllm4rec.table_init import mean_word_embedding
 from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities

@@ -29,10 +29,9 @@ FIX_RANKS = "more ranks: each holds 1/R of it"
 FIX_OFFLOAD = "more ranks, or distributed.ds_config=zero3_offload (optimizer state in host memory)"
 FIX_PARTITION = "DeepSpeed ZeRO-3 partitions the backbone over the ranks (a launcher, distributed.table_sharding=zero3)"
 FIX_GATHERED = "distributed.table_sharding=rows: no whole table is gathered in a step"
-FIX_WHOLE_BUILD = ("distributed.partitioned_build=true (the default; not with content_init_from_text, "
-                   "incremental.init_from or LoRA)")
-FIX_ROWS_BUILD = ("the row-sharded engine builds whole tables on every rank before it shards them (cluster.md, "
-                  "section 2.4): distributed.table_sharding=zero3 builds into partitions")
+FIX_WHOLE_BUILD = "distributed.partitioned_build=true (the default; not with incremental.init_from or LoRA)"
+FIX_ROWS_BUILD = ("incremental.init_from makes the row-sharded engine build whole tables on every rank before it "
+                  "shards them: start from scratch, or distributed.table_sharding=zero3")
 FIX_ACTIVATIONS = ("model.activation_checkpointing=true, a smaller pretrain.batch_size / finetune.batch_size or "
                    "data.max_items, or more ranks")
 FIX_HOST = "more host memory per rank: fewer ranks per node"
@@ -84,7 +83,7 @@ class Setup:
     vocab_head: bool  # the schedule has content-LM steps (warm-up, C-steps, finetuning content epochs)
     checkpointing: bool  # model.activation_checkpointing
     ease: bool  # rank 0 fits EASE after training
-    partitioned_build: bool = False  # ZeRO-3: the model is built straight into its partitions
+    partitioned_build: bool = False  # ZeRO-3: the model is built into its partitions; rows: each rank builds its rows
     offload_params: bool = False  # ZeRO-3 `offload_param`: parameter partitions in host memory
     offload_optimizer: bool = False  # ZeRO-3 `offload_optimizer`: masters, gradients, Adam state in host memory
     grad_bytes: int = 2  # ZeRO-3: bytes per element of the gradient partitions
@@ -93,7 +92,7 @@ class Setup:
     @property
     def whole_build(self) -> bool:
         """Whether each rank builds the whole model (backbone and four fp32 tables) first."""
-        return not (self.engine == "zero3" and self.partitioned_build)
+        return not (self.engine in ("zero3", "rows") and self.partitioned_build)
 
 
 @dataclass(frozen=True)
@@ -169,16 +168,17 @@ def plain_terms(shapes: Shapes, setup: Setup) -> list[Term]:
 
 def rows_terms(shapes: Shapes, setup: Setup) -> list[Term]:
     """Row-sharded tables (cluster.md, section 2.4): the backbone replicated, each table's rows split over
-    the ranks with their Adam state; whole tables at the build and when a checkpoint gathers them."""
+    the ranks with their Adam state; whole tables when a checkpoint gathers them (and at the build where it is
+    whole: `incremental.init_from`)."""
     d, dev, r = setup.dtype_bytes, compute_memory(setup), setup.ranks
     shard = (math.ceil(shapes.users / r) + math.ceil(shapes.items / r)) * shapes.dim  # one set's rows on a rank
     whole = 4 * shapes.table_elements
     terms = [
         Term(f"backbone, whole on every rank ({shapes.backbone_params:,} × {d} B)", shapes.backbone_params * d, dev,
              MOMENTS, FIX_PARTITION),
-        Term("ID tables, whole, before they are sharded (every rank builds the whole model)", whole, dev, (BUILD,),
-             FIX_ROWS_BUILD),
         Term(f"ID table rows of this rank, 4 × fp32 ÷ {r}", 2 * shard * 4, dev, TRAINING, FIX_RANKS),
+        *([Term("ID tables, whole, before they are sharded (every rank builds the whole model)", whole, dev, (BUILD,),
+                FIX_ROWS_BUILD)] if setup.whole_build else []),
         Term(f"Adam m, v of {setup.trained_sets} trained table set(s), fp32 ÷ {r}", 8 * shard * setup.trained_sets,
              dev, TRAINING, FIX_RANKS),
         Term(f"gradients of the table set a step trains, fp32 ÷ {r}", 4 * shard, dev, TRAINING, FIX_RANKS),
@@ -272,7 +272,7 @@ def step_terms(shapes: Shapes, setup: Setup) -> list[Term]:
 def common_terms(shapes: Shapes, setup: Setup) -> list[Term]:
     """The backbone's host copy before it moves to a GPU, EASE on rank 0, the GPU allowance."""
     terms = []
-    if setup.gpu and setup.whole_build:
+    if setup.gpu and (setup.whole_build or setup.engine == "rows"):  # rows: every rank holds the whole backbone
         terms.append(Term("backbone loaded in host memory before it moves to the GPU",
                           shapes.backbone_params * setup.dtype_bytes, HOST, (BUILD,)))
     if setup.ease:

@@ -36,7 +36,7 @@ from trainer.config import TrainConfig, config_to_dict
 from trainer.curves import plot_training_curves
 from trainer.data import Batch, epoch_rng, user_item_lists
 from trainer.distributed import init_distributed
-from trainer.engine_setup import build_engine, load_ds_config, model_dtype, want_deepspeed
+from trainer.engine_setup import build_engine, load_ds_config, model_dtype, table_layout, want_deepspeed
 from trainer.evaluate import evaluate, scoring_prompt
 from trainer.incremental import initial_model
 from trainer.loop import EpochProgress, rank_share, run_epoch
@@ -83,7 +83,7 @@ class TrainingRun:
         # refuse, before anything is built, a run whose ranks cannot hold it (the estimate's terms in the error)
         check_memory(config, self.dist, planned_engine(config, want_deepspeed(config.distributed.engine)), device,
                      dtype, ds[1] if ds else None)
-        self.parts = build_run(config, device, dtype, ds[1] if ds else None)
+        self.parts = build_run(config, device, dtype, table_layout(config, self.dist, ds))
         # the checkpoint a resume continues from, found before the engine is built: it wins over --init-from
         resuming = start in ("resume", "resume-or-start")
         self.resume_from = latest_checkpoint(self.checkpoints, self.dist) if resuming else None

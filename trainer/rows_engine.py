@@ -4,8 +4,9 @@ ranks (`RowShards`), every rank holding only its rows and their Adam state; no D
 
 Every rank runs the plain engine's step on its share of the global batch through `ShardedTables`
 (cllm4rec/sharded_tables.py): a batch's ID rows come from their owners and their gradients go back to
-them, the item head is the sharded item softmax, scoring is the sharded top-k. No rank gathers a
-whole table in a step; whole tables are gathered only to be checkpointed or exported (`full_tables`).
+them, the item head is the sharded item softmax, scoring is the sharded top-k. The model is built with
+each rank's rows only (`cllm4rec.row_shards.RowSlices`, trainer/engine_setup.py `table_layout`). No rank
+gathers a whole table in a step; whole tables are gathered only to be checkpointed or exported (`full_tables`).
 Checkpoints resume on any number of ranks (trainer/row_checkpoint.py).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cllm4rec.collectives import Collectives
 from cllm4rec.diagnostics import LogitMoments
 from cllm4rec.interactions import UserItems
 from cllm4rec.model import TABLE_NAMES, CLLM4Rec
-from cllm4rec.row_shards import RowShards
+from cllm4rec.row_shards import RowShards, row_slice
 from cllm4rec.sharded_tables import ShardedTables
 from trainer.data import Batch
 from trainer.distributed import Dist
@@ -32,13 +33,19 @@ KIND = "row-sharded"  # no world size: its checkpoints resume on any number of r
 
 
 def shard_tables(model: CLLM4Rec, dist: Dist) -> dict[str, RowShards]:
-    """Replace each ID table Parameter of `model` by this rank's rows of it; each table's layout."""
+    """Each table's layout over the ranks; a table of `model` built as this rank's rows (`RowSlices`, the
+    training build) is kept, a whole one (a saved model, `incremental.init_from`) replaced by its rows."""
     layouts = {}
     for name in TABLE_NAMES:
-        whole = getattr(model, name)
-        layouts[name] = RowShards(whole.shape[0], dist.world_size)
+        table = getattr(model, name)
+        layouts[name] = RowShards(model.table_rows(name), dist.world_size)
         lo, hi = layouts[name].range(dist.rank)
-        setattr(model, name, torch.nn.Parameter(whole.detach()[lo:hi].clone(), requires_grad=whole.requires_grad))
+        if table.shape[0] == hi - lo:
+            continue
+        if table.shape[0] != layouts[name].n_rows:
+            raise ValueError(f"{name}: {table.shape[0]} rows are neither the whole table ({layouts[name].n_rows}) "
+                             f"nor rank {dist.rank}'s {hi - lo} of {dist.world_size} ranks")
+        setattr(model, name, row_slice(table.detach()[lo:hi].clone(), lo, table.requires_grad))
     return layouts
 
 

@@ -19,16 +19,16 @@ import torch
 from torch import nn
 
 from cllm4rec.table_init import TableInit
+from cllm4rec.zero_params import held_elements
 
 
 def fill_slice(init: TableInit, name: str, param: nn.Parameter, out: torch.Tensor) -> torch.Tensor:
     """Write this rank's slice of table `name` into `out` [P] (P = the partition's size: elements
     [rank·P, rank·P + P) of the flattened table; the padding past its end is zeroed); returns `out`."""
-    start = out.numel() * param.ds_zero_partition_rank
-    count = max(0, min(out.numel(), param.ds_numel - start))
+    start, held = held_elements(param)
     with torch.no_grad():
-        init.write(name, start, out[:count])
-        out[count:].zero_()
+        init.write(name, start, out[:held.numel()])
+        out[held.numel():].zero_()
     return out
 
 

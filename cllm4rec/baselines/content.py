@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from cllm4rec.interactions import UserItems
-from cllm4rec.model import mean_word_embedding
+from cllm4rec.table_init import mean_word_embedding
 
 Vectors = np.ndarray | sp.csr_matrix
 """[J, D] item text vectors, rows L2-normalised (zero for an item without text)."""
