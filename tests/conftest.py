@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,13 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The interpreter's bin first on PATH, for this process and all it starts (launched ranks, Ray workers):
+# DeepSpeed JIT-builds its CPU comm op with the first `ninja` found, and a ninja of another version than the
+# last build's rebuilds it (a minute of both cores) — this process builds it too (test_distributed.py's
+# group of one), so it must find the same ninja as the ranks.
+BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != BIN:
+    os.environ["PATH"] = os.pathsep.join([BIN, os.environ.get("PATH", "")])
 
 from tokenizer_fixtures import build_tokenizer  # noqa: E402
 

@@ -21,16 +21,22 @@ REPO = Path(__file__).resolve().parent.parent
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 LOSS_KEYS = ("lm_loss", "mr_loss", "val_selection")
 METRICS = ("recall@20", "recall@40", "ndcg@100")
+# The schedule of the multi-rank runs (test_distributed.py, test_row_sharding.py, test_ray_jobs.py): every
+# kind of epoch unit (a warm-up epoch, 2 rounds of L- and C-steps, 2 finetuning epochs), each epoch cut to
+# 6 steps of batch 4 with a mid-epoch checkpoint every 2 steps (two places to kill a run and resume it
+# from); no reviews, no Multi-VAE or EASE.
+SCHEDULE = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4,
+            "pretrain.max_steps_per_epoch": 6, "finetune.epochs": 2, "finetune.batch_size": 4,
+            "finetune.max_steps_per_epoch": 6, "data.reviews": False, "baselines.multivae": False,
+            "baselines.ease": False, "checkpoint.every_steps": 2}
 
 
 def launch_env() -> dict[str, str]:
-    """This environment without a launcher's variables, one thread per rank, and the interpreter's bin
-    first on PATH, as for the Ray workers (ray_jobs/local_cluster.py): DeepSpeed JIT-builds its CPU comm
-    op with the first `ninja` found, and a ninja of another version rebuilds it (a minute of both cores)."""
+    """This environment (the interpreter's bin already first on PATH: conftest.py) without a launcher's
+    variables, with one thread per rank."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000))
     return env
 
 

@@ -21,17 +21,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from launched_runs import (LAUNCH_VARS, METRICS, REPO, assert_same_history, assert_same_run, command,
-                           final_tables, launch_env, results, run_nodes, run_training, shm_buffers)
+from launched_runs import (LAUNCH_VARS, METRICS, REPO, SCHEDULE, assert_same_history, assert_same_run,
+                           command, final_tables, launch_env, results, run_nodes, run_training, shm_buffers)
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
 from trainer.phases import StepKind
 
 pytestmark = pytest.mark.slow
-SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
-            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
-            "checkpoint.every_steps": 3, "checkpoint.keep": 3}
+SETTINGS = {**SCHEDULE, "checkpoint.keep": 3}
 
 
 def _overrides(dataset: Path, backbone: Path, out: Path, engine: str = "deepspeed") -> list[str]:

@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from launched_runs import assert_same_run, results, run_training
+from launched_runs import SCHEDULE, assert_same_run, results, run_training
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
-SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
-            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
-            "checkpoint.every_steps": 3, "tracking.mlflow": True}
+SETTINGS = {**SCHEDULE, "tracking.mlflow": True}
 
 
 def _workers(session: int) -> list[int]:

@@ -14,16 +14,14 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from launched_runs import assert_same_run, results, run_training
+from launched_runs import SCHEDULE, assert_same_run, results, run_training
 from spawn_ranks import run_ranks
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
 
 pytestmark = pytest.mark.slow
-SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
-            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
-            "checkpoint.every_steps": 3, "checkpoint.keep": 1000}
+SETTINGS = {**SCHEDULE, "checkpoint.keep": 1000}
 ROWS = {"distributed.engine": "deepspeed", "distributed.table_sharding": "rows"}
 TOP = 30
 
