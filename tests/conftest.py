@@ -204,6 +204,14 @@ def trained(tmp_path_factory, planted_dataset, tiny_llama) -> Trained:
     return Trained(run, rows, root / "run", uri, experiment, run_results(root / "run"))
 
 
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory, planted_dataset, tiny_llama):
+    """launched_runs.SharedRuns: the 1-rank runs of the multi-rank schedule, trained once per session."""
+    from launched_runs import SharedRuns
+
+    return SharedRuns(planted_dataset, tiny_llama, tmp_path_factory.mktemp("shared-runs"))
+
+
 def load_script(name: str, folder: str = "scripts"):
     """A script of `scripts/` (or another folder: "benchmarks"; not a package) imported as a module, e.g.
     load_script("amazon_sample")."""

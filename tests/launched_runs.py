@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ SCHEDULE = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_s
             "pretrain.max_steps_per_epoch": 6, "finetune.epochs": 2, "finetune.batch_size": 4,
             "finetune.max_steps_per_epoch": 6, "data.reviews": False, "baselines.multivae": False,
             "baselines.ease": False, "checkpoint.every_steps": 2}
+ROWS = {"distributed.engine": "deepspeed", "distributed.table_sharding": "rows"}  # the row-sharded engine
 
 
 def launch_env() -> dict[str, str]:
@@ -127,3 +130,34 @@ def assert_same_run(reference: Path, other: Path) -> None:
     t1, t2 = final_tables(reference), final_tables(other)
     for name in t1:
         torch.testing.assert_close(t2[name], t1[name], rtol=1e-4, atol=1e-6)
+
+
+@dataclass
+class SharedRuns:
+    """The 1-rank runs of SCHEDULE on `dataset` with `backbone` that several modules compare against, each
+    trained on first use, once per test session (conftest.py's `shared_runs`), in `root`."""
+
+    dataset: Path
+    backbone: Path
+    root: Path
+
+    def _overrides(self, name: str, engine: dict[str, str]) -> list[str]:
+        from conftest import tiny_overrides
+
+        return tiny_overrides(self.dataset, self.backbone, self.root / name, **SCHEDULE, **engine)
+
+    @cached_property
+    def plain(self) -> Path:
+        """The plain engine, trained in this process (test_distributed.py, test_row_sharding.py)."""
+        from trainer.config_loading import load_config
+        from trainer.pipeline import train
+
+        train(load_config("quick", self._overrides("plain", {"distributed.engine": "plain"})), progress=False)
+        return self.root / "plain"
+
+    @cached_property
+    def row_sharded(self) -> Path:
+        """One row-sharded rank in a plain process, `python -m trainer` (test_row_sharding.py,
+        test_ray_jobs.py)."""
+        run_training(self._overrides("rows1", ROWS), 1, self.root / "rows1.log")
+        return self.root / "rows1"

@@ -2,7 +2,8 @@
 ranks on one node, partitioning, step isolation, SIGKILL + exact resume, damaged checkpoints, export
 without the launcher.
 
-The 1-rank and 2-rank runs start once (module fixture) and every assertion shares them. Subprocesses
+The 1-rank and 2-rank runs start once (module fixture), the plain engine's once per session (conftest.py's
+`shared_runs`), and every assertion shares them. Subprocesses
 run with one OpenMP thread each (deterministic reductions, no oversubscription on 2 cores).
 """
 from __future__ import annotations
@@ -40,20 +41,17 @@ def _overrides(dataset: Path, backbone: Path, out: Path, engine: str = "deepspee
 class Runs:
     one: Path  # DeepSpeed, 1 rank, plain process
     two: Path  # DeepSpeed, 2 ranks, DeepSpeed launcher (scripts/deepspeed_single_node.sh)
-    plain: Path  # plain engine, in this process
+    plain: Path  # plain engine, in this process (conftest.py's `shared_runs`)
     args_one: list[str]
 
 
 @pytest.fixture(scope="module")
-def runs(planted_dataset, tiny_llama, tmp_path_factory) -> Runs:
-    from trainer.pipeline import train
-
+def runs(planted_dataset, tiny_llama, shared_runs, tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("zero3")
     args_one = _overrides(planted_dataset, tiny_llama, root / "one")
     run_training(args_one, 1, root / "one.log")
     run_training(_overrides(planted_dataset, tiny_llama, root / "two"), 2, root / "two.log")
-    train(load_config("quick", _overrides(planted_dataset, tiny_llama, root / "plain", engine="plain")), progress=False)
-    return Runs(root / "one", root / "two", root / "plain", args_one)
+    return Runs(root / "one", root / "two", shared_runs.plain, args_one)
 
 
 def test_two_ranks_equal_one_rank(runs: Runs) -> None:
