@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures: tiny random backbones (LLaMA and GPT-2), a planted dataset, one trained run."""
+"""Shared, expensive fixtures: tiny random backbones (LLaMA and GPT-2), a planted dataset, one trained run, the
+multi-rank tests' 1-rank runs, a loopback Ray cluster."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The interpreter's bin first on PATH, for this process and all it starts (launched ranks, Ray workers):
-# DeepSpeed JIT-builds its CPU comm op with the first `ninja` found, and a ninja of another version than the
-# last build's rebuilds it (a minute of both cores) — this process builds it too (test_distributed.py's
-# group of one), so it must find the same ninja as the ranks.
+# The interpreter's bin first on PATH, for this process and every process it starts (launched and spawned
+# ranks, the benchmarks' launchers, Ray workers): DeepSpeed JIT-builds its CPU comm op with the first `ninja`
+# found, and a ninja of another version than the last build's rebuilds it (~65 CPU seconds each time the
+# ninja changes) — this process builds it too (test_distributed.py's group of one).
 BIN = str(Path(sys.executable).parent)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != BIN:
     os.environ["PATH"] = os.pathsep.join([BIN, os.environ.get("PATH", "")])
