@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures: tiny random backbones (LLaMA and GPT-2), a planted dataset, one trained run."""
+"""Shared, expensive fixtures: tiny random backbones (LLaMA and GPT-2), a planted dataset, one trained run, the
+multi-rank tests' 1-rank runs, a loopback Ray cluster."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,13 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The interpreter's bin first on PATH, for this process and every process it starts (launched and spawned
+# ranks, the benchmarks' launchers, Ray workers): DeepSpeed JIT-builds its CPU comm op with the first `ninja`
+# found, and a ninja of another version than the last build's rebuilds it (~65 CPU seconds each time the
+# ninja changes) — this process builds it too (test_distributed.py's group of one).
+BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != BIN:
+    os.environ["PATH"] = os.pathsep.join([BIN, os.environ.get("PATH", "")])
 
 from tokenizer_fixtures import build_tokenizer  # noqa: E402
 
@@ -194,6 +203,14 @@ def trained(tmp_path_factory, planted_dataset, tiny_llama) -> Trained:
     run = TrainingRun(config, progress=False)
     rows = run.run()
     return Trained(run, rows, root / "run", uri, experiment, run_results(root / "run"))
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory, planted_dataset, tiny_llama):
+    """launched_runs.SharedRuns: the 1-rank runs of the multi-rank schedule, trained once per session."""
+    from launched_runs import SharedRuns
+
+    return SharedRuns(planted_dataset, tiny_llama, tmp_path_factory.mktemp("shared-runs"))
 
 
 def load_script(name: str, folder: str = "scripts"):

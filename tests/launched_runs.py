@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -21,16 +23,23 @@ REPO = Path(__file__).resolve().parent.parent
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 LOSS_KEYS = ("lm_loss", "mr_loss", "val_selection")
 METRICS = ("recall@20", "recall@40", "ndcg@100")
+# The schedule of the multi-rank runs (test_distributed.py, test_row_sharding.py, test_ray_jobs.py): every
+# kind of epoch unit (a warm-up epoch, 2 rounds of L- and C-steps, 2 finetuning epochs), each epoch cut to
+# 6 steps of batch 4 with a mid-epoch checkpoint every 2 steps (two places to kill a run and resume it
+# from); no reviews, no Multi-VAE or EASE.
+SCHEDULE = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4,
+            "pretrain.max_steps_per_epoch": 6, "finetune.epochs": 2, "finetune.batch_size": 4,
+            "finetune.max_steps_per_epoch": 6, "data.reviews": False, "baselines.multivae": False,
+            "baselines.ease": False, "checkpoint.every_steps": 2}
+ROWS = {"distributed.engine": "deepspeed", "distributed.table_sharding": "rows"}  # the row-sharded engine
 
 
 def launch_env() -> dict[str, str]:
-    """This environment without a launcher's variables, one thread per rank, and the interpreter's bin
-    first on PATH, as for the Ray workers (ray_jobs/local_cluster.py): DeepSpeed JIT-builds its CPU comm
-    op with the first `ninja` found, and a ninja of another version rebuilds it (a minute of both cores)."""
+    """This environment (the interpreter's bin already first on PATH: conftest.py) without a launcher's
+    variables, with one thread per rank."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000))
     return env
 
 
@@ -121,3 +130,34 @@ def assert_same_run(reference: Path, other: Path) -> None:
     t1, t2 = final_tables(reference), final_tables(other)
     for name in t1:
         torch.testing.assert_close(t2[name], t1[name], rtol=1e-4, atol=1e-6)
+
+
+@dataclass
+class SharedRuns:
+    """The 1-rank runs of SCHEDULE on `dataset` with `backbone` that several modules compare against, each
+    trained on first use, once per test session (conftest.py's `shared_runs`), in `root`."""
+
+    dataset: Path
+    backbone: Path
+    root: Path
+
+    def _overrides(self, name: str, engine: dict[str, str]) -> list[str]:
+        from conftest import tiny_overrides
+
+        return tiny_overrides(self.dataset, self.backbone, self.root / name, **SCHEDULE, **engine)
+
+    @cached_property
+    def plain(self) -> Path:
+        """The plain engine, trained in this process (test_distributed.py, test_row_sharding.py)."""
+        from trainer.config_loading import load_config
+        from trainer.pipeline import train
+
+        train(load_config("quick", self._overrides("plain", {"distributed.engine": "plain"})), progress=False)
+        return self.root / "plain"
+
+    @cached_property
+    def row_sharded(self) -> Path:
+        """One row-sharded rank in a plain process, `python -m trainer` (test_row_sharding.py,
+        test_ray_jobs.py)."""
+        run_training(self._overrides("rows1", ROWS), 1, self.root / "rows1.log")
+        return self.root / "rows1"

@@ -2,7 +2,8 @@
 ranks on one node, partitioning, step isolation, SIGKILL + exact resume, damaged checkpoints, export
 without the launcher.
 
-The 1-rank and 2-rank runs start once (module fixture) and every assertion shares them. Subprocesses
+The 1-rank and 2-rank runs start once (module fixture), the plain engine's once per session (conftest.py's
+`shared_runs`), and every assertion shares them. Subprocesses
 run with one OpenMP thread each (deterministic reductions, no oversubscription on 2 cores).
 """
 from __future__ import annotations
@@ -21,17 +22,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from launched_runs import (LAUNCH_VARS, METRICS, REPO, assert_same_history, assert_same_run, command,
-                           final_tables, launch_env, results, run_nodes, run_training, shm_buffers)
+from launched_runs import (LAUNCH_VARS, METRICS, REPO, SCHEDULE, assert_same_history, assert_same_run,
+                           command, final_tables, launch_env, results, run_nodes, run_training, shm_buffers)
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
 from trainer.phases import StepKind
 
 pytestmark = pytest.mark.slow
-SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
-            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
-            "checkpoint.every_steps": 3, "checkpoint.keep": 3}
+SETTINGS = {**SCHEDULE, "checkpoint.keep": 3}
 
 
 def _overrides(dataset: Path, backbone: Path, out: Path, engine: str = "deepspeed") -> list[str]:
@@ -42,20 +41,17 @@ def _overrides(dataset: Path, backbone: Path, out: Path, engine: str = "deepspee
 class Runs:
     one: Path  # DeepSpeed, 1 rank, plain process
     two: Path  # DeepSpeed, 2 ranks, DeepSpeed launcher (scripts/deepspeed_single_node.sh)
-    plain: Path  # plain engine, in this process
+    plain: Path  # plain engine, in this process (conftest.py's `shared_runs`)
     args_one: list[str]
 
 
 @pytest.fixture(scope="module")
-def runs(planted_dataset, tiny_llama, tmp_path_factory) -> Runs:
-    from trainer.pipeline import train
-
+def runs(planted_dataset, tiny_llama, shared_runs, tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("zero3")
     args_one = _overrides(planted_dataset, tiny_llama, root / "one")
     run_training(args_one, 1, root / "one.log")
     run_training(_overrides(planted_dataset, tiny_llama, root / "two"), 2, root / "two.log")
-    train(load_config("quick", _overrides(planted_dataset, tiny_llama, root / "plain", engine="plain")), progress=False)
-    return Runs(root / "one", root / "two", root / "plain", args_one)
+    return Runs(root / "one", root / "two", shared_runs.plain, args_one)
 
 
 def test_two_ranks_equal_one_rank(runs: Runs) -> None:

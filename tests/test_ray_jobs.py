@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from launched_runs import assert_same_run, results, run_training
+from launched_runs import ROWS, SCHEDULE, assert_same_run, results
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
-SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
-            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
-            "checkpoint.every_steps": 3, "tracking.mlflow": True}
+SETTINGS = {**SCHEDULE, "tracking.mlflow": True}
 
 
 def _workers(session: int) -> list[int]:
@@ -86,18 +84,16 @@ def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, ti
         assert metrics[key] == pytest.approx(results["models"]["CLLM4Rec"][key], abs=1e-6)
 
 
-def test_ray_train_job_with_row_sharded_tables_equals_one_rank(ray_cluster, planted_dataset, tiny_llama,
+def test_ray_train_job_with_row_sharded_tables_equals_one_rank(ray_cluster, planted_dataset, tiny_llama, shared_runs,
                                                               tmp_path) -> None:
     """`distributed.table_sharding=rows` under Ray Train: each of the 2 workers holds half the rows of
-    every table, and the job trains as one row-sharded rank in a plain process does (the cross-rank
-    tolerance of the launcher tests)."""
-    rows = {**SETTINGS, "tracking.mlflow": False, "distributed.engine": "deepspeed", "distributed.table_sharding": "rows"}
-    ray_out, one = tmp_path / "storage" / "runs" / "ray-rows", tmp_path / "one"
+    every table, and the job trains as one row-sharded rank in a plain process does (conftest.py's
+    `shared_runs`; the cross-rank tolerance of the launcher tests)."""
+    ray_out, one = tmp_path / "storage" / "runs" / "ray-rows", shared_runs.row_sharded
     job = subprocess.run(_train_job(ray_cluster.address, tmp_path / "storage", "ray-rows",
-                                    tiny_overrides(planted_dataset, tiny_llama, ray_out, **rows)),
+                                    tiny_overrides(planted_dataset, tiny_llama, ray_out, **SCHEDULE, **ROWS)),
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    run_training(tiny_overrides(planted_dataset, tiny_llama, one, **rows), 1, tmp_path / "one.log")
     assert results(ray_out)["engine"] == results(one)["engine"] == "row-sharded"
     (whole,) = [r["trainable_elements_on_rank"] for r in results(one)["ranks"]]
     assert [r["trainable_elements_on_rank"] for r in results(ray_out)["ranks"]] == [whole // 2] * 2

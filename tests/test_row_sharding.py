@@ -2,7 +2,8 @@
 gloo: 1, 2 and 4 ranks train to the same losses, tables and metrics (and 1 rank to the plain engine's);
 each rank holds its rows only; rankings, metrics and the logit user share of sharded tables equal the
 whole tables'; a checkpoint resumes resharded on another number of ranks, and under another engine is
-refused by name. The runs start once (module fixture)."""
+refused by name. The 2- and 4-rank runs start once (module fixture); the 1-rank one and the plain engine's
+are the session's (conftest.py's `shared_runs`)."""
 from __future__ import annotations
 
 import shutil
@@ -14,17 +15,14 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from launched_runs import assert_same_run, results, run_training
+from launched_runs import ROWS, SCHEDULE, assert_same_run, results, run_training
 from spawn_ranks import run_ranks
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
 
 pytestmark = pytest.mark.slow
-SETTINGS = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 2, "pretrain.batch_size": 4, "finetune.epochs": 2,
-            "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
-            "checkpoint.every_steps": 3, "checkpoint.keep": 1000}
-ROWS = {"distributed.engine": "deepspeed", "distributed.table_sharding": "rows"}
+SETTINGS = {**SCHEDULE, "checkpoint.keep": 1000}
 TOP = 30
 
 
@@ -39,15 +37,11 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(planted_dataset, tiny_llama, tmp_path_factory) -> Runs:
-    from trainer.pipeline import train
-
+def runs(planted_dataset, tiny_llama, shared_runs, tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("rows")
-    for ranks in (1, 2, 4):
+    for ranks in (2, 4):
         run_training(_overrides(planted_dataset, tiny_llama, root / f"rows{ranks}", **ROWS), ranks, root / f"{ranks}.log")
-    config = load_config("quick", _overrides(planted_dataset, tiny_llama, root / "plain", **{"distributed.engine": "plain"}))
-    train(config, progress=False)
-    return Runs(root / "plain", {r: root / f"rows{r}" for r in (1, 2, 4)})
+    return Runs(shared_runs.plain, {1: shared_runs.row_sharded, **{r: root / f"rows{r}" for r in (2, 4)}})
 
 
 def test_two_and_four_ranks_equal_one_rank_and_the_plain_engine(runs: Runs) -> None:

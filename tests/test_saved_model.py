@@ -4,7 +4,6 @@ pyfunc model and the REST server answer, and the embeddings feed downstream mode
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,11 +221,10 @@ def test_served_model_answers_rest_requests(trained: Trained, tmp_path: Path) ->
 
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", str(trained.out / "pyfunc"),
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    # mlflow starts `uvicorn` from PATH, where the interpreter's bin comes first (conftest.py)
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               str(trained.out / "pyfunc"), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+                               "-w", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
