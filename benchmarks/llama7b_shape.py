@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from build_rss import run_on_cpu_ranks, status_mib
+from build_rss import end_worker, run_on_cpu_ranks, status_mib
 from common import matmul_rate
 from table_sharding import received_by_deepspeed
 from zero3_cpu import comms_config
@@ -191,6 +191,7 @@ def worker(args: argparse.Namespace) -> None:
                    backbone_elements=sum(p.ds_numel for p in model.backbone.parameters()),
                    checkpointing=run.config.model.activation_checkpointing, dtype=str(dtype))
     write_json(Path(f"{args.out}.rank{rank}.json"), figures)
+    end_worker()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ run with one OpenMP thread each (deterministic reductions, no oversubscription o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -321,3 +322,24 @@ def test_shipped_ds_configs_take_the_batch_keys_and_parse_in_deepspeed(name: str
     zero = parsed.zero_config
     for part in (zero.offload_param, zero.offload_optimizer):
         assert (None if part is None else part.device) == offload, name
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_leaving_the_group_waits_for_peers_only_after_success(monkeypatch, fails: bool) -> None:
+    """`leaving_process_group`: a body that returned meets its peers at a barrier before the group is
+    destroyed (so no gloo thread is left to finish a collective while the interpreter exits); a body that
+    raised leaves at once (a failed peer would never reach the barrier) and the error goes on."""
+    from trainer import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed.torch_dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.torch_dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(distributed.torch_dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.torch_dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setenv("MASTER_PORT", "not-a-run")
+    with pytest.raises(ValueError, match="the body failed") if fails else contextlib.nullcontext():
+        with distributed.leaving_process_group():
+            calls.append("body")
+            if fails:
+                raise ValueError("the body failed")
+    assert calls == (["body", "destroy"] if fails else ["body", "barrier", "destroy"])

@@ -27,15 +27,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.config_loading import load_config
     from trainer.pipeline import train
 
-    from trainer.distributed import shutdown_distributed
+    from trainer.distributed import leaving_process_group
 
     config = load_config(args.recipe, args.overrides)
     if args.init_from is not None:
         config.incremental.init_from = str(args.init_from)
-    try:
+    with leaving_process_group():
         train(config, start=args.start, progress=not args.no_progress)
-    finally:
-        shutdown_distributed()
     return 0
 
 
@@ -47,28 +45,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """One training per value of a config key, under one MLflow parent run, plus the sensitivity plot."""
-    from trainer.distributed import shutdown_distributed
+    from trainer.distributed import leaving_process_group
     from trainer.sweep import parse_sweep, sweep
 
     key, values = parse_sweep(args.sweep)
-    try:
+    with leaving_process_group():
         sweep(key, values, args.recipe, args.overrides, start=args.start, progress=not args.no_progress)
-    finally:
-        shutdown_distributed()
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Every row of the paper's comparison on one dataset and split; table.md/json/png beside the runs."""
-    from trainer.distributed import shutdown_distributed
+    from trainer.distributed import leaving_process_group
     from trainer.reproduce import reproduce
 
     ablations = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
-    try:
+    with leaving_process_group():
         reproduce(args.recipe, args.overrides, ablations=ablations, two_tower_epochs=args.two_tower_epochs,
                   start=args.start, progress=not args.no_progress)
-    finally:
-        shutdown_distributed()
     return 0
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -138,12 +139,32 @@ def shm_allreduce_buffer(rank: int, env: dict[str, str] | None = None) -> Path:
     return Path("/dev/shm") / name
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_peers: bool = False) -> None:
     """Leave the process group (if one exists) before the interpreter exits: a group left to static
     destructors can abort the process at exit ("terminate called without an active exception"). Then
     unlink this rank's DeepSpeed shared-memory buffer, if any, so that runs do not pile them up in
-    /dev/shm (every rank mapped every buffer when the group started, so the others are unaffected)."""
+    /dev/shm (every rank mapped every buffer when the group started, so the others are unaffected).
+
+    `wait_for_peers` (a run that ended normally on every rank): a barrier first. A gloo worker thread
+    drops its finished collective (and the Python tensors it holds) only once it gets the GIL; if the
+    interpreter is already finalising by then, that thread exits mid-destructor and the process aborts
+    at exit. Waiting on the barrier, which releases the GIL until every rank arrives, lets it finish.
+    Not after an error: a peer that has failed would never arrive."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         rank = torch_dist.get_rank()
+        if wait_for_peers:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
         shm_allreduce_buffer(rank).unlink(missing_ok=True)
+
+
+@contextmanager
+def leaving_process_group() -> Iterator[None]:
+    """Run the body, then leave the process group (`shutdown_distributed`): after a barrier when the body
+    returned, at once when it raised."""
+    try:
+        yield
+    except BaseException:
+        shutdown_distributed()
+        raise
+    shutdown_distributed(wait_for_peers=True)
