@@ -48,6 +48,21 @@ def mean_word_embedding(words: nn.Embedding, ids: list[int]) -> torch.Tensor:
     return words.weight[index].float().mean(dim=0)
 
 
+def token_like_rows(rows: torch.Tensor, words: nn.Embedding, alpha: float) -> torch.Tensor:
+    """float32 [N, K]: `rows` [N, K] moved to where the backbone's tokens lie. Each becomes the mean word
+    embedding w̄ plus α × the mean word norm ‖w‖ × its unit direction from the rows' mean, rescaled to
+    ‖w‖: (w̄ + α‖w‖·u) / ‖w̄ + α‖w‖·u‖ × ‖w‖. Rows that differ only in a small part around a large
+    common one (means of word embeddings) keep what tells them apart, in a vector the size and shape of
+    a word's; rows equal to their mean become w̄ rescaled. Collective with a ZeRO-3 backbone (its word
+    embeddings are gathered)."""
+    with gathered([words.weight]):
+        weight = words.weight.detach().float()
+        mean_word, word_norm = weight.mean(dim=0), weight.norm(dim=1).mean()
+    rows = rows.detach().float()
+    direction = torch.nn.functional.normalize(rows - rows.mean(dim=0), dim=1)
+    return torch.nn.functional.normalize(mean_word + alpha * word_norm * direction, dim=1) * word_norm
+
+
 @dataclass(frozen=True)
 class TextRows:
     """Content rows that start at the mean word embedding of their entity's text instead of their draw:

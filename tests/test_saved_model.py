@@ -98,7 +98,7 @@ def test_diagnose_command_measures_user_specificity(trained: Trained, capsys) ->
     assert printed.startswith(f"{trained.out / 'model'}: 30 users with val items")
     rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in printed.splitlines()
             if line.startswith("| ") and not line.startswith("| diagnostic")}
-    assert len(rows) == 3
+    assert len(rows) == 5
 
     batch = run.parts.corpora.scoring_batch(users, "rec", run.config.seed)
     hidden, logits = last_hidden_and_logits(run.engine, batch)
@@ -106,6 +106,10 @@ def test_diagnose_command_measures_user_specificity(trained: Trained, capsys) ->
     assert rows["hidden-state user variance share"] == pytest.approx(hidden_user_variance(hidden), abs=1e-4)
     assert rows["mean pairwise cosine of hidden states"] == pytest.approx(mean_pairwise_cosine(hidden), abs=1e-4)
     assert rows["logit user-specific share"] == pytest.approx(logit_user_share(logits), abs=1e-4)
+    word_norm = run.parts.model.backbone.get_input_embeddings().weight.float().norm(dim=1).mean()
+    for kind in ("user", "item"):
+        ratio = getattr(run.parts.model, f"collab_{kind}").float().norm(dim=1).mean() / word_norm
+        assert rows[f"{kind} row norm / word norm"] == pytest.approx(float(ratio), abs=1e-4)
     validated = evaluate(run.engine, run.parts.corpora, run.splits["val"], prompt="rec", seed=run.config.seed,
                          batch_size=8, recall_ks=[20], ndcg_ks=[], max_users=int(users[-1]) + 1, logit_share=True)
     assert validated["logit_user_share"] == pytest.approx(logit_user_share(logits), abs=1e-6)  # other batches

@@ -67,7 +67,11 @@ def test_step_plans_follow_the_config():
                                            ("pretrain.lr_warmup_steps=-2", "pretrain.lr_warmup_steps"),
                                            ("pretrain.mr_reduction=max", "pretrain.mr_reduction"),
                                            ("finetune.lr_schedule=linear", "finetune.lr_schedule"),
-                                           ("model.bos=sometimes", "model.bos")])
+                                           ("model.bos=sometimes", "model.bos"),
+                                           ("pretrain.collab_from_content_tables=items",
+                                            "pretrain.collab_from_content_tables"),
+                                           ("pretrain.collab_from_content_token_alpha=0",
+                                            "pretrain.collab_from_content_token_alpha")])
 def test_knob_values_out_of_range_are_named(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
@@ -128,22 +132,57 @@ def test_bos_switch_prepends_the_backbone_bos(planted_dataset, tiny_llama, tmp_p
 
 def test_collab_tables_start_from_the_warmed_up_content_tables(planted_dataset, tiny_llama, tmp_path):
     """pretrain.collab_from_content copies the content tables into the collaborative ones at the end of
-    the warm-up; without it the collaborative tables keep their init while the content ones move."""
+    the warm-up; without it the collaborative tables keep their init while the content ones move. With
+    `collab_from_content_tables: users` and a token alpha, only the user rows are set, to token-like
+    copies of the content rows (each at the backbone's mean word norm); the item rows keep their init."""
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
-    def tables(copy: bool) -> dict[str, torch.Tensor]:
-        out = tmp_path / str(copy)
+    from cllm4rec.table_init import token_like_rows
+
+    def tables(name: str, **overrides) -> dict[str, torch.Tensor]:
+        out = tmp_path / name
         overrides = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 0, "finetune.enabled": False, "data.reviews": False,
-                     "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False,
-                     "pretrain.collab_from_content": copy}
+                     "baselines.mostpop": False, "baselines.multivae": False, "baselines.ease": False, **overrides}
         train(load_config(None, tiny_overrides(planted_dataset, tiny_llama, out, **overrides)), progress=False)
         return load_file(str(out / "model" / "tables.safetensors"))
 
-    copied, kept = tables(True), tables(False)
+    copied, kept = tables("copied", **{"pretrain.collab_from_content": True}), tables("kept")
+    token = tables("token", **{"pretrain.collab_from_content": True, "pretrain.collab_from_content_tables": "users",
+                               "pretrain.collab_from_content_token_alpha": 0.25})
     for kind in ("user", "item"):
         assert torch.equal(copied[f"collab_{kind}"], copied[f"content_{kind}"])
         assert torch.equal(copied[f"content_{kind}"], kept[f"content_{kind}"])  # the warm-up itself is unchanged
         assert not torch.allclose(kept[f"collab_{kind}"], kept[f"content_{kind}"])
+    words = AutoModelForCausalLM.from_pretrained(tiny_llama).get_input_embeddings()
+    torch.testing.assert_close(token["collab_user"], token_like_rows(kept["content_user"], words, 0.25))
+    torch.testing.assert_close(token["collab_user"].norm(dim=1),
+                               words.weight.detach().norm(dim=1).mean().expand(token["collab_user"].shape[0]))
+    assert torch.equal(token["collab_item"], kept["collab_item"])
+
+
+def test_token_like_rows_keep_what_tells_rows_apart_at_a_words_size():
+    """token_like_rows: every row at the mean word norm; the part the rows share is replaced by the mean
+    word embedding (adding a common vector to every row changes nothing); rows equal to their mean become
+    the mean word embedding rescaled; a larger alpha turns each row further toward its own direction."""
+    from torch import nn
+
+    from cllm4rec.table_init import token_like_rows
+
+    torch.manual_seed(0)
+    words = nn.Embedding(50, 8)
+    word_norm = words.weight.norm(dim=1).mean()
+    mean_word = words.weight.mean(dim=0)
+    rows = torch.randn(6, 8) * 0.1 + torch.randn(8) * 3  # small differences around a large common part
+    out = token_like_rows(rows, words, 0.25)
+    torch.testing.assert_close(out.norm(dim=1), word_norm.detach().expand(6))
+    torch.testing.assert_close(token_like_rows(rows + 5.0, words, 0.25), out, rtol=0, atol=1e-4)
+    same = token_like_rows(torch.ones(3, 8), words, 0.25)
+    torch.testing.assert_close(same, (mean_word / mean_word.norm() * word_norm).detach().expand(3, 8))
+    centred = nn.functional.normalize(rows - rows.mean(dim=0), dim=1)
+    for small, large in ((0.1, 0.5), (0.5, 2.0)):
+        closer = nn.functional.cosine_similarity(token_like_rows(rows, words, large), centred)
+        assert bool((closer > nn.functional.cosine_similarity(token_like_rows(rows, words, small), centred)).all())
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ DIAGNOSTICS = (  # (key, row title, how to read it)
     ("hidden_user_variance", "hidden-state user variance share", "0: every user gets the same hidden state"),
     ("mean_pairwise_cosine", "mean pairwise cosine of hidden states", "near 1: the hidden states barely differ"),
     ("logit_user_share", "logit user-specific share", "near 0: one list (popularity) for everyone"),
+    ("user_row_norm_ratio", "user row norm / word norm", "far below 1: the backbone reads user tokens faintly"),
+    ("item_row_norm_ratio", "item row norm / word norm", "far below 1: the backbone reads item tokens faintly"),
 )
 
 

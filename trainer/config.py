@@ -164,6 +164,15 @@ class PretrainConfig:
     """At the end of the content warm-up, set the collaborative tables to the content ones — the mean
     of their MR prior N(ẑ, λ_c⁻¹I) — so that L-steps or finetuning start from what the content LLM
     learned by reading rather than from random rows. False (the authors'): they stay at their init."""
+    collab_from_content_tables: str = "both"
+    """Which collaborative tables `collab_from_content` sets: `both`, or `users` (the item rows, which
+    are also the tied item head, keep their init)."""
+    collab_from_content_token_alpha: float | None = None
+    """null: `collab_from_content` copies the content rows as they are. A number α: token-like copies
+    instead (`cllm4rec.table_init.token_like_rows`): the backbone's mean word embedding plus α × its mean
+    word norm × the row's unit direction from the table's mean row, rescaled to the mean word norm, so
+    that the frozen backbone carries what tells the rows apart to the scoring position
+    ([results.md](results.md), the content-signal dataset)."""
     lambda_l: float = 0.0
     """Prior weight λ_l on Σ‖z‖² of the collaborative tables (L-steps, finetuning), reduced like MR."""
     content: bool = True

@@ -25,6 +25,7 @@ import yaml
 
 from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import selection_score
+from cllm4rec.table_init import token_like_rows
 from cllm4rec.tasks import TableSet, Task
 from cllm4rec.templates import ScoringPrompt
 from data_prep.atomic import atomic_write_text
@@ -230,6 +231,18 @@ class TrainingRun:
                                        f"shards): resume on {len(saved)} ranks, or from a checkpoint between epochs")
         return rank_share(saved, self.dist.rank, self.dist.world_size)
 
+    def collab_from_content(self, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The collaborative tables `pretrain.collab_from_content` sets at the end of the warm-up, from the
+        whole `tables`: the content ones (of `collab_from_content_tables`), copied as they are or as
+        token-like rows (`collab_from_content_token_alpha`). Collective with a ZeRO-3 backbone."""
+        pre = self.config.pretrain
+        kinds = ("user",) if pre.collab_from_content_tables == "users" else ("user", "item")
+        alpha = pre.collab_from_content_token_alpha
+        words = self.parts.model.backbone.get_input_embeddings()
+        return {f"collab_{kind}": tables[f"content_{kind}"] if alpha is None else
+                token_like_rows(tables[f"content_{kind}"], words, alpha).to(tables[f"content_{kind}"].dtype)
+                for kind in kinds}
+
     def run_unit(self, unit: Unit, index: int) -> dict[str, float]:
         """Train one unit (resuming inside it if a mid-epoch checkpoint says so); finetuning units
         then validate and keep the best tables."""
@@ -258,9 +271,7 @@ class TrainingRun:
         self.state["in_progress"] = None
         pre = self.config.pretrain
         if unit.phase is Phase.WARMUP and unit.epoch == pre.warmup_epochs - 1 and pre.collab_from_content:
-            tables = self.engine.full_tables()
-            self.engine.load_tables({collab: tables[content] for collab, content in
-                                     zip(TableSet.COLLAB.table_names, TableSet.CONTENT.table_names)}, None)
+            self.engine.load_tables(self.collab_from_content(self.engine.full_tables()), None)
         if unit.phase is Phase.L_STEP:
             metrics["collab_popularity_entropy"] = self.popularity_entropy
         if unit.phase is not Phase.FINETUNE:
