@@ -195,7 +195,7 @@ def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch
              "finetune.lambda_c": 0.5, "pretrain.warmup_mr": True, "pretrain.content_lr": 0.02, "pretrain.lr_schedule": "cosine",
              "pretrain.lr_warmup_steps": 2, "finetune.lr_schedule": "cosine", "finetune.lr_warmup_steps": 3,
              "data.bucket_window": 1, "model.bos": True, "checkpoint.every_steps": 3, "model.table_optimizer": "row_adam",
-             "pretrain.collab_from_content": True}
+             "pretrain.collab_from_content": True, "pretrain.collab_from_content_token_alpha": 0.25}
 
     def run(out, interrupt: bool):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, out, **knobs))
