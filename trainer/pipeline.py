@@ -26,7 +26,7 @@ import yaml
 from cllm4rec.interactions import popularity_entropy
 from cllm4rec.metrics import selection_score
 from cllm4rec.table_init import token_like_rows
-from cllm4rec.tasks import TableSet, Task
+from cllm4rec.tasks import Task
 from cllm4rec.templates import ScoringPrompt
 from data_prep.atomic import atomic_write_text
 from trainer import checkpoint as ckpt
