@@ -48,6 +48,14 @@ def mean_word_embedding(words: nn.Embedding, ids: list[int]) -> torch.Tensor:
     return words.weight[index].float().mean(dim=0)
 
 
+def word_embedding_stats(words: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w̄ float32 [K], ‖w‖ float32 []): the backbone's mean word embedding and its mean word norm, over
+    every row of `words`. Collective with a ZeRO-3 backbone (the embedding is gathered)."""
+    with gathered([words.weight]):
+        weight = words.weight.detach().float()
+        return weight.mean(dim=0), weight.norm(dim=1).mean()
+
+
 def token_like_rows(rows: torch.Tensor, words: nn.Embedding, alpha: float) -> torch.Tensor:
     """float32 [N, K]: `rows` [N, K] moved to where the backbone's tokens lie. Each becomes the mean word
     embedding w̄ plus α × the mean word norm ‖w‖ × its unit direction from the rows' mean, rescaled to
@@ -55,9 +63,7 @@ def token_like_rows(rows: torch.Tensor, words: nn.Embedding, alpha: float) -> to
     common one (means of word embeddings) keep what tells them apart, in a vector the size and shape of
     a word's; rows equal to their mean become w̄ rescaled. Collective with a ZeRO-3 backbone (its word
     embeddings are gathered)."""
-    with gathered([words.weight]):
-        weight = words.weight.detach().float()
-        mean_word, word_norm = weight.mean(dim=0), weight.norm(dim=1).mean()
+    mean_word, word_norm = word_embedding_stats(words)
     rows = rows.detach().float()
     direction = torch.nn.functional.normalize(rows - rows.mean(dim=0), dim=1)
     return torch.nn.functional.normalize(mean_word + alpha * word_norm * direction, dim=1) * word_norm

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from cllm4rec.diagnostics import LogitMoments, hidden_user_variance, mean_pairwise_cosine
 from cllm4rec.interactions import first_occurrences
 from cllm4rec.model import CLLM4Rec
+from cllm4rec.table_init import word_embedding_stats
 from cllm4rec.tasks import TableSet
 from cllm4rec.templates import ScoringPrompt
 from data_prep.atomic import atomic_file, atomic_folder
@@ -117,7 +118,7 @@ def row_norm_ratios(model: CLLM4Rec) -> dict[str, float]:
     """{"user_row_norm_ratio", "item_row_norm_ratio"}: the mean norm of the collaborative user / item rows
     over the backbone's mean word-embedding norm. Far below 1, the frozen backbone reads the ID tokens as
     faint ones beside the prompt's words (docs/results.md, the content-signal dataset)."""
-    word_norm = model.backbone.get_input_embeddings().weight.detach().float().norm(dim=1).mean()
+    _, word_norm = word_embedding_stats(model.backbone.get_input_embeddings())
     return {f"{kind}_row_norm_ratio": float(getattr(model, f"collab_{kind}").detach().float().norm(dim=1).mean() / word_norm)
             for kind in ("user", "item")}
 
