@@ -19,8 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trainer.distributed import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+# The store port of every launched run of this session, picked free once (a port derived from the pid could be
+# one that another launcher of the session derived too): shm_buffers() names the runs' buffers by it.
+LAUNCH_PORT = free_port()
 LOSS_KEYS = ("lm_loss", "mr_loss", "val_selection")
 METRICS = ("recall@20", "recall@40", "ndcg@100")
 # The schedule of the multi-rank runs (test_distributed.py, test_row_sharding.py, test_ray_jobs.py): every
@@ -39,7 +44,7 @@ def launch_env() -> dict[str, str]:
     variables, with one thread per rank."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHON=sys.executable, MASTER_PORT=str(29500 + os.getpid() % 1000))
+               PYTHON=sys.executable, MASTER_PORT=str(LAUNCH_PORT))
     return env
 
 

@@ -7,6 +7,7 @@ overwrite it; `recommend`, `evaluate` and a dataset given by name fail early wit
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,7 @@ def test_missing_model_is_called_missing(tmp_path, capsys) -> None:
     _one_line_error(capsys, f"run: a run folder, not a saved model; its model is {tmp_path / 'run' / 'model'}")
 
 
-def test_a_dataset_prepared_by_name_resolves_to_the_cache(raw, cache, tmp_path, monkeypatch, capsys) -> None:
+def test_a_dataset_prepared_by_name_resolves_to_the_cache_folder_of_its_split(raw, cache, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli.main(_prepare(raw, "--name", "beauty")) == 0
     assert resolve_dataset("beauty") == cache / "datasets" / "beauty"
@@ -226,3 +227,10 @@ def test_a_dataset_prepared_by_name_resolves_to_the_cache(raw, cache, tmp_path, 
     with pytest.raises(DataPrepError, match=rf"data\.dataset=nothere: .*looked in {cache / 'datasets' / 'nothere'}"):
         resolve_dataset("nothere")
     assert resolve_dataset(str(raw)) == raw  # a path is taken as it is
+    with pytest.raises(DataPrepError, match=r"data\.dataset=beauty: .*beauty-split1.*--name beauty --seed 1"):
+        resolve_dataset("beauty", split_seed=1)  # another split of a named dataset is its own folder
+    assert cli.main(_prepare(raw, "--name", "beauty", "--seed", "1")) == 0
+    assert resolve_dataset("beauty", split_seed=1) == cache / "datasets" / "beauty-split1"
+    shutil.copytree(cache / "datasets" / "beauty-split1", cache / "datasets" / "beauty-split2")  # a renamed folder
+    with pytest.raises(DataPrepError, match=r"beauty-split2 holds split seed 1, not data\.split_seed=2"):
+        resolve_dataset("beauty", split_seed=2)

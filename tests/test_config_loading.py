@@ -53,7 +53,7 @@ def test_config_resolution_and_round_trip(tmp_path) -> None:
     assert config.finetune.max_steps_per_epoch is None
     assert config.pretrain.content is False and config.pretrain.lambda_c == 0.0  # the ablation preset
     assert config_from_dict(config_to_dict(config)) == config
-    for shipped in ("quick", "ml100k", "paper"):
+    for shipped in ("quick", "ml100k", "content-signal", "paper"):
         assert load_config(shipped).name == shipped
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["pretrain.rounds"])

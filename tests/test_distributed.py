@@ -28,6 +28,7 @@ from launched_runs import (LAUNCH_VARS, METRICS, REPO, SCHEDULE, assert_same_his
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
+from trainer.distributed import free_port
 from trainer.phases import StepKind
 
 pytestmark = pytest.mark.slow
@@ -209,7 +210,7 @@ def group_of_one():
         for name in LAUNCH_VARS:
             patch.delenv(name, raising=False)
         for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                            "MASTER_PORT": str(29400 + os.getpid() % 1000)}.items():
+                            "MASTER_PORT": str(free_port())}.items():
             patch.setenv(name, value)
         yield init_distributed("cpu", require_group=True)
         shutdown_distributed()

@@ -16,7 +16,7 @@ from cllm4rec.row_shards import RowSlices
 from cllm4rec.tokenization import IdTokenizer
 from data_prep.errors import DataPrepError
 from data_prep.prepare import default_output, is_plain_name, prepare
-from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
+from data_prep.processed import ProcessedDataset, dataset_hash, load_processed, read_meta
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Corpora, epoch_rng
 from trainer.zero_build import PartitionedBuild
@@ -29,24 +29,30 @@ TableLayout = dict[str, Any] | RowSlices | None
 
 
 def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
-    """A processed dataset folder; a bare name is the folder `cllm4rec prepare … --name <name>` wrote
-    to the cache (`<cache>/datasets/<name>`); an embedded name is prepared there on demand (`split_seed`)."""
+    """A processed dataset folder; a bare name is the folder `cllm4rec prepare … --name <name> --seed
+    <split_seed>` wrote to the cache (`<cache>/datasets/<name>[-split<seed>]`); an embedded name is prepared
+    there on demand. A path is used as it is, whatever `split_seed`."""
     path = Path(ref).expanduser()
     if path.is_dir() or not is_plain_name(ref):
         return path
     if ref in EMBEDDED_DATASETS:
         return _prepare_embedded(ref, split_seed)
-    out = default_output(ref)
+    out = default_output(ref, split_seed)
+    seed_flag = f" --seed {split_seed}" if split_seed else ""
     if not out.is_dir():
         raise DataPrepError(f"data.dataset={ref}: neither a folder here nor a prepared dataset in the cache "
-                            f"(looked in {out}); prepare it with `cllm4rec prepare … --name {ref}` or give a path")
+                            f"(looked in {out}); prepare it with `cllm4rec prepare … --name {ref}{seed_flag}` "
+                            "or give a path")
+    prepared_seed = read_meta(out)["split"]["seed"]
+    if prepared_seed != split_seed:
+        raise DataPrepError(f"data.dataset={ref}: {out} holds split seed {prepared_seed}, not data.split_seed="
+                            f"{split_seed}; prepare it again with `cllm4rec prepare … --name {ref}{seed_flag}`")
     return out
 
 
 def _prepare_embedded(name: str, split_seed: int) -> Path:
     """The cache folder of the embedded dataset `name`, prepared unless it is there with this split seed."""
     from data_prep.assets import fetch_ml100k_raw
-    from data_prep.processed import read_meta
     from data_prep.readers import read_movielens
 
     out = default_output(name, split_seed)

@@ -94,7 +94,7 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
 
 
 def recipe_path(recipe: str) -> Path:
-    """A shipped recipe name ('quick', 'ml100k', 'paper') or a path to a YAML file."""
+    """A shipped recipe name ('quick', 'ml100k', 'content-signal', 'paper') or a path to a YAML file."""
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():

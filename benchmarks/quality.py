@@ -1,16 +1,19 @@
-"""CLLM4Rec (and its ablations) vs MostPop, Multi-VAE and EASE on ML-100K over several split seeds
-(mean ± sd), with the wall time of each phase.
+"""CLLM4Rec (and its ablations) vs MostPop, Multi-VAE and EASE over several split seeds of a recipe's
+dataset (mean ± sd), with the wall time of each phase.
 
-    .venv/bin/python benchmarks/ml100k_quality.py --recipe quick --seeds 0 1 2 --ablations none cf [overrides ...]
-    .venv/bin/python benchmarks/ml100k_quality.py --baselines-only --seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --recipe quick --seeds 0 1 2 --ablations none cf [overrides ...]
+    .venv/bin/python benchmarks/quality.py --recipe content-signal --seeds 0 1 2 --ablations none cf
+    .venv/bin/python benchmarks/quality.py --baselines-only --seeds 0 1 2
 
 Prints a Markdown table whose rows start with the model name (`| CLLM4Rec |`, `| LLM-CF |`,
 `| Multi-VAE |`, ...), then the wall time of each phase. Each seed is a separate split
-(data.split_seed) and a separate training seed. Every ablation of a seed trains on the same split;
-the baselines run once per seed, with the first ablation. Runs go to
-runs/bench-<recipe>[-<ablation>]-seed<N>; with --resume a run that finished is read back from its
-results.json and one that did not continues from its last checkpoint, so an interrupted benchmark
-loses at most one epoch; without --resume a cell whose run folder already holds a run is refused.
+(data.split_seed: the embedded ML-100K is split on demand; a dataset named in the cache must have been
+prepared with `--seed N` for each seed N) and a separate training seed. Every ablation of a seed trains
+on the same split; the baselines run once per seed, with the first ablation. Runs go to
+runs/bench-<recipe>[-<ablation>]-seed<N>, tracked in the MLflow experiment benchmark-<dataset>; with
+--resume a run that finished is read back from its results.json and one that did not continues from its
+last checkpoint, so an interrupted benchmark loses at most one epoch; without --resume a cell whose run
+folder already holds a run is refused.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import logging
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from trainer.ablations import NONE
 from trainer.baselines import run_baselines
@@ -37,14 +41,20 @@ def run_name(recipe: str, ablation: str, seed: int) -> str:
     return f"bench-{recipe}{'' if ablation == NONE else '-' + ablation}-seed{seed}"
 
 
+def dataset_name(recipe: str, overrides: list[str]) -> str:
+    """The name of the dataset a recipe with `overrides` trains on (its folder's name for a path)."""
+    return Path(load_config(recipe, overrides).data.dataset).name
+
+
 def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
              ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """({model: test metrics}, {phase: seconds}) for one split seed and one ablation."""
     overrides = [f"seed={seed}", f"data.split_seed={seed}", f"ablation={ablation}",
-                 f"name={run_name(args.recipe, ablation, seed)}", "tracking.experiment=benchmark-ml100k",
+                 f"name={run_name(args.recipe, ablation, seed)}",
                  *([] if baselines else ["baselines.mostpop=false", "baselines.multivae=false", "baselines.ease=false"]),
                  *args.overrides]
-    config = load_config(args.recipe, overrides)
+    config = load_config(args.recipe, [f"tracking.experiment=benchmark-{dataset_name(args.recipe, overrides)}",
+                                       *overrides])
     if args.baselines_only:
         dataset = load_processed(resolve_dataset(config.data.dataset, seed))
         splits = [user_item_lists(dataset, s) for s in ("train", "val", "test")]
@@ -96,7 +106,7 @@ def main() -> None:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
-    print(f"\nML-100K, recipe {args.recipe!r}, split seeds {args.seeds}, overrides {args.overrides or 'none'}\n")
+    print(f"\n{dataset_name(args.recipe, args.overrides)}, recipe {args.recipe!r}, split seeds {args.seeds}, overrides {args.overrides or 'none'}\n")
     print("| Model | Recall@20 | Recall@40 | NDCG@100 |")
     print("|---|---|---|---|")
     for model, metrics in results.items():
