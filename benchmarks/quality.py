@@ -10,10 +10,10 @@ Prints a Markdown table whose rows start with the model name (`| CLLM4Rec |`, `|
 (data.split_seed: the embedded ML-100K is split on demand; a dataset named in the cache must have been
 prepared with `--seed N` for each seed N) and a separate training seed. Every ablation of a seed trains
 on the same split; the baselines run once per seed, with the first ablation. Runs go to
-runs/bench-<recipe>[-<ablation>]-seed<N>, tracked in the MLflow experiment benchmark-<dataset>; with
---resume a run that finished is read back from its results.json and one that did not continues from its
-last checkpoint, so an interrupted benchmark loses at most one epoch; without --resume a cell whose run
-folder already holds a run is refused.
+runs/bench-<recipe>[-<variant>][-<ablation>]-seed<N> (--variant names a set of overrides), tracked in
+the MLflow experiment benchmark-<dataset>; with --resume a run that finished is read back from its
+results.json and one that did not continues from its last checkpoint, so an interrupted benchmark
+loses at most one epoch; without --resume a cell whose run folder already holds a run is refused.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ from data_prep.processed import load_processed
 COLUMNS = ("recall@20", "recall@40", "ndcg@100")
 
 
-def run_name(recipe: str, ablation: str, seed: int) -> str:
-    """The run (and output folder) name of one benchmark cell, e.g. bench-quick-cf-seed1."""
-    return f"bench-{recipe}{'' if ablation == NONE else '-' + ablation}-seed{seed}"
+def run_name(recipe: str, ablation: str, seed: int, variant: str | None = None) -> str:
+    """The run (and output folder) name of one benchmark cell, e.g. bench-quick-cf-seed1, or
+    bench-quick-lr3e-4-cf-seed1 for the variant `lr3e-4` (the same recipe with other overrides)."""
+    return f"bench-{recipe}{'-' + variant if variant else ''}{'' if ablation == NONE else '-' + ablation}-seed{seed}"
 
 
 def dataset_name(recipe: str, overrides: list[str]) -> str:
@@ -50,7 +51,7 @@ def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
              ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """({model: test metrics}, {phase: seconds}) for one split seed and one ablation."""
     overrides = [f"seed={seed}", f"data.split_seed={seed}", f"ablation={ablation}",
-                 f"name={run_name(args.recipe, ablation, seed)}",
+                 f"name={run_name(args.recipe, ablation, seed, args.variant)}",
                  *([] if baselines else ["baselines.mostpop=false", "baselines.multivae=false", "baselines.ease=false"]),
                  *args.overrides]
     config = load_config(args.recipe, [f"tracking.experiment=benchmark-{dataset_name(args.recipe, overrides)}",
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablations", nargs="+", default=[NONE],
                         help="ablations to train on every seed (none = CLLM4Rec; cf = LLM-CF; ...)")
+    parser.add_argument("--variant", help="a name for these overrides, put in the run names so that runs of the same "
+                        "recipe with other overrides get folders of their own")
     parser.add_argument("--baselines-only", action="store_true")
     parser.add_argument("--resume", action="store_true",
                         help="read finished runs back from their results.json and continue unfinished ones")
@@ -106,7 +109,8 @@ def main() -> None:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
-    print(f"\n{dataset_name(args.recipe, args.overrides)}, recipe {args.recipe!r}, split seeds {args.seeds}, overrides {args.overrides or 'none'}\n")
+    print(f"\n{dataset_name(args.recipe, args.overrides)}, recipe {args.recipe!r}, split seeds {args.seeds}, "
+          f"overrides {args.overrides or 'none'}\n")
     print("| Model | Recall@20 | Recall@40 | NDCG@100 |")
     print("|---|---|---|---|")
     for model, metrics in results.items():
