@@ -227,10 +227,14 @@ def test_a_dataset_prepared_by_name_resolves_to_the_cache_folder_of_its_split(ra
     with pytest.raises(DataPrepError, match=rf"data\.dataset=nothere: .*looked in {cache / 'datasets' / 'nothere'}"):
         resolve_dataset("nothere")
     assert resolve_dataset(str(raw)) == raw  # a path is taken as it is
-    with pytest.raises(DataPrepError, match=r"data\.dataset=beauty: .*beauty-split1.*--name beauty --seed 1"):
+    with pytest.raises(DataPrepError, match=r"data\.dataset=beauty: .*beauty holds split seed 0, not data\.split_seed"
+                                            r"=1; prepare that split with `cllm4rec prepare … --name beauty --seed 1`"):
         resolve_dataset("beauty", split_seed=1)  # another split of a named dataset is its own folder
     assert cli.main(_prepare(raw, "--name", "beauty", "--seed", "1")) == 0
     assert resolve_dataset("beauty", split_seed=1) == cache / "datasets" / "beauty-split1"
     shutil.copytree(cache / "datasets" / "beauty-split1", cache / "datasets" / "beauty-split2")  # a renamed folder
     with pytest.raises(DataPrepError, match=r"beauty-split2 holds split seed 1, not data\.split_seed=2"):
         resolve_dataset("beauty", split_seed=2)
+    shutil.copytree(cache / "datasets" / "beauty-split1", cache / "datasets" / "beauty-cold")  # a name of its own
+    cold = cache / "datasets" / "beauty-cold"
+    assert resolve_dataset("beauty-cold", split_seed=1) == resolve_dataset("beauty-cold") == cold

@@ -29,24 +29,26 @@ TableLayout = dict[str, Any] | RowSlices | None
 
 
 def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
-    """A processed dataset folder; a bare name is the folder `cllm4rec prepare … --name <name> --seed
-    <split_seed>` wrote to the cache (`<cache>/datasets/<name>[-split<seed>]`); an embedded name is prepared
-    there on demand. A path is used as it is, whatever `split_seed`."""
+    """A processed dataset folder. A path is used as it is. An embedded name is prepared in the cache on
+    demand with `split_seed`. Any other bare name is a dataset `cllm4rec prepare … --name <name>` wrote to
+    the cache: with split seed N ≠ 0, the folder `<name>-split<N>` (what `--seed N` writes) if there is one,
+    else `<name>`, and the folder must hold split N; with 0, the default, `<name>` whatever its split."""
     path = Path(ref).expanduser()
     if path.is_dir() or not is_plain_name(ref):
         return path
     if ref in EMBEDDED_DATASETS:
         return _prepare_embedded(ref, split_seed)
     out = default_output(ref, split_seed)
-    seed_flag = f" --seed {split_seed}" if split_seed else ""
+    if not out.is_dir():
+        out = default_output(ref)
+    prepare_hint = f"`cllm4rec prepare … --name {ref}{f' --seed {split_seed}' if split_seed else ''}`"
     if not out.is_dir():
         raise DataPrepError(f"data.dataset={ref}: neither a folder here nor a prepared dataset in the cache "
-                            f"(looked in {out}); prepare it with `cllm4rec prepare … --name {ref}{seed_flag}` "
-                            "or give a path")
+                            f"(looked in {out}); prepare it with {prepare_hint} or give a path")
     prepared_seed = read_meta(out)["split"]["seed"]
-    if prepared_seed != split_seed:
+    if split_seed and prepared_seed != split_seed:
         raise DataPrepError(f"data.dataset={ref}: {out} holds split seed {prepared_seed}, not data.split_seed="
-                            f"{split_seed}; prepare it again with `cllm4rec prepare … --name {ref}{seed_flag}`")
+                            f"{split_seed}; prepare that split with {prepare_hint}")
     return out
 
 

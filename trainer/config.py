@@ -30,9 +30,10 @@ class DataConfig:
     """A processed dataset folder, or the embedded name `ml-100k`, prepared on demand into
     `<cache>/datasets/ml-100k` (or `ml-100k-split<seed>`). `~` is not expanded; an existing folder is used as is."""
     split_seed: int = 0
-    """Split seed. With the embedded `ml-100k`, the split prepared on demand; with a dataset named in the
-    cache, which of its splits: the folder `cllm4rec prepare … --name <name> --seed <split_seed>` wrote
-    (an error if there is none). A dataset given as a path keeps its own split."""
+    """Split seed. With the embedded `ml-100k`, the split prepared on demand. With a dataset named in the
+    cache, N ≠ 0 picks the folder `cllm4rec prepare … --name <name> --seed N` wrote (`<name>-split<N>`, else
+    `<name>` if it holds split N; an error otherwise); 0 takes `<name>` as it is. A dataset given as a path
+    keeps its own split."""
     max_items: int = 512
     """Most items per collaborative document, finetuning prompt and scoring prompt; longer lists keep a
     random subset in order. The closing `, <user_i> will interact with` is never cut."""
