@@ -1,7 +1,7 @@
 """CLLM4Rec (and its ablations) vs MostPop, Multi-VAE and EASE over several split seeds of a recipe's
 dataset (mean ± sd), with the wall time of each phase.
 
-    .venv/bin/python benchmarks/quality.py --recipe quick --seeds 0 1 2 --ablations none cf [overrides ...]
+    .venv/bin/python benchmarks/quality.py --recipe quick --seeds 0 1 2 --ablations none cf [-- overrides ...]
     .venv/bin/python benchmarks/quality.py --recipe content-signal --seeds 0 1 2 --ablations none cf
     .venv/bin/python benchmarks/quality.py --baselines-only --seeds 0 1 2
 
@@ -90,6 +90,10 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    swallowed = [a for a in args.ablations if "=" in a]
+    if swallowed:  # --ablations takes every word up to the next flag, key=value overrides too
+        parser.error(f"--ablations got the overrides {' '.join(swallowed)}: put overrides before --seeds and "
+                     "--ablations, or after `--`")
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     phase_times: dict[str, list[float]] = defaultdict(list)
