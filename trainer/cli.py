@@ -19,8 +19,10 @@ from trainer.checkpoint import CheckpointError
 from trainer.cli_data import DATA_COMMANDS, add_data_parsers
 from trainer.cli_model import MODEL_COMMANDS, add_model_parsers
 from trainer.config import ConfigError
+from trainer.config_loading import shipped_recipes
 
 USER_ERRORS: tuple[type[Exception], ...] = (DataPrepError, AssetFetchError, ConfigError, CheckpointError, BackboneError)
+RECIPE_HELP = f"shipped recipe ({', '.join(shipped_recipes())}) or a YAML file"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -126,7 +128,7 @@ def _add_start_flags(p: argparse.ArgumentParser, *, rows: bool) -> None:
 
 def _add_rows_args(p: argparse.ArgumentParser, unit: str) -> None:
     """--recipe, the start flags, --no-progress and shared overrides of a command that trains several runs."""
-    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    p.add_argument("--recipe", default="quick", help=RECIPE_HELP)
     _add_start_flags(p, rows=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help=f"config overrides shared by every {unit}")
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("demo", "the main job: the quick recipe on ML-100K + SmolLM2-135M")):
         p = sub.add_parser(name, help=help_text)
         if name == "train":
-            p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+            p.add_argument("--recipe", default="quick", help=RECIPE_HELP)
             p.add_argument("--init-from", type=Path, metavar="RUN_OR_MODEL",
                            help="start from an earlier run's model (or a saved model folder): rows of the ids it "
                                 "shares with this dataset carried over by raw id, new ids folded in from their text "
@@ -158,13 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--two-tower-epochs", type=int, default=30, help="epochs of CLLM4Rec-Emb and Two-Tower (default 30)")
     _add_rows_args(p, "row")
     p = sub.add_parser("config", help="print the resolved config (recipe + overrides) as YAML, or the configuration reference")
-    p.add_argument("--recipe", help="shipped recipe (quick, paper) or a YAML file (default: none, the defaults)")
+    p.add_argument("--recipe", help=RECIPE_HELP + " (default: none, the defaults)")
     p.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown) instead")
     p.add_argument("--update", type=Path, help="with --reference: rewrite the generated part of this file (docs/configuration.md)")
     p.add_argument("overrides", nargs="*", help="config overrides such as pretrain.lambda_c=0.5")
     p = sub.add_parser("plan-memory", help="the memory each rank of a run would hold, term by term, without training "
                        "(exit status 1 when it would not fit)")
-    p.add_argument("--recipe", default="quick", help="shipped recipe (quick, paper) or a YAML file")
+    p.add_argument("--recipe", default="quick", help=RECIPE_HELP)
     p.add_argument("--ranks", type=int, default=1, help="ranks (world size) to plan for (default 1)")
     p.add_argument("--users", type=int, help="plan for this many users (with --items) instead of the dataset's")
     p.add_argument("--items", type=int, help="plan for this many items (with --users)")

@@ -93,8 +93,13 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def shipped_recipes() -> list[str]:
+    """The names of the recipes in trainer/recipes/, sorted."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
 def recipe_path(recipe: str) -> Path:
-    """A shipped recipe name ('quick', 'ml100k', 'content-signal', 'paper') or a path to a YAML file."""
+    """A shipped recipe name (`shipped_recipes`) or a path to a YAML file."""
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -102,8 +107,8 @@ def recipe_path(recipe: str) -> Path:
         return path
     shipped = RECIPES_DIR / f"{recipe}.yaml"
     if not shipped.is_file():
-        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown recipe {recipe!r}; shipped recipes: {', '.join(names)}, or pass a .yaml file")
+        raise ConfigError(f"unknown recipe {recipe!r}; shipped recipes: {', '.join(shipped_recipes())}, "
+                          "or pass a .yaml file")
     return shipped
 
 
