@@ -75,6 +75,18 @@ def test_cli_user_errors_exit_2(tmp_path, capsys) -> None:
     assert "train" in capsys.readouterr().out
 
 
+def test_content_signal_recipe_is_quick_with_the_searched_content_transfer() -> None:
+    """The content-signal recipe is the configuration its three-seed figures in docs/results.md come from:
+    quick on the content-signal data with text-initialised content rows, token-like collaborative user
+    rows after the warm-up, and 12 finetuning epochs at lr 3e-4 without MR."""
+    measured = load_config("quick", [
+        "name=content-signal", "data.dataset=content-signal", "model.content_init_from_text=true",
+        "model.content_init_reviews=true", "pretrain.collab_from_content=true",
+        "pretrain.collab_from_content_tables=users", "pretrain.collab_from_content_token_alpha=0.25",
+        "finetune.epochs=12", "finetune.lr=3e-4", "finetune.lambda_c=0", "finetune.patience=4"])
+    assert load_config("content-signal") == measured
+
+
 def test_ml100k_recipe_is_quick_with_the_long_cosine_finetuning() -> None:
     """The ml100k recipe is exactly the run its figures in docs/results.md come from: quick with 20
     finetuning epochs on a cosine lr and patience 5."""
