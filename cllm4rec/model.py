@@ -79,32 +79,22 @@ def whole_table(init: TableInit, name: str, rows: int, dim: int, device: torch.d
     return nn.Parameter(init.whole(name, rows, dim).to(device))
 
 
-INIT_OFFSETS = {"none": (), "items": ("item",), "users": ("user",), "both": ("user", "item")}
-
-
 def table_init_of(words: torch.Tensor, n_users: int, n_items: int, init_std: float | None, seed: int,
-                  content_init: str, init_offset: str = "none") -> TableInit:
+                  content_init: str) -> TableInit:
     """The tables' starting values: σ = `init_std` or the std of the word embeddings `words` [V, K] (gathered
     for a moment if partitioned: collective); content tables copy the collaborative ones ("collab") or are
-    drawn after them ("random"); the tables of `init_offset` (`INIT_OFFSETS`) start at the mean word
-    embedding plus their draw."""
+    drawn after them ("random")."""
     if content_init not in ("collab", "random"):
         raise ValueError(f"content_init must be 'collab' or 'random', got {content_init!r}")
-    if init_offset not in INIT_OFFSETS:
-        raise ValueError(f"init_offset must be one of {', '.join(INIT_OFFSETS)}, got {init_offset!r}")
-    offset = None
-    if init_std is None or INIT_OFFSETS[init_offset]:
+    if init_std is None:
         with gathered([words]):
-            weight = words.detach().float()
-            init_std = float(weight.std()) if init_std is None else init_std
-            offset = weight.mean(dim=0).cpu() if INIT_OFFSETS[init_offset] else None
+            init_std = float(words.detach().float().std())
     dim = int(full_shape(words)[1])
     sizes = {name: (n_users if name.endswith("user") else n_items) * dim for name in TABLE_NAMES}
     collab = content_init == "collab"
     sources = {name: name.replace("content", "collab") for name in TABLE_NAMES if collab and name.startswith("content")}
     draws = tuple((name, sizes[name]) for name in TABLE_NAMES if name not in sources)
-    offset_tables = tuple(name for name in TABLE_NAMES if name.rsplit("_", 1)[1] in INIT_OFFSETS[init_offset])
-    return TableInit(seed, float(init_std), draws, sources, offset=offset, offset_tables=offset_tables)
+    return TableInit(seed, float(init_std), draws, sources)
 
 
 class CLLM4Rec(nn.Module):
@@ -114,9 +104,7 @@ class CLLM4Rec(nn.Module):
     content_init "collab" (default) starts the content tables AT the collaborative ones — the mean of
     their conditional prior N(z^l, λ_c⁻¹I), so the MR term starts at 0 instead of at ~2Kσ² per ID,
     which would otherwise dominate the LM losses for hundreds of epochs; "random" draws them
-    independently. `init_offset` ("items", "users", "both"; default "none") adds the backbone's mean word
-    embedding w̄ to every row of the collaborative and content tables of those kinds: as input
-    tokens they then lie where words do, while the tied item head's logits all move by the same h·w̄. `head_gradient_dtype` is the dtype of the item head's gradient products (None: fp32,
+    independently. `head_gradient_dtype` is the dtype of the item head's gradient products (None: fp32,
     exact; bf16 with a bf16 backbone: see `item_softmax_nll_sum`). `make_table` creates each table
     Parameter from its `TableInit` (default `whole_table`: the whole table on the backbone's device;
     trainer/zero_build.py: a ZeRO-3 partition written in place; `row_shards.RowSlices`: one rank's rows).
@@ -135,7 +123,6 @@ class CLLM4Rec(nn.Module):
         backbone_trainable: bool = False,
         backbone_dropout: bool = False,
         content_init: str = "collab",
-        init_offset: str = "none",
         head_gradient_dtype: torch.dtype | None = None,
         make_table: TableMaker = whole_table,
     ):
@@ -148,7 +135,7 @@ class CLLM4Rec(nn.Module):
         self.lambda_c, self.lambda_l = float(lambda_c), float(lambda_l)
         self.backbone_trainable, self.backbone_dropout = backbone_trainable, backbone_dropout
         self.head_gradient_dtype = head_gradient_dtype
-        self.table_init = table_init_of(words, self.n_users, self.n_items, init_std, seed, content_init, init_offset)
+        self.table_init = table_init_of(words, self.n_users, self.n_items, init_std, seed, content_init)
         for name in TABLE_NAMES:
             setattr(self, name, make_table(self.table_init, name, self.table_rows(name), self.dim, words.device))
         if not backbone_trainable:

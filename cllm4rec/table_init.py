@@ -97,19 +97,14 @@ class TextRows:
 @dataclass(frozen=True)
 class TableInit:
     """How the tables start: N(0, std²) draws from `seed`, in the order of `draws` ((table, elements)
-    pairs), plus `offset` on every row of the drawn tables `offset_tables`; `sources` maps a table that
-    copies another to the drawn one; `text`, content rows that start from their text instead
-    (`CLLM4Rec.init_content_from_text` sets it)."""
+    pairs); `sources` maps a table that copies another to the drawn one; `text`, content rows that start
+    from their text instead (`CLLM4Rec.init_content_from_text` sets it)."""
 
     seed: int
     std: float
     draws: tuple[tuple[str, int], ...]
     sources: dict[str, str]
     text: TextRows | None = None
-    offset: torch.Tensor | None = None
-    """float32 [K] added to every row of the drawn tables in `offset_tables` (and of the tables that copy
-    them), or None."""
-    offset_tables: tuple[str, ...] = ()
 
     def write(self, name: str, start: int, out: torch.Tensor) -> None:
         """Write elements [start, start + out.numel()) of table `name`, flattened row-major, into the flat
@@ -125,9 +120,6 @@ class TableInit:
             draw_into(generator, numel, start, out if table == drawn else empty, self.std, buffer)
             if table == drawn:
                 break
-        if self.offset is not None and drawn in self.offset_tables:
-            columns = torch.arange(start, start + out.numel()) % self.offset.numel()
-            out.add_(self.offset[columns].to(out.dtype))
         if self.text is not None:
             self.text.write(name, start, out)
 

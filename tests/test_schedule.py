@@ -185,33 +185,6 @@ def test_token_like_rows_keep_what_tells_rows_apart_at_a_words_size():
         assert bool((closer > nn.functional.cosine_similarity(token_like_rows(rows, words, small), centred)).all())
 
 
-def test_init_offset_starts_rows_at_the_mean_word_embedding():
-    """model.init_offset: the chosen collaborative tables, and the content tables copying them, start at
-    the mean word embedding plus the same draws as without it, whole or written one element range at a time;
-    the other tables are unchanged; the tied head's softmax over offset item rows equals the plain one."""
-    from cllm4rec.model import table_init_of
-
-    torch.manual_seed(0)
-    words = torch.randn(50, 8) * 0.5 + 1.0
-    plain = table_init_of(words, 5, 7, 0.02, seed=3, content_init="collab")
-    items = table_init_of(words, 5, 7, 0.02, seed=3, content_init="collab", init_offset="items")
-    rows = {"collab_user": 5, "collab_item": 7, "content_user": 5, "content_item": 7}
-    for name, n in rows.items():
-        shifted = items.whole(name, n, 8)
-        expected = plain.whole(name, n, 8) + (words.mean(dim=0) if name.endswith("item") else 0)
-        torch.testing.assert_close(shifted, expected)
-        part = torch.empty(13)
-        items.write(name, 11, part)  # a range that starts and ends inside rows
-        torch.testing.assert_close(part, shifted.flatten()[11:24])
-    hidden = torch.randn(4, 8)
-    torch.testing.assert_close(torch.softmax(hidden @ items.whole("collab_item", 7, 8).T, dim=1),
-                               torch.softmax(hidden @ plain.whole("collab_item", 7, 8).T, dim=1))
-    both = table_init_of(words, 5, 7, 0.02, seed=3, content_init="random", init_offset="both")
-    assert both.offset_tables == ("collab_user", "collab_item", "content_user", "content_item")
-    with pytest.raises(ValueError, match="init_offset must be one of none, items, users, both"):
-        table_init_of(words, 5, 7, 0.02, seed=3, content_init="collab", init_offset="all")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch):
@@ -222,8 +195,7 @@ def test_knobs_resume_exactly(planted_dataset, tiny_llama, tmp_path, monkeypatch
              "finetune.lambda_c": 0.5, "pretrain.warmup_mr": True, "pretrain.content_lr": 0.02, "pretrain.lr_schedule": "cosine",
              "pretrain.lr_warmup_steps": 2, "finetune.lr_schedule": "cosine", "finetune.lr_warmup_steps": 3,
              "data.bucket_window": 1, "model.bos": True, "checkpoint.every_steps": 3, "model.table_optimizer": "row_adam",
-             "pretrain.collab_from_content": True, "pretrain.collab_from_content_token_alpha": 0.25,
-             "model.init_offset": "items"}
+             "pretrain.collab_from_content": True, "pretrain.collab_from_content_token_alpha": 0.25}
 
     def run(out, interrupt: bool):
         config = load_config(None, tiny_overrides(planted_dataset, tiny_llama, out, **knobs))

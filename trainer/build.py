@@ -182,7 +182,6 @@ def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.d
                 backbone_trainable=config.model.train_backbone != "none",
                 backbone_dropout=config.model.dropout,
                 content_init=config.model.content_init,
-                init_offset=config.model.init_offset,
                 head_gradient_dtype=pick_head_gradient_dtype(config.model.head_gradient_dtype, dtype),
                 make_table=make_table,
             )

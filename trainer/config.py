@@ -121,12 +121,6 @@ class ModelConfig:
     content_init: str = "collab"
     """`collab`: the content tables start as copies of the collaborative ones, so MR starts at 0
     ([method.md](method.md) §3.3); `random`: independent draws."""
-    init_offset: str = "none"
-    """Which ID tables start at the backbone's mean word embedding w̄ plus their N(0, σ²) draw: `none`,
-    `items`, `users` or `both` (the collaborative and the content table of each kind named). The
-    frozen backbone reads rows near its words far better than faint rows near 0 ([results.md](results.md),
-    "Where the planted tastes are lost"); as the tied item head, w̄ adds the same logit h·w̄ to every item, so
-    the item softmax starts where it would without it."""
     content_init_from_text: bool = False
     """Then set each content row that has text to the mean word embedding of that biography or item text."""
     content_init_reviews: bool = False

@@ -18,7 +18,6 @@ CHOICES = {
     "distributed.table_sharding": ("zero3", "rows"),
     "model.train_backbone": ("none", "full", "lora"),
     "model.content_init": ("collab", "random"),
-    "model.init_offset": ("none", "items", "users", "both"),
     "finetune.mask_mode": ("fixed", "bernoulli"),
     "finetune.target": ("all", "dropped"),
     "pretrain.mr_reduction": ("sum", "mean"),
