@@ -100,9 +100,13 @@ def main() -> None:
     started = time.perf_counter()
     ablations = args.ablations[:1] if args.baselines_only else args.ablations
     for seed in args.seeds:
+        seen: set[str] = set()  # a model counts once per seed (a finished run read back may hold baselines too)
         for index, ablation in enumerate(ablations):
             rows, phases = run_seed(args, seed, ablation, baselines=index == 0)
             for model, metrics in rows.items():
+                if model in seen:
+                    continue
+                seen.add(model)
                 print(f"seed {seed}: {model}: " + ", ".join(f"{c}={metrics[c]:.4f}" for c in COLUMNS), flush=True)
                 for column in COLUMNS:
                     results[model][column].append(metrics[column])
