@@ -38,13 +38,13 @@ def resolve_dataset(ref: str, split_seed: int = 0) -> Path:
         return path
     if ref in EMBEDDED_DATASETS:
         return _prepare_embedded(ref, split_seed)
-    out = default_output(ref, split_seed)
-    if not out.is_dir():
-        out = default_output(ref)
+    looked = list(dict.fromkeys([default_output(ref, split_seed), default_output(ref)]))
+    out = next((folder for folder in looked if folder.is_dir()), None)
     prepare_hint = f"`cllm4rec prepare … --name {ref}{f' --seed {split_seed}' if split_seed else ''}`"
-    if not out.is_dir():
+    if out is None:
         raise DataPrepError(f"data.dataset={ref}: neither a folder here nor a prepared dataset in the cache "
-                            f"(looked in {out}); prepare it with {prepare_hint} or give a path")
+                            f"(looked in {' and '.join(map(str, looked))}); prepare it with {prepare_hint} "
+                            "or give a path")
     prepared_seed = read_meta(out)["split"]["seed"]
     if split_seed and prepared_seed != split_seed:
         raise DataPrepError(f"data.dataset={ref}: {out} holds split seed {prepared_seed}, not data.split_seed="
