@@ -90,18 +90,15 @@ def end_worker() -> NoReturn:
 def run_on_cpu_ranks(args: list[str], ranks: int, log: Path, timeout: float) -> None:
     """Run `args` (a script and its flags) under the DeepSpeed launcher on `ranks` CPU ranks, one OpenMP
     thread each, its output to `log`; RuntimeError with the log's tail when it fails or runs past `timeout`
-    seconds (then the launcher's whole process group, ranks included, is killed). Each launch gets a port of
-    its own: the previous launch's store port can still be held by its closed connections (TIME_WAIT)."""
-    from trainer.distributed import free_port
+    seconds (then the launcher's whole process group, ranks included, is killed)."""
+    from trainer.distributed import single_node_launch
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_WORLD_SIZE"):
         env.pop(name, None)
     with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-                                 "--master_port", str(free_port()), "--no_local_rank", *args],
-                                cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(single_node_launch(args, ranks), cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             status = proc.wait(timeout)
         except subprocess.TimeoutExpired:

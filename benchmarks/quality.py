@@ -54,8 +54,7 @@ def run_seed(args: argparse.Namespace, seed: int, ablation: str, baselines: bool
                  f"name={run_name(args.recipe, ablation, seed, args.variant)}",
                  *([] if baselines else ["baselines.mostpop=false", "baselines.multivae=false", "baselines.ease=false"]),
                  *args.overrides]
-    config = load_config(args.recipe, [f"tracking.experiment=benchmark-{dataset_name(args.recipe, overrides)}",
-                                       *overrides])
+    config = load_config(args.recipe, [f"tracking.experiment=benchmark-{args.dataset}", *overrides])
     if args.baselines_only:
         dataset = load_processed(resolve_dataset(config.data.dataset, seed))
         splits = [user_item_lists(dataset, s) for s in ("train", "val", "test")]
@@ -94,6 +93,7 @@ def main() -> None:
     if swallowed:  # --ablations takes every word up to the next flag, key=value overrides too
         parser.error(f"--ablations got the overrides {' '.join(swallowed)}: put overrides before --seeds and "
                      "--ablations, or after `--`")
+    args.dataset = dataset_name(args.recipe, args.overrides)  # the per-cell overrides do not change it
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     phase_times: dict[str, list[float]] = defaultdict(list)
@@ -117,7 +117,7 @@ def main() -> None:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
-    print(f"\n{dataset_name(args.recipe, args.overrides)}, recipe {args.recipe!r}, split seeds {args.seeds}, "
+    print(f"\n{args.dataset}, recipe {args.recipe!r}, split seeds {args.seeds}, "
           f"overrides {args.overrides or 'none'}\n")
     print("| Model | Recall@20 | Recall@40 | NDCG@100 |")
     print("|---|---|---|---|")

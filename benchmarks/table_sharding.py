@@ -127,14 +127,13 @@ def received_by_deepspeed(ds_comm, world: int) -> dict[str, float]:
 
 
 def launch(engine: str, users: int, items: int, ranks: int, backbone: Path, folder: Path) -> dict:
-    out = folder / f"{engine}-{users}x{items}-{ranks}.json"
-    from trainer.distributed import free_port
+    from trainer.distributed import single_node_launch
 
+    out = folder / f"{engine}-{users}x{items}-{ranks}.json"
     args = [__file__, "--worker", "--engine", engine, "--users", str(users), "--items", str(items),
             "--backbone", str(backbone), "--out", str(out), "--ds-config", str(comms_config(folder))]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks)), "PYTHON": sys.executable}
-    subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
-                    str(free_port()), "--no_local_rank", *args], cwd=REPO, env=env, check=True, timeout=3600,
+    subprocess.run(single_node_launch(args, ranks), cwd=REPO, env=env, check=True, timeout=3600,
                    stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
     return json.loads(out.read_text())
 

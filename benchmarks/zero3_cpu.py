@@ -78,16 +78,14 @@ def comms_config(folder: Path, base: str = "zero3_cpu") -> Path:
 
 
 def launch(backbone: str, ranks: int, steps: int, folder: Path) -> dict:
-    out = folder / f"{Path(backbone).name}-{ranks}.json"
-    from trainer.distributed import free_port
+    from trainer.distributed import single_node_launch
 
+    out = folder / f"{Path(backbone).name}-{ranks}.json"
     args = [__file__, "--worker", "--backbone", backbone, "--steps", str(steps), "--out", str(out),
             "--ds-config", str(comms_config(folder)), "--scratch", str(folder / "scratch")]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks)), "PYTHON": sys.executable}
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), "--no_local_rank", *args]
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env=env, check=True, timeout=3600,
+    subprocess.run(single_node_launch(args, ranks), cwd=REPO, env=env, check=True, timeout=3600,
                    stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
     result = json.loads(out.read_text())
     result["wall_s"] = time.perf_counter() - started

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def single_node_launch(script_args: Sequence[str], ranks: int) -> list[str]:
+    """The DeepSpeed launcher's command for `script_args` (a script and its flags) on `ranks` local ranks,
+    its store on a port of its own (`free_port`: a port reused from an earlier launch, or derived from a
+    pid, can still be held)."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+            "--master_port", str(free_port()), "--no_local_rank", *script_args]
 
 
 @dataclass(frozen=True)
