@@ -56,16 +56,19 @@ def word_embedding_stats(words: nn.Embedding) -> tuple[torch.Tensor, torch.Tenso
         return weight.mean(dim=0), weight.norm(dim=1).mean()
 
 
-def token_like_rows(rows: torch.Tensor, words: nn.Embedding, alpha: float) -> torch.Tensor:
+def token_like_rows(rows: torch.Tensor, words: nn.Embedding, alpha: float,
+                    center: torch.Tensor | None = None) -> torch.Tensor:
     """float32 [N, K]: `rows` [N, K] moved to where the backbone's tokens lie. Each becomes the mean word
-    embedding w̄ plus α × the mean word norm ‖w‖ × its unit direction from the rows' mean, rescaled to
-    ‖w‖: (w̄ + α‖w‖·u) / ‖w̄ + α‖w‖·u‖ × ‖w‖. Rows that differ only in a small part around a large
-    common one (means of word embeddings) keep what tells them apart, in a vector the size and shape of
-    a word's; rows equal to their mean become w̄ rescaled. Collective with a ZeRO-3 backbone (its word
-    embeddings are gathered)."""
+    embedding w̄ plus α × the mean word norm ‖w‖ × its unit direction u from the rows' mean (`center` [K],
+    default the mean of `rows`: pass the whole table's when `rows` are a part of it), rescaled to ‖w‖:
+    (w̄ + α‖w‖·u) / ‖w̄ + α‖w‖·u‖ × ‖w‖. Rows that differ only in a small part around a large common
+    one (means of word embeddings) keep what tells them apart, in a vector the size and shape of a word's;
+    rows equal to their mean become w̄ rescaled. Collective with a ZeRO-3 backbone (its word embeddings
+    are gathered)."""
     mean_word, word_norm = word_embedding_stats(words)
     rows = rows.detach().float()
-    direction = torch.nn.functional.normalize(rows - rows.mean(dim=0), dim=1)
+    center = rows.mean(dim=0) if center is None else center.float()
+    direction = torch.nn.functional.normalize(rows - center, dim=1)
     return torch.nn.functional.normalize(mean_word + alpha * word_norm * direction, dim=1) * word_norm
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from trainer.checkpoint import load_model, load_tables
 from trainer.distributed import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def results(out: Path) -> dict:
 
 
 def final_tables(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "model" / "tables.safetensors"))
+    return load_tables(out / "model")
 
 
 def assert_same_history(a: dict, b: dict, rel: float) -> None:
@@ -127,14 +127,18 @@ def assert_same_history(a: dict, b: dict, rel: float) -> None:
 
 def assert_same_run(reference: Path, other: Path) -> None:
     """The same per-epoch losses (1e-5 relative: sums are reduced in another order over other ranks),
-    final metrics (1e-6) and tables (1e-4 relative, 1e-6 absolute)."""
+    final metrics of every model in the results (1e-6), and tables and trained backbone weights (1e-4
+    relative, 1e-6 absolute)."""
     want, got = results(reference), results(other)
     assert_same_history(want, got, rel=1e-5)
-    for key in METRICS:
-        assert got["models"]["CLLM4Rec"][key] == pytest.approx(want["models"]["CLLM4Rec"][key], abs=1e-6), key
-    t1, t2 = final_tables(reference), final_tables(other)
-    for name in t1:
-        torch.testing.assert_close(t2[name], t1[name], rtol=1e-4, atol=1e-6)
+    assert got["models"].keys() == want["models"].keys()
+    for model, metrics in want["models"].items():
+        for key in METRICS:
+            assert got["models"][model][key] == pytest.approx(metrics[key], abs=1e-6), (model, key)
+    (t1, e1), (t2, e2) = ((final_tables(out), load_model(out / "model", tables=False).extra) for out in (reference, other))
+    assert e1.keys() == e2.keys()
+    for name, tensor in {**t1, **e1}.items():
+        torch.testing.assert_close({**t2, **e2}[name], tensor, rtol=1e-4, atol=1e-6)
 
 
 @dataclass

@@ -49,9 +49,14 @@ def _writer(optimizers: dict[str, torch.optim.Optimizer]):
     return write
 
 
+def _tables(tables: dict[str, torch.Tensor]):
+    """An engine's `save_tables` for whole tables in one process."""
+    return lambda folder: ckpt.write_tables(folder, dict(tables))
+
+
 def _save(root: Path, tag: str, state: dict | None = None) -> Path:
     params, optimizers = _build()
-    return save_checkpoint(root, tag, tables=dict(params), write_optimizer=_writer(optimizers),
+    return save_checkpoint(root, tag, write_tables=_tables(params), write_optimizer=_writer(optimizers),
                            state=state or {"epoch": tag}, config=CONFIG, identity=IDENTITY)
 
 
@@ -60,7 +65,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
     for k in range(3):
         _train_step(params, optimizers, k)
     extra = {"lora.A": torch.randn(2, 3, dtype=torch.bfloat16)}
-    path = save_checkpoint(tmp_path, "epoch-3", tables=dict(params), write_optimizer=_writer(optimizers),
+    path = save_checkpoint(tmp_path, "epoch-3", write_tables=_tables(params), write_optimizer=_writer(optimizers),
                            state={"phase": "pretrain", "epoch": 3}, config=CONFIG, identity=IDENTITY,
                            extra_tensors=extra)
 
@@ -214,7 +219,7 @@ def test_docs_name_every_file_which_ones_are_pickles_and_that_checkpoints_must_b
     plain-engine checkpoint writes is named and is safetensors/JSON/YAML; DeepSpeed's .pt files are
     pickles, unpickled on resume with weights_only=False; COMPLETE catches damage, not tampering."""
     params, optimizers = _build()
-    path = save_checkpoint(tmp_path, "t", tables=dict(params), write_optimizer=_writer(optimizers), state={},
+    path = save_checkpoint(tmp_path, "t", write_tables=_tables(params), write_optimizer=_writer(optimizers), state={},
                            config=CONFIG, identity=IDENTITY, extra_tensors={"lora.A": torch.zeros(2)})
     written = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
     assert all(Path(name).suffix in (".safetensors", ".json", ".yaml") or name == "COMPLETE" for name in written)
@@ -238,3 +243,52 @@ def test_no_pickle_in_source() -> None:
     for forbidden in ("pickle", "torch.load", "torch.save", "joblib", "dill"):
         assert not [snippet for snippet in code if forbidden in snippet], forbidden
     assert "import pickle" not in source and "torch.load(" not in source
+
+
+def _write_as_ranks(tables: dict[str, torch.Tensor], world: int):
+    """A `save_tables` that writes `tables` as `world` row-sharded ranks would, each its `RowShards` block."""
+    from cllm4rec.row_shards import RowShards
+
+    def write(folder: Path) -> None:
+        for rank in range(world):
+            ckpt.write_table_rows(folder, {name: table[slice(*RowShards(table.shape[0], world).range(rank))]
+                                           for name, table in tables.items()}, rank, world)
+    return write
+
+
+def test_row_sharded_tables_load_whole_and_by_any_rows(tmp_path: Path) -> None:
+    """Tables written as 3 ranks' row shards: listed in COMPLETE, loaded whole (the shards end to end) and as
+    any row range (slices across shard boundaries); a checkpoint so written exports with its shards."""
+    gen = torch.Generator().manual_seed(3)
+    tables = {"collab_user": torch.randn(7, 4, generator=gen), "collab_item": torch.randn(5, 4, generator=gen)}
+    path = save_checkpoint(tmp_path / "ckpt", "t", write_tables=_write_as_ranks(tables, 3),
+                           write_optimizer=lambda folder: None, state={}, config=CONFIG,
+                           identity={**IDENTITY, "tokenizer": "tiny-tok"})
+    shards = [f"tables-rows-r{r:04d}-of-0003.safetensors" for r in range(3)]
+    assert ckpt.table_files(path) == shards and not (path / ckpt.TABLES).exists()
+    assert set(shards) <= set(json.loads((path / "COMPLETE").read_text())["files"])
+    loaded = load_checkpoint(path)
+    assert loaded.tables.keys() == tables.keys() and all(torch.equal(loaded.tables[n], t) for n, t in tables.items())
+    assert load_checkpoint(path, tables=False).tables == {}
+    rows = ckpt.load_table_rows(path, {"collab_user": (1, 6), "collab_item": (4, 5)})  # user shards: 0-1, 2-3, 4-6
+    assert torch.equal(rows["collab_user"], tables["collab_user"][1:6])
+    assert torch.equal(rows["collab_item"], tables["collab_item"][4:5])
+    with pytest.raises(CheckpointError, match=r"table 'collab_item' has 5 rows, rows \[3, 6\) were asked for"):
+        ckpt.load_table_rows(path, {"collab_item": (3, 6)})
+    exported = ckpt.export_model(path, tmp_path / "exported")
+    assert ckpt.table_files(exported) == shards
+    assert all(torch.equal(load_model(exported).tables[n], t) for n, t in tables.items())
+
+
+def test_incomplete_or_mixed_table_files_are_refused_by_name(tmp_path: Path) -> None:
+    tables = {"collab_user": torch.randn(4, 2)}
+    identity = {**IDENTITY, "tokenizer": "tiny-tok"}
+    path = ckpt.save_model_from_ranks(tmp_path / "model", _write_as_ranks(tables, 2), CONFIG, identity)
+    (path / "tables-rows-r0001-of-0002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"the table rows of ranks \[1\] of 2 .* are missing"):
+        load_model(path)
+    ckpt.write_tables(path, tables)
+    with pytest.raises(CheckpointError, match=r"whole \(tables.safetensors\) or as the row shards of one world size"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match=r"found none"):
+        ckpt.table_files(tmp_path)

@@ -264,6 +264,30 @@ def test_align_users_places_a_new_user_at_their_history_texts_image(text_run: Pa
                       "scale": pytest.approx(fitted.scale)}
 
 
+def test_new_user_rows_are_token_like_where_the_warm_up_made_them_so(run: Path, tiny_llama, tmp_path: Path) -> None:
+    """A model whose warm-up set its collaborative USER rows to token-like copies of the content rows
+    (`collab_from_content_tables: users`, α = 0.25): a new user's collaborative row is the same token-like copy
+    of its content row, centred on the old content rows' mean (at the backbone's mean word norm), as the
+    trained users' rows started; a new item's is its content row, as the model's items were not copied."""
+    from cllm4rec.table_init import token_like_rows, word_embedding_stats
+
+    out = tmp_path / "token-run"
+    train(load_config(None, tiny_overrides(run.parent / "data", tiny_llama, out, **FOLD_IN_SMALL, **{
+        "model.content_init_from_text": True, "pretrain.collab_from_content": True,
+        "pretrain.collab_from_content_tables": "users", "pretrain.collab_from_content_token_alpha": 0.25})),
+        progress=False)
+    before, after = tables(out / "model"), start_rows(out / "model", tmp_path / "fold")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    _, parts, _ = load_saved(tmp_path / "fold" / "model")
+    words = parts.model.backbone.get_input_embeddings()
+    want = token_like_rows(after["content_user"][N_USERS:], words, 0.25, before["content_user"].mean(dim=0))
+    torch.testing.assert_close(after["collab_user"][N_USERS:], want, rtol=0, atol=1e-5)
+    _, word_norm = word_embedding_stats(words)
+    torch.testing.assert_close(after["collab_user"][N_USERS:].norm(dim=1), word_norm.expand(2), rtol=1e-5, atol=0)
+    torch.testing.assert_close(after["collab_item"][N_ITEMS:], after["content_item"][N_ITEMS:])
+
+
 def test_new_rows_start_at_the_centroid_without_the_text_rule(run: Path, tmp_path: Path) -> None:
     """Without content_init_from_text every new content row is its table's centroid; with no pass the
     collaborative rows are set to it (step 3), whatever their text."""

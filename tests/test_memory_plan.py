@@ -123,7 +123,9 @@ def test_row_sharded_bytes_by_hand():
     assert terms["ID table rows of this rank, 4 × fp32 ÷ 4"][0] == 2 * shard * 4
     assert terms["Adam m, v of 2 trained table set"][0] == 8 * shard * 2
     assert terms["gradients of the table set a step trains, fp32 ÷ 4"][0] == 4 * shard
-    assert terms["checkpoint copies on rank 0: tables, this rank's optimizer state"][:2] == (1920 + 1024, HOST)
+    assert terms["checkpoint copies of this rank's rows and their optimizer state"][:3] == (2 * shard * 4 + 1024, HOST,
+                                                                                          (SAVE,))
+    assert not [t.name for t in terms.terms if "gathered" in t.name]  # no rank gathers a whole table
     tokens = 4 * 48  # every rank's hidden rows
     assert terms["item head exchange: 192 hidden rows of all ranks and their gradients"][0] == tokens * 8 * 4 + tokens * 9 * 4
     assert terms["item softmax: stored exps of one row chunk"][0] == tokens * 5 * 4  # ⌈20 / 4⌉ items per rank

@@ -2,7 +2,7 @@
 (DeepSpeed ZeRO-3 over gloo), one worker SIGKILLed mid-epoch: the worker group restarts, resumes from
 the last checkpoint and the job succeeds; the MLflow store holds the run; ray_jobs/evaluate.py
 reproduces its test metrics. With the row-sharded tables (`distributed.table_sharding=rows`) the job
-trains as one row-sharded rank does."""
+survives a killed worker the same way and trains as one row-sharded rank does."""
 from __future__ import annotations
 
 import json
@@ -38,13 +38,10 @@ def _train_job(address: str, storage: Path, name: str, overrides: list[str]) -> 
             *overrides]
 
 
-def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, tiny_llama, tmp_path) -> None:
-    address, session = ray_cluster.address, ray_cluster.session
-    storage = tmp_path / "storage"
-    overrides = [o for o in tiny_overrides(planted_dataset, tiny_llama, storage, **SETTINGS) if not o.startswith("output_dir=")]
-    command = _train_job(address, storage, "ray-tiny", overrides)
-    log = tmp_path / "job.log"
-    latest = storage / "runs" / "ray-tiny" / "checkpoints" / "latest"
+def _run_killing_a_worker(command: list[str], run: Path, session: int, log: Path) -> None:
+    """Run the job `command`; once the run's latest checkpoint is inside its first L-step, SIGKILL one of the
+    2 workers; the job must succeed (the worker group restarted and resumed)."""
+    latest = run / "checkpoints" / "latest"
     with log.open("w") as sink:
         job = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
         try:
@@ -61,6 +58,14 @@ def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, ti
                 job.kill()
     text = log.read_text()
     assert "succeeded" in text and "resumed from" in text
+
+
+def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, tiny_llama, tmp_path) -> None:
+    address, session = ray_cluster.address, ray_cluster.session
+    storage = tmp_path / "storage"
+    overrides = [o for o in tiny_overrides(planted_dataset, tiny_llama, storage, **SETTINGS) if not o.startswith("output_dir=")]
+    _run_killing_a_worker(_train_job(address, storage, "ray-tiny", overrides), storage / "runs" / "ray-tiny", session,
+                          tmp_path / "job.log")
     results = json.loads((storage / "runs" / "ray-tiny" / "results.json").read_text())
     assert results["engine"] == "deepspeed-zero3 x2"
     assert [h["unit"] for h in results["history"]][-1] == "finetune-r000-e001"
@@ -84,16 +89,16 @@ def test_ray_train_job_survives_a_killed_worker(ray_cluster, planted_dataset, ti
         assert metrics[key] == pytest.approx(results["models"]["CLLM4Rec"][key], abs=1e-6)
 
 
-def test_ray_train_job_with_row_sharded_tables_equals_one_rank(ray_cluster, planted_dataset, tiny_llama, shared_runs,
-                                                              tmp_path) -> None:
-    """`distributed.table_sharding=rows` under Ray Train: each of the 2 workers holds half the rows of
-    every table, and the job trains as one row-sharded rank in a plain process does (conftest.py's
-    `shared_runs`; the cross-rank tolerance of the launcher tests)."""
+def test_ray_train_job_with_row_sharded_tables_restarts_and_equals_one_rank(ray_cluster, planted_dataset, tiny_llama,
+                                                                           shared_runs, tmp_path) -> None:
+    """`distributed.table_sharding=rows` under Ray Train, one worker SIGKILLed in the first L-step: the worker
+    group restarts, each worker reads its half of the rows back from the checkpoint's per-rank files, and
+    the job ends as one row-sharded rank in a plain process does (conftest.py's `shared_runs`; the
+    cross-rank tolerance of the launcher tests)."""
     ray_out, one = tmp_path / "storage" / "runs" / "ray-rows", shared_runs.row_sharded
-    job = subprocess.run(_train_job(ray_cluster.address, tmp_path / "storage", "ray-rows",
-                                    tiny_overrides(planted_dataset, tiny_llama, ray_out, **SCHEDULE, **ROWS)),
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    command = _train_job(ray_cluster.address, tmp_path / "storage", "ray-rows",
+                         tiny_overrides(planted_dataset, tiny_llama, ray_out, **SCHEDULE, **ROWS))
+    _run_killing_a_worker(command, ray_out, ray_cluster.session, tmp_path / "job.log")
     assert results(ray_out)["engine"] == results(one)["engine"] == "row-sharded"
     (whole,) = [r["trainable_elements_on_rank"] for r in results(one)["ranks"]]
     assert [r["trainable_elements_on_rank"] for r in results(ray_out)["ranks"]] == [whole // 2] * 2

@@ -102,6 +102,58 @@ def test_sharded_rankings_and_metrics_equal_whole_tables(runs: Runs, world: int,
             assert g["metrics"][key] == pytest.approx(value, abs=1e-9 if key != "logit_user_share" else 1e-6), key
 
 
+def _tables_in_place(comm, model_dir: str, out: str, world_written: int) -> dict:
+    """In a spawned rank: the saved model's tables row-sharded; this rank writes its rows into `out` (bytes
+    any collective moved counted), reads back its rows of the same model written by `world_written` ranks,
+    and makes token-like rows of its content user rows centred on the whole table's mean."""
+    from cllm4rec.table_init import token_like_rows
+    from trainer.distributed import Dist
+    from trainer.rows_engine import RowShardedEngine
+    from trainer.serving import load_saved
+
+    _, parts, _ = load_saved(Path(model_dir))
+    engine = RowShardedEngine(parts.model, 0.01, 0.01, dist=Dist(comm.rank, comm.world, comm.rank, active=True))
+    engine.comm.reset()
+    engine.save_tables(Path(out))
+    moved = sum(engine.comm.received.values())
+    written = Path(out).parent / f"written-by-{world_written}"
+    own = {name: rows.clone() for name, rows in engine.own_rows().items()}
+    engine.load_own_rows({name: torch.zeros_like(rows) for name, rows in own.items()})
+    engine.restore_tables(written, None)
+    rows = own["content_user"]
+    words = parts.model.backbone.get_input_embeddings()
+    return {"moved": moved, "restored": engine.own_rows(), "own": own,
+            "token_like": token_like_rows(rows, words, 0.25, engine.column_mean(rows))}
+
+
+def test_tables_are_written_and_read_in_place_without_gathers(runs: Runs, tmp_path: Path) -> None:
+    """The row-sharded engine writes checkpoints and models as each rank's rows (no collective moves a byte),
+    reads its rows back from files that another number of ranks wrote, and centres `collab_from_content`'s
+    token-like rows on the whole table's mean: the same rows as the whole table's in one process."""
+    from cllm4rec.row_shards import RowShards
+    from cllm4rec.table_init import token_like_rows
+    from trainer.checkpoint import load_tables, table_files, write_table_rows
+    from trainer.serving import load_saved
+
+    model = runs.ranks[1] / "model"
+    whole = load_tables(model)
+    written = tmp_path / "written-by-3"
+    written.mkdir()
+    for rank in range(3):
+        write_table_rows(written, {n: t[slice(*RowShards(t.shape[0], 3).range(rank))] for n, t in whole.items()}, rank, 3)
+    (tmp_path / "out").mkdir()
+    got = run_ranks(_tables_in_place, 2, tmp_path / "ranks", str(model), str(tmp_path / "out"), 3)
+    assert [g["moved"] for g in got] == [0, 0]
+    assert table_files(tmp_path / "out") == [f"tables-rows-r{r:04d}-of-0002.safetensors" for r in range(2)]
+    written_by_two = load_tables(tmp_path / "out")
+    for name, table in whole.items():
+        assert torch.equal(written_by_two[name], table), name
+        assert torch.equal(torch.cat([g["restored"][name] for g in got]), table), name
+    _, parts, _ = load_saved(model)
+    want = token_like_rows(whole["content_user"], parts.model.backbone.get_input_embeddings(), 0.25)
+    torch.testing.assert_close(torch.cat([g["token_like"] for g in got]), want, rtol=1e-5, atol=1e-6)
+
+
 def _resumable_copy(run: Path, dest: Path, phase: str) -> str:
     """A copy of a finished run's folder reduced to its first checkpoint inside a `phase` epoch (the
     position a crash there leaves behind); returns the checkpoint's tag."""
@@ -150,16 +202,16 @@ def test_row_sharding_refuses_a_trained_backbone(planted_dataset, tiny_llama, tm
 
 
 def test_export_from_a_row_sharded_checkpoint(runs: Runs, tmp_path: Path) -> None:
-    """`cllm4rec export` of a row-sharded run: its checkpoints hold the whole tables (gathered from the
-    ranks), so the exported model needs neither the ranks nor their optimizer files."""
-    from safetensors.torch import load_file
-
-    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    """`cllm4rec export` of a row-sharded run: its checkpoints and model hold each rank's rows in a file of
+    its own; the exported model keeps those files and needs neither the ranks nor their optimizer files."""
+    from trainer.checkpoint import load_checkpoint, load_model, resolve_checkpoint, table_files
     from trainer.cli import main
 
     assert main(["export", str(runs.ranks[4]), "--out", str(tmp_path / "exported")]) == 0
-    exported = load_file(str(tmp_path / "exported" / "tables.safetensors"))
+    shards = [f"tables-rows-r{r:04d}-of-0004.safetensors" for r in range(4)]
     saved = load_checkpoint(resolve_checkpoint(runs.ranks[4]))
+    assert table_files(saved.path) == table_files(runs.ranks[4] / "model") == table_files(tmp_path / "exported") == shards
     assert sorted(p.name for p in saved.path.glob("optimizer-rows-*.json")) == [
         f"optimizer-rows-r{r:04d}-of-0004.json" for r in range(4)]
+    exported = load_model(tmp_path / "exported").tables
     assert exported.keys() == saved.tables.keys() and all(torch.equal(exported[n], saved.tables[n]) for n in exported)

@@ -214,3 +214,24 @@ def test_safe_key() -> None:
     assert safe_key("loss/lm C-step.round 1: x") == "loss/lm C-step.round 1: x"
     assert safe_key("ndcg(100)") == "ndcg_100_"
     assert safe_key("λ_c*") == "λ_c_"
+
+
+def test_experiment_created_concurrently_is_joined(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs starting at once on one store: the one whose create loses the race joins the winner's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    name = "created-by-another-run"
+    winner = _client(store).create_experiment(name)
+    looked_up: list[str] = []
+    real_lookup = mlflow.MlflowClient.get_experiment_by_name
+
+    def stale_first_lookup(self: mlflow.MlflowClient, experiment: str) -> object:
+        looked_up.append(experiment)
+        # The first lookup happened before the other run created the experiment.
+        return None if len(looked_up) == 1 else real_lookup(self, experiment)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", stale_first_lookup)
+    tracker = Tracker(True, None, name, default_store=store)
+    assert tracker.experiment_id == winner
+    assert looked_up == [name, name]

@@ -144,9 +144,10 @@ def test_sharded_builds_peak_rss_under_bound(tiny_llama_sharded: Path, tmp_path:
     assert min(figures["whole"]) > 1.0
 
 
-# the runs the partitioned build is compared with the whole one on: name -> (DeepSpeed config, content rows
-# initialised from text)
-RUNS = {"fp32": ("zero3_cpu", False), "bf16": ("zero3_bf16", False), "bf16-text": ("zero3_bf16", True)}
+# the runs the partitioned build is compared with the whole one on: name -> (DeepSpeed config, other overrides:
+# content rows initialised from text, LoRA adapters on the partitioned backbone)
+RUNS = {"fp32": ("zero3_cpu", {}), "bf16": ("zero3_bf16", {}),
+        "bf16-text": ("zero3_bf16", {"model.content_init_from_text": True}), "fp32-lora": ("zero3_cpu", {"ablation": "ftall-lora"})}
 DTYPES = {"zero3_cpu": "float32", "zero3_bf16": "bfloat16"}
 BUILDS = ("partitioned", "whole")
 
@@ -154,12 +155,11 @@ BUILDS = ("partitioned", "whole")
 def _build_overrides(dataset: Path, backbone: Path, root: Path, run: str, built: str) -> list[str]:
     """One epoch of each phase, whole epochs (the bf16 losses of the two builds drift apart by up to
     1.3e-6 relative here, 6.1e-6 in epochs of 6 steps: the margin to the 1e-5 tolerance is kept)."""
-    ds_config, text = RUNS[run]
+    ds_config, extra = RUNS[run]
     settings = {"pretrain.warmup_epochs": 1, "pretrain.rounds": 1, "pretrain.batch_size": 4, "finetune.epochs": 1,
                 "finetune.batch_size": 4, "data.reviews": False, "baselines.multivae": False, "baselines.ease": False,
                 "distributed.engine": "deepspeed", "distributed.ds_config": ds_config,
-                "model.dtype": DTYPES[ds_config], "distributed.partitioned_build": built == "partitioned",
-                "model.content_init_from_text": text}
+                "model.dtype": DTYPES[ds_config], "distributed.partitioned_build": built == "partitioned", **extra}
     return tiny_overrides(dataset, backbone, root / run / built, **settings)
 
 
@@ -197,7 +197,8 @@ def build_runs(planted_dataset: Path, tiny_llama_sharded: Path, tmp_path_factory
 def test_partitioned_build_trains_as_the_whole_build(build_runs: Path, tiny_llama_sharded: Path, run: str) -> None:
     """2 ranks, backbone from 6 safetensors files: the partitioned build and the whole one give the same
     per-epoch losses, metrics and tables (`assert_same_run`); also with content rows initialised from text,
-    each rank computing its partition's (bf16: the fp32 masters' values too)."""
+    each rank computing its partition's (bf16: the fp32 masters' values too), and with LoRA adapters attached to
+    the partitioned backbone (their trained weights too)."""
     assert len(list(tiny_llama_sharded.glob("model-*.safetensors"))) > 1
     ds_config = RUNS[run][0]
     partitioned, whole = (build_runs / run / built for built in BUILDS)

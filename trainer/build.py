@@ -98,8 +98,11 @@ def pick_attention(name: str, device: torch.device) -> str:
     return "eager" if device.type == "cpu" else "sdpa"
 
 
-def build_backbone(cfg: ModelConfig, dtype: torch.dtype, device: torch.device = torch.device("cpu")):
-    """(backbone, HF tokenizer, resolved reference); LoRA adapters attached when asked for."""
+def build_backbone(cfg: ModelConfig, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
+                   lora_seed: int = 0):
+    """(backbone, HF tokenizer, resolved reference); LoRA adapters attached when asked for, drawn from
+    `lora_seed` (the same adapters whether the backbone was built whole or into ZeRO-3 partitions, which
+    draw differently from the global generator; PEFT reads a partitioned layer's shape from the module)."""
     from data_prep.assets import resolve_backbone
 
     ref = resolve_backbone(cfg.backbone)
@@ -118,6 +121,7 @@ def build_backbone(cfg: ModelConfig, dtype: torch.dtype, device: torch.device = 
             target_modules=cfg.lora_target_modules or None,
             bias="none",
         )
+        torch.manual_seed(lora_seed)
         backbone = get_peft_model(backbone, lora)
     elif cfg.train_backbone == "full":
         backbone.requires_grad_(True)
@@ -168,7 +172,8 @@ def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.d
         with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
             # random backbones (LLM-Scratch) and LoRA adapters start from a stream derived from the run seed
             torch.manual_seed(int(epoch_rng(config.seed, "backbone-init").integers(2**62)))
-            backbone, hf_tokenizer, ref = build_backbone(config.model, dtype, device)
+            backbone, hf_tokenizer, ref = build_backbone(config.model, dtype, device,
+                                                         int(epoch_rng(config.seed, "lora-init").integers(2**62)))
         make_table = zero.make_table if zero else layout.make_table if isinstance(layout, RowSlices) else whole_table
         with zero or contextlib.nullcontext():
             model = CLLM4Rec(
@@ -190,8 +195,8 @@ def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.d
 
 def builds_whole(config: TrainConfig) -> bool:
     """Whether the model is built whole on every rank whatever the engine's table layout: the tables are
-    written whole after they are drawn (`incremental.init_from`), or LoRA adapters wrap a whole backbone."""
-    return bool(config.incremental.init_from or config.model.train_backbone == "lora")
+    written whole after they are drawn (`incremental.init_from`)."""
+    return bool(config.incremental.init_from)
 
 
 def build_run(config: TrainConfig, device: torch.device | None = None, dtype: torch.dtype | None = None,

@@ -1,10 +1,16 @@
 """Epoch checkpoints and the exported model folder.
 
-A checkpoint `root/<tag>/` holds tables.safetensors (fp32 ID tables), optional extra.safetensors
-(trainable backbone/LoRA weights), state.json (training position), config.yaml, identity.json, the
-engine's optimizer state and, written last, COMPLETE (JSON: the sha256 of every other file). Folders
-are written whole (`atomic_folder`); `root/latest` names the last tag written. Nothing without a valid
-COMPLETE loads.
+A checkpoint `root/<tag>/` holds the fp32 ID tables, optional extra.safetensors (trainable
+backbone/LoRA weights), state.json (training position), config.yaml, identity.json, the engine's
+optimizer state and, written last, COMPLETE (JSON: the sha256 of every other file). Folders are written
+whole (`atomic_folder`); `root/latest` names the last tag written. Nothing without a valid COMPLETE loads.
+
+The tables are on disk in one of two layouts, in checkpoints and saved models alike. Whole:
+tables.safetensors, written by rank 0 (the plain and ZeRO-3 engines). Row-sharded: one
+tables-rows-r<rank>-of-<world>.safetensors per rank, each with that rank's rows of every table
+(`cllm4rec.row_shards.RowShards` of the world size; the row-sharded engine), so no rank ever holds a
+whole table to write it. Every reader takes both: `load_tables` gives the tables whole (the shards laid
+end to end in rank order), `load_table_rows` any row range of each, slicing only the files that hold it.
 
 Pickles. This module writes and reads only safetensors, JSON and YAML; it never pickles or unpickles.
 The plain engine's optimizer state is optimizer-<name>.safetensors + optimizer-<name>.json
@@ -39,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from data_prep.atomic import atomic_folder, atomic_write_text, sha256_file
@@ -56,7 +63,8 @@ EXTRA = "extra.safetensors"
 STATE = "state.json"
 CONFIG = "config.yaml"
 IDENTITY = "identity.json"
-MODEL_FILES = (TABLES, CONFIG, IDENTITY)
+TABLE_SHARD = re.compile(r"tables-rows-r(\d{4})-of-(\d{4})\.safetensors")
+MODEL_FILES = (CONFIG, IDENTITY)  # and the tables (`table_files`), whole or row-sharded
 DATASET = "dataset"  # a model folder's own processed dataset (a fold-in's grown catalogue), read instead of data.dataset
 CHECKPOINT_FILES = (*MODEL_FILES, STATE)
 LATEST = "latest"  # the pointer file naming the last checkpoint written
@@ -121,7 +129,7 @@ def _verify(folder: Path, required: tuple[str, ...]) -> None:
         files = dict(_read_json(marker)["files"])
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{marker} is unreadable: {error}") from error
-    for name in dict.fromkeys([*required, *files]):
+    for name in dict.fromkeys([*required, *table_files(folder), *files]):
         path = folder / name
         if name not in files or not path.is_file():
             raise CheckpointError(f"{path} is missing")
@@ -129,10 +137,74 @@ def _verify(folder: Path, required: tuple[str, ...]) -> None:
             raise CheckpointError(f"{path} is corrupted: its sha256 does not match {marker}")
 
 
-def _write_common(folder: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
-                  extra_tensors: dict[str, torch.Tensor] | None) -> None:
-    """Write the files shared by checkpoints and saved models (everything except COMPLETE)."""
-    save_file({k: _cpu_copy(v, torch.float32) for k, v in tables.items()}, str(folder / TABLES))
+def table_shard_name(rank: int, world: int) -> str:
+    """The file of rank `rank`'s rows of every table, written by `world` ranks."""
+    return f"tables-rows-r{rank:04d}-of-{world:04d}.safetensors"
+
+
+def write_tables(folder: Path, tables: dict[str, torch.Tensor]) -> None:
+    """Write whole fp32 `tables` as tables.safetensors."""
+    save_file({k: _cpu_copy(v, torch.float32) for k, v in tables.items()}, str(Path(folder) / TABLES))
+
+
+def write_table_rows(folder: Path, rows: dict[str, torch.Tensor], rank: int, world: int) -> None:
+    """Write this rank's fp32 `rows` of every table (its `RowShards` block of `world` ranks)."""
+    save_file({k: _cpu_copy(v, torch.float32) for k, v in rows.items()}, str(Path(folder) / table_shard_name(rank, world)))
+
+
+def table_files(folder: Path) -> list[str]:
+    """The files that hold `folder`'s tables: [tables.safetensors], or the row shards of one world size in rank
+    order; CheckpointError naming the folder when there are none, a rank's shard is missing, or both layouts
+    (or shards of two world sizes) are there."""
+    folder = Path(folder)
+    shards = {(int(m.group(1)), int(m.group(2))) for p in folder.glob("tables-rows-*.safetensors")
+              if (m := TABLE_SHARD.fullmatch(p.name))}
+    whole = (folder / TABLES).is_file()
+    if whole and not shards:
+        return [TABLES]
+    worlds = {world for _, world in shards}
+    if whole or len(worlds) != 1:
+        found = ([TABLES] if whole else []) + [table_shard_name(r, w) for r, w in sorted(shards)]
+        raise CheckpointError(f"{folder}: expected the ID tables whole ({TABLES}) or as the row shards of one "
+                              f"world size (tables-rows-r<rank>-of-<world>.safetensors), found {found or 'none'}")
+    (world,) = worlds
+    missing = sorted(set(range(world)) - {rank for rank, _ in shards})
+    if missing:
+        raise CheckpointError(f"{folder}: the table rows of ranks {missing} of {world} "
+                              f"({table_shard_name(missing[0], world)}, ...) are missing")
+    return [table_shard_name(rank, world) for rank in range(world)]
+
+
+def load_tables(folder: Path) -> dict[str, torch.Tensor]:
+    """The tables of `folder` whole (row shards laid end to end); not verified: callers verify first."""
+    parts = [load_file(str(Path(folder) / name)) for name in table_files(folder)]
+    return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def load_table_rows(folder: Path, ranges: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Rows [lo, hi) of each table named in `ranges`, sliced from the files that hold them (a rank's rows of a
+    table written by any number of ranks, without reading the rest); not verified: callers verify first."""
+    out: dict[str, torch.Tensor] = {}
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(safe_open(str(Path(folder) / name), "pt")) for name in table_files(folder)]
+        for name, (lo, hi) in ranges.items():
+            pieces, start = [], 0
+            for file in files:
+                if name not in file.keys():
+                    raise CheckpointError(f"{folder}: its tables have no {name!r} (they hold {sorted(file.keys())})")
+                part = file.get_slice(name)
+                a, b = start, start + part.get_shape()[0]
+                if max(lo, a) < min(hi, b):
+                    pieces.append(part[max(lo, a) - a : min(hi, b) - a])
+                start = b
+            if not 0 <= lo < hi <= start:
+                raise CheckpointError(f"{folder}: table {name!r} has {start} rows, rows [{lo}, {hi}) were asked for")
+            out[name] = torch.cat(pieces)
+    return out
+
+
+def _write_common(folder: Path, config: dict, identity: dict, extra_tensors: dict[str, torch.Tensor] | None) -> None:
+    """Write the files shared by checkpoints and saved models other than the tables and COMPLETE."""
     if extra_tensors:
         save_file({k: _cpu_copy(v) for k, v in extra_tensors.items()}, str(folder / EXTRA))
     (folder / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -208,33 +280,51 @@ class Checkpoint(SavedModel):
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_common(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
-    """Verify every checksum under `path`, then read the fields shared by checkpoints and saved models."""
+def _load_common(path: Path, required: tuple[str, ...], tables: bool) -> dict[str, Any]:
+    """Verify every checksum under `path`, then read the fields shared by checkpoints and saved models (the
+    tables whole if `tables`, else none: an engine reads its own rows, `load_table_rows`)."""
     _verify(path, required)
-    return {"path": path, "tables": load_file(str(path / TABLES)),
+    return {"path": path, "tables": load_tables(path) if tables else {},
             "config": yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")),
             "identity": _read_json(path / IDENTITY),
             "extra": load_file(str(path / EXTRA)) if (path / EXTRA).is_file() else {}}
 
 
-def save_checkpoint(root: Path, tag: str, *, tables: dict[str, torch.Tensor], write_optimizer: Callable[[Path], None],
-                    state: dict, config: dict, identity: dict, extra_tensors: dict[str, torch.Tensor] | None = None,
-                    dist: Dist = LOCAL) -> Path:
-    """Write checkpoint `root/<tag>/` whole or not at all, then point `root/latest` at it.
-
-    Collective under several ranks: rank 0 owns the temp folder and writes tables, state and
-    COMPLETE; every rank calls `write_optimizer(folder)` for its own optimizer partition first.
-    """
-    root, dest = Path(root), Path(root) / _check_name(tag, "checkpoint tag")
+def _write_from_ranks(dest: Path, dist: Dist, by_every_rank: Callable[[Path], None],
+                      by_rank_0: Callable[[Path], None]) -> None:
+    """Write folder `dest` whole or not at all (collective): rank 0 owns the temp folder; every rank runs
+    `by_every_rank(folder)` (its table rows, its optimizer partition), then rank 0 `by_rank_0(folder)` and
+    COMPLETE, which lists every rank's files."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_folder(dest)) if dist.is_main else None
         tmp = Path(dist.broadcast(str(tmp) if tmp else None))
-        write_optimizer(tmp)
-        dist.barrier()  # every rank's partition is on disk before COMPLETE lists it
+        by_every_rank(tmp)
+        dist.barrier()  # every rank's files are on disk before COMPLETE lists them
         if dist.is_main:
-            _write_common(tmp, tables, config, identity, extra_tensors)
-            _write_json(tmp / STATE, state)
+            by_rank_0(tmp)
             _write_complete(tmp)
+
+
+def save_checkpoint(root: Path, tag: str, *, write_tables: Callable[[Path], None],
+                    write_optimizer: Callable[[Path], None], state: dict, config: dict, identity: dict,
+                    extra_tensors: dict[str, torch.Tensor] | None = None, dist: Dist = LOCAL) -> Path:
+    """Write checkpoint `root/<tag>/` whole or not at all, then point `root/latest` at it.
+
+    Collective under several ranks: every rank calls `write_tables(folder)` (an engine's `save_tables`:
+    rank 0 writes whole tables, or every rank its rows) and `write_optimizer(folder)` (its optimizer
+    partition); rank 0 owns the temp folder and writes state, config, identity and COMPLETE.
+    """
+    root, dest = Path(root), Path(root) / _check_name(tag, "checkpoint tag")
+
+    def by_every_rank(folder: Path) -> None:
+        write_tables(folder)
+        write_optimizer(folder)
+
+    def by_rank_0(folder: Path) -> None:
+        _write_common(folder, config, identity, extra_tensors)
+        _write_json(folder / STATE, state)
+
+    _write_from_ranks(dest, dist, by_every_rank, by_rank_0)
     if dist.is_main:
         atomic_write_text(root / LATEST, tag + "\n")
     dist.barrier()
@@ -283,10 +373,11 @@ def find_latest(root: Path) -> Path | None:
                  if folder.name != tag and _is_valid(folder)), None)
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Verify every checksum of checkpoint `path`, then load it (optimizer state stays on disk until restored)."""
+def load_checkpoint(path: Path, tables: bool = True) -> Checkpoint:
+    """Verify every checksum of checkpoint `path`, then load it (optimizer state stays on disk until restored;
+    the tables too unless `tables`)."""
     path = Path(path)
-    return Checkpoint(**_load_common(path, CHECKPOINT_FILES), state=_read_json(path / STATE))
+    return Checkpoint(**_load_common(path, CHECKPOINT_FILES, tables), state=_read_json(path / STATE))
 
 
 def check_identity(saved: dict, current: dict, *, own_config: bool = False) -> None:
@@ -357,26 +448,43 @@ def save_model(dir: Path, tables: dict[str, torch.Tensor], config: dict, identit
     return Path(dir)
 
 
+def save_model_from_ranks(dir: Path, write_tables: Callable[[Path], None], config: dict, identity: dict,
+                          extra_tensors: dict[str, torch.Tensor] | None = None, dist: Dist = LOCAL) -> Path:
+    """`save_model` by every rank together: each calls `write_tables(folder)` (an engine's `save_tables`),
+    rank 0 writes the rest (collective)."""
+    _check_identity_refs(identity)
+    _write_from_ranks(Path(dir), dist, write_tables,
+                      lambda folder: _write_common(folder, config, identity, extra_tensors))
+    dist.barrier()
+    return Path(dir)
+
+
+def _check_identity_refs(identity: dict) -> None:
+    absent = [key for key in ("backbone", "tokenizer") if key not in identity]
+    if absent:
+        raise CheckpointError(f"a saved model's identity needs {absent} (the backbone and tokenizer references)")
+
+
 def write_model_files(folder: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
                       extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write a saved model's files into `folder`, a staging folder the caller renames into place; COMPLETE
     (last) also covers whatever else the caller wrote there first (a fold-in's DATASET)."""
-    absent = [key for key in ("backbone", "tokenizer") if key not in identity]
-    if absent:
-        raise CheckpointError(f"a saved model's identity needs {absent} (the backbone and tokenizer references)")
-    _write_common(folder, tables, config, identity, extra_tensors)
+    _check_identity_refs(identity)
+    write_tables(folder, tables)
+    _write_common(folder, config, identity, extra_tensors)
     _write_complete(folder)
 
 
-def load_model(dir: Path) -> SavedModel:
-    """Verify every checksum of a saved model folder, then load it (safetensors, YAML and JSON only)."""
+def load_model(dir: Path, tables: bool = True) -> SavedModel:
+    """Verify every checksum of a saved model folder, then load it (safetensors, YAML and JSON only; the
+    tables whole unless `tables` is False)."""
     dir = Path(dir)
     if not dir.is_dir():
         problem = "is a file, not a folder" if dir.exists() else "not found"
         raise CheckpointError(f"{dir}: {problem} (a saved model is a run's <output_dir>/model folder)")
     if not (dir / COMPLETE).is_file() and (dir / "model" / COMPLETE).is_file():
         raise CheckpointError(f"{dir}: a run folder, not a saved model; its model is {dir / 'model'}")
-    return SavedModel(**_load_common(dir, MODEL_FILES))
+    return SavedModel(**_load_common(dir, MODEL_FILES, tables))
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -392,8 +500,15 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def export_model(checkpoint: Path, out: Path) -> Path:
-    """Write a saved-model folder from a checkpoint's consolidated fp32 tables — no launcher, no
-    DeepSpeed, no unpickling: a ZeRO-3 checkpoint already holds the tables gathered from all ranks."""
-    saved = load_checkpoint(resolve_checkpoint(checkpoint))
+    """Write a saved-model folder from a checkpoint's fp32 tables, copied in their layout (whole, or the row
+    shards as the ranks wrote them) — no launcher, no DeepSpeed, no unpickling: a ZeRO-3 checkpoint already
+    holds the tables gathered from all ranks."""
+    saved = load_checkpoint(resolve_checkpoint(checkpoint), tables=False)
     identity = {k: v for k, v in saved.identity.items() if k != "engine"}
-    return save_model(out, saved.tables, saved.config, identity, extra_tensors=saved.extra or None)
+    _check_identity_refs(identity)
+    with atomic_folder(Path(out)) as tmp:
+        for name in table_files(saved.path):
+            shutil.copyfile(saved.path / name, tmp / name)
+        _write_common(tmp, saved.config, identity, saved.extra or None)
+        _write_complete(tmp)
+    return Path(out)

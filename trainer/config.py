@@ -317,7 +317,8 @@ class DistributedConfig:
     rank drawing only its slice of every table: [cluster.md](cluster.md), section 4, note 2), so no rank
     makes a whole table; the same starting values as `false`, which builds the whole model on every rank
     and partitions it in `deepspeed.initialize`. Content rows initialised from text (`content_init_from_text`)
-    are computed by each rank for its partition only; `incremental.init_from` and LoRA build whole."""
+    are computed by each rank for its partition only; LoRA adapters are attached to the partitioned backbone;
+    `incremental.init_from` builds whole."""
     memory_check: bool = True
     """Before the model is built, estimate the bytes each rank will hold — backbone, ID tables, optimizer state,
     a step's working sets, checkpoint copies, EASE — and stop, naming each term in GiB, when the peak exceeds

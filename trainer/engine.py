@@ -34,7 +34,7 @@ from cllm4rec.table_access import LOCAL_TABLES, TableAccess
 from cllm4rec.table_gradients import TableGradients
 from cllm4rec.tasks import TableSet, Task
 from trainer.build import load_weights
-from trainer.checkpoint import restore_optimizer, save_optimizer
+from trainer.checkpoint import load_tables, restore_optimizer, save_optimizer, write_tables
 from trainer.data import Batch
 from trainer.distributed import LOCAL, Dist
 from trainer.phases import Stage, StepKind
@@ -244,6 +244,32 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def load_tables(self, tables: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor] | None) -> None:
         """Write whole tables (and trained backbone weights) into the model and its optimizer's masters."""
+
+    def save_tables(self, folder: Path) -> None:
+        """Write the four tables into a checkpoint or model folder (collective): here whole, by rank 0; the
+        row-sharded engine has every rank write its own rows instead (trainer/checkpoint.py)."""
+        tables = self.full_tables()
+        if self.dist.is_main:
+            write_tables(folder, tables)
+
+    def restore_tables(self, folder: Path, backbone: dict[str, torch.Tensor] | None) -> None:
+        """`load_tables` from a verified checkpoint or model folder, whatever layout its tables were written
+        in (collective): here read whole; the row-sharded engine reads only its rows."""
+        self.load_tables(load_tables(folder), backbone)
+
+    def own_rows(self) -> dict[str, torch.Tensor]:
+        """The rows of the four tables this rank holds whole, fp32, detached (they may share the model's
+        storage) (collective): here every row; the row-sharded engine's own rows only. `load_own_rows`
+        writes tables back in the same layout."""
+        return self.full_tables()
+
+    def load_own_rows(self, rows: dict[str, torch.Tensor]) -> None:
+        """Write tables laid out as `own_rows` gives them into the model and its optimizer's masters."""
+        self.load_tables(rows, None)
+
+    def column_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """[K]: the mean over every row of a table of which `rows` [n, K] are this rank's `own_rows`."""
+        return rows.mean(dim=0)
 
     @abc.abstractmethod
     def save_optimizer(self, folder: Path) -> None:

@@ -59,14 +59,12 @@ def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[
 def table_layout(config: TrainConfig, dist: Dist, ds: tuple[Path, dict[str, Any]] | None) -> TableLayout:
     """How the model's tables are built for the engine (`build_run`): this rank's rows for the row-sharded
     engine, the ZeRO-3 partitions of `ds` with `distributed.partitioned_build`, else whole. Whole too where
-    the tables are written whole after they are drawn (`incremental.init_from`) and with LoRA adapters
-    (attached to a whole backbone)."""
+    the tables are written whole after they are drawn (`incremental.init_from`)."""
     rows = want_row_sharding(config)
     if not rows and (ds is None or not config.distributed.partitioned_build):
         return None
     if builds_whole(config):
-        log.info("building the whole model on every rank: incremental.init_from writes whole tables, and LoRA "
-                 "adapters are attached to a whole backbone")
+        log.info("building the whole model on every rank: incremental.init_from writes whole tables")
         return None
     return RowSlices(dist.rank, dist.world_size) if rows else ds[1]
 

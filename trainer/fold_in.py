@@ -15,7 +15,10 @@
    it started). Only the new content rows move (every old row's gradient is zeroed before each Adam
    step, so Adam leaves it bit-identical).
 4. Every other new collaborative row (users and items step 2 did not place) is set to the mean of its
-   MR prior N(z^c, λ_c⁻¹I): its content row.
+   MR prior N(z^c, λ_c⁻¹I): its content row — or, where the model's warm-up set that table's
+   collaborative rows to token-like copies of the content rows (`pretrain.collab_from_content` with
+   `collab_from_content_token_alpha`), the same token-like copy of it, centred on the old content rows'
+   mean, so that a new row starts where the trained rows of its table started (`prior_means`).
 5. New users with interactions: `history_passes` epochs of the finetuning objective (task `rec`, masked
    prompts as in finetuning; the collaborative LLM, task `collab`, for a model trained without
    finetuning) over their histories, with the model's MR toward their content rows. Only the new
@@ -38,7 +41,7 @@ import torch
 
 from cllm4rec.interactions import UserItems
 from cllm4rec.model import CLLM4Rec
-from cllm4rec.table_init import mean_word_embedding
+from cllm4rec.table_init import mean_word_embedding, token_like_rows
 from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
@@ -289,19 +292,36 @@ def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, me
     return align_rows(model.collab_user, users, features, new, method, None, "user")
 
 
-def read_new_texts(engine: PlainEngine, corpora: Corpora, options: FoldInOptions, batch: int, new_users: np.ndarray,
-                   new_items: np.ndarray) -> list[float]:
+def prior_means(model: CLLM4Rec, config: TrainConfig, kind: str, new: torch.Tensor) -> torch.Tensor:
+    """Step 4's collaborative rows [n, K] for the new rows `new` (bool mask) of the `kind` ("user" / "item")
+    tables: their content rows, or token-like copies of them (centred on the old content rows' mean) where the
+    model's warm-up made its collaborative rows of that kind so (`pretrain.collab_from_content` with
+    `collab_from_content_token_alpha`)."""
+    content, pre = getattr(model, f"content_{kind}"), config.pretrain
+    copied = (pre.collab_from_content and pre.warmup_epochs > 0
+              and (kind == "user" or pre.collab_from_content_tables == "both"))
+    if not copied or pre.collab_from_content_token_alpha is None:
+        return content[new]
+    words = model.backbone.get_input_embeddings()
+    return token_like_rows(content[new], words, pre.collab_from_content_token_alpha,
+                           content[~new].mean(dim=0)).to(content.dtype)
+
+
+def read_new_texts(engine: PlainEngine, corpora: Corpora, config: TrainConfig, options: FoldInOptions, batch: int,
+                   new_users: np.ndarray, new_items: np.ndarray) -> list[float]:
     """Steps 3-4 of the module docstring: `options.passes` content epochs over `corpora` (`new_corpora`), then
     each collaborative row of `new_users` / `new_items` (bool [N] / [J]: the new rows step 2 did not place)
-    set to its content row, the mean of its MR prior; the loss of each pass."""
+    set to its content row, the mean of its MR prior, in the form the model's warm-up gave its trained rows
+    (`prior_means`); the loss of each pass."""
     step = StepKind.C_STEP
     losses = _passes(engine, step, [corpora.content_batches(epoch_rng(options.seed, "fold-in", step.task, p), batch)
                                     for p in range(options.passes)], options.progress) if corpora.content else []
     model = engine.model
     users, items = row_masks(model, new_users, new_items)
     with torch.no_grad():
-        model.collab_user[users] = model.content_user[users]
-        model.collab_item[items] = model.content_item[items]
+        for kind, new in (("user", users), ("item", items)):
+            if new.any():
+                getattr(model, f"collab_{kind}")[new] = prior_means(model, config, kind, new)
     return losses
 
 
@@ -364,7 +384,8 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
                                                     options.seed, options.progress)
         placed, result.user_alignment = align_new_users(model, parts.corpora, new_users, options.align_users)
         lap("align")
-        result.content_loss = read_new_texts(engine, corpora, options, batch, new_users & ~placed, new_items & ~aligned)
+        result.content_loss = read_new_texts(engine, corpora, config, options, batch, new_users & ~placed,
+                                             new_items & ~aligned)
         lap("content")
         if corpora.train.nnz:
             result.collab_loss = _collab_passes(engine, corpora, config, options, batch)

@@ -178,7 +178,7 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
             engine = fold_in_engine(model, config, inc.lr, new_users, new_items)
             aligned, alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
                                                  options.seed, progress)
-            losses = read_new_texts(engine, corpora, options, config.pretrain.batch_size, new_users,
+            losses = read_new_texts(engine, corpora, config, options, config.pretrain.batch_size, new_users,
                                     new_items & ~aligned)
             engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
     share_rows(model, mapping, dist)

@@ -29,7 +29,7 @@ FIX_RANKS = "more ranks: each holds 1/R of it"
 FIX_OFFLOAD = "more ranks, or distributed.ds_config=zero3_offload (optimizer state in host memory)"
 FIX_PARTITION = "DeepSpeed ZeRO-3 partitions the backbone over the ranks (a launcher, distributed.table_sharding=zero3)"
 FIX_GATHERED = "distributed.table_sharding=rows: no whole table is gathered in a step"
-FIX_WHOLE_BUILD = "distributed.partitioned_build=true (the default; not with incremental.init_from or LoRA)"
+FIX_WHOLE_BUILD = "distributed.partitioned_build=true (the default; not with incremental.init_from)"
 FIX_ROWS_BUILD = ("incremental.init_from makes the row-sharded engine build whole tables on every rank before it "
                   "shards them: start from scratch, or distributed.table_sharding=zero3")
 FIX_ACTIVATIONS = ("model.activation_checkpointing=true, a smaller pretrain.batch_size / finetune.batch_size or "
@@ -168,8 +168,8 @@ def plain_terms(shapes: Shapes, setup: Setup) -> list[Term]:
 
 def rows_terms(shapes: Shapes, setup: Setup) -> list[Term]:
     """Row-sharded tables (cluster.md, section 2.4): the backbone replicated, each table's rows split over
-    the ranks with their Adam state; whole tables when a checkpoint gathers them (and at the build where it is
-    whole: `incremental.init_from`)."""
+    the ranks with their Adam state, each rank writing its own rows to a checkpoint; whole tables only at a
+    build that is whole (`incremental.init_from`)."""
     d, dev, r = setup.dtype_bytes, compute_memory(setup), setup.ranks
     shard = (math.ceil(shapes.users / r) + math.ceil(shapes.items / r)) * shapes.dim  # one set's rows on a rank
     whole = 4 * shapes.table_elements
@@ -182,13 +182,9 @@ def rows_terms(shapes: Shapes, setup: Setup) -> list[Term]:
         Term(f"Adam m, v of {setup.trained_sets} trained table set(s), fp32 ÷ {r}", 8 * shard * setup.trained_sets,
              dev, TRAINING, FIX_RANKS),
         Term(f"gradients of the table set a step trains, fp32 ÷ {r}", 4 * shard, dev, TRAINING, FIX_RANKS),
-        Term("whole tables gathered for a checkpoint (every rank), fp32", whole, HOST, (SAVE,), FIX_HOST),
-        Term("checkpoint copies on rank 0: tables, this rank's optimizer state",
-             whole + 8 * shard * setup.trained_sets, HOST, (SAVE,), FIX_HOST),
+        Term("checkpoint copies of this rank's rows and their optimizer state (each rank writes its own)",
+             2 * shard * 4 + 8 * shard * setup.trained_sets, HOST, (SAVE,), FIX_RANKS),
     ]
-    if setup.gpu:
-        terms.append(Term("one whole table on the GPU while it is gathered, fp32", 4 * shapes.largest_table, DEVICE,
-                          (SAVE,), FIX_GATHERED))
     if setup.item_head:
         tokens = r * shapes.batch * shapes.seq_len  # every rank's hidden rows
         terms.append(Term(f"item head exchange: {tokens:,} hidden rows of all ranks and their gradients",

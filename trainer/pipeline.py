@@ -109,16 +109,15 @@ class TrainingRun:
         return self.out / "checkpoints"
 
     def save_model(self, folder: Path) -> None:
-        """Export the ID tables (and trained backbone weights) — collective, rank 0 writes."""
-        tables, extra = self.engine.full_tables(), self.engine.trained_backbone()
-        if self.dist.is_main:
-            ckpt.save_model(folder, tables, config_to_dict(self.config), self.identity, extra_tensors=extra)
-        self.dist.barrier()
+        """Export the ID tables (in the engine's layout) and trained backbone weights — collective."""
+        extra = self.engine.trained_backbone()
+        ckpt.save_model_from_ranks(folder, self.engine.save_tables, config_to_dict(self.config), self.identity,
+                                   extra_tensors=extra, dist=self.dist)
 
     def save(self, tag: str) -> None:
         self.state["rng"] = rng_state()
         ckpt.save_checkpoint(
-            self.checkpoints, tag, tables=self.engine.full_tables(), write_optimizer=self.engine.save_optimizer,
+            self.checkpoints, tag, write_tables=self.engine.save_tables, write_optimizer=self.engine.save_optimizer,
             state=self.state, config=config_to_dict(self.config), identity=self.checkpoint_identity,
             extra_tensors=self.engine.trained_backbone(), dist=self.dist,
         )
@@ -127,7 +126,7 @@ class TrainingRun:
         self.dist.barrier()
 
     def restore(self, path: Path) -> None:
-        saved = ckpt.load_checkpoint(path)
+        saved = ckpt.load_checkpoint(path, tables=False)
         if saved.identity.get("config_hash") != self.checkpoint_identity["config_hash"]:
             differ = config_differences(self.config, saved.config)
             if differ:
@@ -135,7 +134,7 @@ class TrainingRun:
                                            f"use another name= (output folder) for a different config")
         ckpt.check_identity({k: v for k, v in saved.identity.items() if k != "config_hash"},
                             {k: v for k, v in self.checkpoint_identity.items() if k != "config_hash"})
-        self.engine.load_tables(saved.tables, saved.extra)
+        self.engine.restore_tables(path, saved.extra)
         self.engine.load_optimizer(path)
         self.state = {"in_progress": None, **saved.state}
         if "rng" in self.state:
@@ -232,15 +231,17 @@ class TrainingRun:
         return rank_share(saved, self.dist.rank, self.dist.world_size)
 
     def collab_from_content(self, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The collaborative tables `pretrain.collab_from_content` sets at the end of the warm-up, from the
-        whole `tables`: the content ones (of `collab_from_content_tables`), copied as they are or as
-        token-like rows (`collab_from_content_token_alpha`). Collective with a ZeRO-3 backbone."""
+        """The collaborative tables `pretrain.collab_from_content` sets at the end of the warm-up, from
+        `tables` (the engine's `own_rows`): the content ones (of `collab_from_content_tables`), copied as they
+        are or as token-like rows (`collab_from_content_token_alpha`), centred on the whole table's mean.
+        Collective (a ZeRO-3 backbone, row-sharded tables)."""
         pre = self.config.pretrain
         kinds = ("user",) if pre.collab_from_content_tables == "users" else ("user", "item")
         alpha = pre.collab_from_content_token_alpha
         words = self.parts.model.backbone.get_input_embeddings()
         return {f"collab_{kind}": tables[f"content_{kind}"] if alpha is None else
-                token_like_rows(tables[f"content_{kind}"], words, alpha).to(tables[f"content_{kind}"].dtype)
+                token_like_rows(tables[f"content_{kind}"], words, alpha, self.engine.column_mean(tables[f"content_{kind}"]))
+                .to(tables[f"content_{kind}"].dtype)
                 for kind in kinds}
 
     def run_unit(self, unit: Unit, index: int) -> dict[str, float]:
@@ -271,7 +272,7 @@ class TrainingRun:
         self.state["in_progress"] = None
         pre = self.config.pretrain
         if unit.phase is Phase.WARMUP and unit.epoch == pre.warmup_epochs - 1 and pre.collab_from_content:
-            self.engine.load_tables(self.collab_from_content(self.engine.full_tables()), None)
+            self.engine.load_own_rows(self.collab_from_content(self.engine.own_rows()))
         if unit.phase is Phase.L_STEP:
             metrics["collab_popularity_entropy"] = self.popularity_entropy
         if unit.phase is not Phase.FINETUNE:
@@ -322,8 +323,8 @@ class TrainingRun:
     def final_model(self) -> None:
         """Load the validation-selected tables (finetuning) — PreRec keeps the last pretrained ones."""
         if self.config.finetune.enabled and (self.out / "best").is_dir():
-            saved = ckpt.load_model(self.out / "best")
-            self.engine.load_tables(saved.tables, saved.extra)
+            saved = ckpt.load_model(self.out / "best", tables=False)
+            self.engine.restore_tables(saved.path, saved.extra)
 
     def run(self) -> dict[str, dict[str, float]]:
         """Train (or resume), evaluate on test, run the baselines and write the results. Collective:
@@ -384,7 +385,8 @@ class TrainingRun:
             for name in ("results.md", "results.json", "config.yaml", "curves.png"):
                 if (self.out / name).is_file():
                     tracker.log_artifact(self.out / name)
-            tracker.log_artifact(self.out / "model" / "tables.safetensors", "model")
+            for name in ckpt.table_files(self.out / "model"):
+                tracker.log_artifact(self.out / "model" / name, "model")
             tracker.log_artifact(save_pyfunc(self.out / "model", self.out / "pyfunc"), "pyfunc")
         print(f"\n{table}")
         print(f"{self.model_name}: trained in {train_seconds / 60:.1f} min ({len(self.state['history'])} epoch units, "

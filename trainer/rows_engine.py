@@ -6,8 +6,8 @@ Every rank runs the plain engine's step on its share of the global batch through
 (cllm4rec/sharded_tables.py): a batch's ID rows come from their owners and their gradients go back to
 them, the item head is the sharded item softmax, scoring is the sharded top-k. The model is built with
 each rank's rows only (`cllm4rec.row_shards.RowSlices`, trainer/engine_setup.py `table_layout`). No rank
-gathers a whole table in a step; whole tables are gathered only to be checkpointed or exported (`full_tables`).
-Checkpoints resume on any number of ranks (trainer/row_checkpoint.py).
+gathers a whole table, in a step or anywhere else: checkpoints and saved models hold each rank's rows in a
+file of its own (trainer/checkpoint.py), and resume on any number of ranks (trainer/row_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from cllm4rec.row_shards import RowShards, row_slice
 from cllm4rec.sharded_tables import ShardedTables
 from trainer.data import Batch
 from trainer.distributed import Dist
+from trainer.checkpoint import load_table_rows, write_table_rows
 from trainer.engine import PlainEngine
 from trainer.phases import StepKind
 from trainer.row_checkpoint import load_row_optimizer, save_row_optimizer
@@ -88,8 +89,31 @@ class RowShardedEngine(PlainEngine):
         return scores.top_excluding(exclude, rows, k, self.comm)
 
     def full_tables(self) -> dict[str, torch.Tensor]:
-        """The four tables, whole and fp32, on every rank (every rank's rows all-gathered)."""
+        """The four tables, whole and fp32, on every rank (every rank's rows all-gathered): for tests and
+        small tables; checkpoints, saved models and `collab_from_content` use the rows in place."""
         return {name: self.comm.all_gather_rows(getattr(self.model, name).detach())[0].cpu() for name in TABLE_NAMES}
+
+    def save_tables(self, folder: Path) -> None:
+        """Every rank writes its own rows of the four tables (no gather): tables-rows-r<rank>-of-<world>."""
+        write_table_rows(folder, self.own_rows(), self.dist.rank, self.dist.world_size)
+
+    def restore_tables(self, folder: Path, backbone: dict[str, torch.Tensor] | None) -> None:
+        """This rank's rows, sliced from the table files whatever number of ranks (or layout) wrote them."""
+        self.load_own_rows(load_table_rows(folder, {name: self.layouts[name].range(self.dist.rank)
+                                                    for name in TABLE_NAMES}))
+
+    def own_rows(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self.model, name).detach().float() for name in TABLE_NAMES}
+
+    @torch.no_grad()
+    def load_own_rows(self, rows: dict[str, torch.Tensor]) -> None:
+        for name, value in rows.items():
+            getattr(self.model, name).copy_(value)
+
+    def column_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """[K]: the whole table's mean from every rank's row sum and count (one [world, K + 1] all-gather)."""
+        sums = self.comm.all_gather(torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])]))
+        return sums[:, :-1].sum(dim=0) / sums[:, -1].sum()
 
     def trained_backbone(self) -> dict[str, torch.Tensor] | None:
         return None  # the backbone is frozen (engine_setup refuses a trained one)

@@ -101,7 +101,13 @@ class Tracker:
                    config.resolved_output_dir().parent / "mlflow.db")
 
     def _get_or_create_experiment(self, name: str) -> str:
-        """Return the id of experiment ``name``, creating it (with a local artifact root) if absent."""
+        """Return the id of experiment ``name``, creating it (with a local artifact root) if absent.
+
+        Safe when several runs start at once on one store: the one that loses the race to create the
+        experiment takes the winner's id.
+        """
+        import mlflow
+
         assert self._client is not None
         found = self._client.get_experiment_by_name(name)
         if found is not None:
@@ -113,7 +119,14 @@ class Tracker:
         if root is not None:
             (root / name).mkdir(parents=True, exist_ok=True)
             location = (root / name).as_uri()
-        return self._client.create_experiment(name, artifact_location=location)
+        try:
+            return self._client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Another process (a second run started at the same moment) created it in between.
+            raced = self._client.get_experiment_by_name(name)
+            if raced is None:
+                raise
+            return raced.experiment_id
 
     @property
     def tracking_uri(self) -> str:
