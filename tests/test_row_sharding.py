@@ -122,7 +122,7 @@ def _tables_in_place(comm, model_dir: str, out: str, world_written: int) -> dict
     engine.restore_tables(written, None)
     rows = own["content_user"]
     words = parts.model.backbone.get_input_embeddings()
-    return {"moved": moved, "restored": engine.own_rows(), "own": own,
+    return {"moved": moved, "restored": engine.own_rows(),
             "token_like": token_like_rows(rows, words, 0.25, engine.column_mean(rows))}
 
 

@@ -443,9 +443,7 @@ def prune_checkpoints(root: Path, keep: int) -> None:
 def save_model(dir: Path, tables: dict[str, torch.Tensor], config: dict, identity: dict,
                extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the exported model folder whole: tables, config.yaml, identity.json (backbone, tokenizer), COMPLETE."""
-    with atomic_folder(Path(dir)) as tmp:
-        write_model_files(tmp, tables, config, identity, extra_tensors)
-    return Path(dir)
+    return save_model_from_ranks(dir, lambda folder: write_tables(folder, tables), config, identity, extra_tensors)
 
 
 def save_model_from_ranks(dir: Path, write_tables: Callable[[Path], None], config: dict, identity: dict,
@@ -504,11 +502,10 @@ def export_model(checkpoint: Path, out: Path) -> Path:
     shards as the ranks wrote them) — no launcher, no DeepSpeed, no unpickling: a ZeRO-3 checkpoint already
     holds the tables gathered from all ranks."""
     saved = load_checkpoint(resolve_checkpoint(checkpoint), tables=False)
-    identity = {k: v for k, v in saved.identity.items() if k != "engine"}
-    _check_identity_refs(identity)
-    with atomic_folder(Path(out)) as tmp:
+
+    def copy_tables(folder: Path) -> None:
         for name in table_files(saved.path):
-            shutil.copyfile(saved.path / name, tmp / name)
-        _write_common(tmp, saved.config, identity, saved.extra or None)
-        _write_complete(tmp)
-    return Path(out)
+            shutil.copyfile(saved.path / name, folder / name)
+
+    identity = {k: v for k, v in saved.identity.items() if k != "engine"}
+    return save_model_from_ranks(out, copy_tables, saved.config, identity, extra_tensors=saved.extra or None)

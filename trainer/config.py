@@ -185,6 +185,13 @@ class PretrainConfig:
     max_steps_per_epoch: int | None = None
     """Cap on steps per warm-up, L-step or C-step epoch (smoke runs)."""
 
+    def collab_copied_kinds(self) -> tuple[str, ...]:
+        """The kinds ("user", "item") whose collaborative rows the warm-up sets from the content rows
+        (`collab_from_content`, at the end of a warm-up of at least one epoch); empty when none."""
+        if not (self.collab_from_content and self.warmup_epochs > 0):
+            return ()
+        return ("user",) if self.collab_from_content_tables == "users" else ("user", "item")
+
 
 @dataclass
 class FinetuneConfig:

@@ -298,9 +298,7 @@ def prior_means(model: CLLM4Rec, config: TrainConfig, kind: str, new: torch.Tens
     model's warm-up made its collaborative rows of that kind so (`pretrain.collab_from_content` with
     `collab_from_content_token_alpha`)."""
     content, pre = getattr(model, f"content_{kind}"), config.pretrain
-    copied = (pre.collab_from_content and pre.warmup_epochs > 0
-              and (kind == "user" or pre.collab_from_content_tables == "both"))
-    if not copied or pre.collab_from_content_token_alpha is None:
+    if kind not in pre.collab_copied_kinds() or pre.collab_from_content_token_alpha is None:
         return content[new]
     words = model.backbone.get_input_embeddings()
     return token_like_rows(content[new], words, pre.collab_from_content_token_alpha,

@@ -236,7 +236,7 @@ class TrainingRun:
         are or as token-like rows (`collab_from_content_token_alpha`), centred on the whole table's mean.
         Collective (a ZeRO-3 backbone, row-sharded tables)."""
         pre = self.config.pretrain
-        kinds = ("user",) if pre.collab_from_content_tables == "users" else ("user", "item")
+        kinds = pre.collab_copied_kinds()
         alpha = pre.collab_from_content_token_alpha
         words = self.parts.model.backbone.get_input_embeddings()
         return {f"collab_{kind}": tables[f"content_{kind}"] if alpha is None else
