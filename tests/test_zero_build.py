@@ -104,9 +104,9 @@ def test_text_rows_in_any_range_equal_the_whole_build(tiny_llama: Path) -> None:
 
 
 def test_table_layout_follows_the_engine(planted_dataset: Path, tiny_llama: Path, tmp_path: Path) -> None:
-    """Row-sharded engine: this rank's rows (text-initialised content rows too); ZeRO-3: its partitions;
-    whole where tables are written whole after they are drawn (`incremental.init_from`) or with the plain
-    engine."""
+    """Row-sharded engine: this rank's rows (text-initialised content rows and `incremental.init_from` too);
+    ZeRO-3: its partitions, but whole where tables are written whole after they are drawn
+    (`incremental.init_from`); the plain engine: whole."""
     from trainer.config_loading import load_config
     from trainer.distributed import Dist
     from trainer.engine_setup import table_layout
@@ -122,6 +122,8 @@ def test_table_layout_follows_the_engine(planted_dataset: Path, tiny_llama: Path
     assert layout(**{"distributed.engine": "deepspeed", "distributed.table_sharding": "rows",
                      "model.content_init_from_text": True}) == RowSlices(1, 2)
     assert layout(**{"distributed.engine": "deepspeed", "distributed.table_sharding": "rows",
+                     "incremental.init_from": str(tmp_path)}) == RowSlices(1, 2)
+    assert layout(**{"distributed.engine": "deepspeed", "distributed.table_sharding": "zero3",
                      "incremental.init_from": str(tmp_path)}) is None
     assert layout(**{"distributed.engine": "plain"}) is None
 
@@ -165,21 +167,17 @@ def _build_overrides(dataset: Path, backbone: Path, root: Path, run: str, built:
 
 def _train_every_build(comm, dataset: str, backbone: str, root: str) -> None:
     """In a spawned rank: every (run, build) pair trained in turn, with the variables the
-    DeepSpeed launcher sets (LOCAL_SIZE too: DeepSpeed's shared-memory all-reduce, whose buffer this rank
-    unlinks at the end); each run adopts the rank's process group, as under Ray Train."""
+    DeepSpeed launcher sets (LOCAL_SIZE too: DeepSpeed's shared-memory all-reduce); each run adopts the
+    rank's process group, as under Ray Train."""
     from trainer.config_loading import load_config
-    from trainer.distributed import shm_allreduce_buffer
     from trainer.pipeline import train
 
     os.environ.update(RANK=str(comm.rank), LOCAL_RANK=str(comm.rank), WORLD_SIZE=str(comm.world),
                       LOCAL_SIZE=str(comm.world))
-    try:
-        for run in RUNS:
-            for built in BUILDS:
-                train(load_config("quick", _build_overrides(Path(dataset), Path(backbone), Path(root), run, built)),
-                      progress=False)
-    finally:
-        shm_allreduce_buffer(comm.rank).unlink(missing_ok=True)
+    for run in RUNS:
+        for built in BUILDS:
+            train(load_config("quick", _build_overrides(Path(dataset), Path(backbone), Path(root), run, built)),
+                  progress=False)
 
 
 @pytest.fixture(scope="module")

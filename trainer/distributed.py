@@ -136,13 +136,19 @@ def init_distributed(device: str, require_group: bool) -> Dist:
 
     # adopts a group that already exists (Ray Train creates one), else creates it from the environment
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    # Every rank has mapped every rank's shared-memory buffer once all have passed this barrier, so each
+    # unlinks its own name now: the memory lives on in the mappings and goes with the last process, even
+    # one that is killed, instead of staying in /dev/shm.
+    torch_dist.barrier()
+    shm_allreduce_buffer(torch_dist.get_rank()).unlink(missing_ok=True)
     return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, active=True)
 
 
 def shm_allreduce_buffer(rank: int, env: dict[str, str] | None = None) -> Path:
     """Rank `rank`'s shared-memory all-reduce buffer (/dev/shm, ~66 MB), which DeepSpeed's CPU comm op
     creates when every rank is on one node and never unlinks (deepspeed/ops/csrc/cpu/comm/shm.cpp: named
-    by user id, MASTER_ADDR, MASTER_PORT and rank)."""
+    by user id, MASTER_ADDR, MASTER_PORT and rank); `init_distributed` unlinks it once every rank has
+    mapped it."""
     env = os.environ if env is None else env
     name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
     return Path("/dev/shm") / name
@@ -150,9 +156,7 @@ def shm_allreduce_buffer(rank: int, env: dict[str, str] | None = None) -> Path:
 
 def shutdown_distributed(wait_for_peers: bool = False) -> None:
     """Leave the process group (if one exists) before the interpreter exits: a group left to static
-    destructors can abort the process at exit ("terminate called without an active exception"). Then
-    unlink this rank's DeepSpeed shared-memory buffer, if any, so that runs do not pile them up in
-    /dev/shm (every rank mapped every buffer when the group started, so the others are unaffected).
+    destructors can abort the process at exit ("terminate called without an active exception").
 
     `wait_for_peers` (a run that ended normally on every rank): a barrier first. A gloo worker thread
     drops its finished collective (and the Python tensors it holds) only once it gets the GIL; if the
@@ -160,11 +164,9 @@ def shutdown_distributed(wait_for_peers: bool = False) -> None:
     at exit. Waiting on the barrier, which releases the GIL until every rank arrives, lets it finish.
     Not after an error: a peer that has failed would never arrive."""
     if torch_dist.is_available() and torch_dist.is_initialized():
-        rank = torch_dist.get_rank()
         if wait_for_peers:
             torch_dist.barrier()
         torch_dist.destroy_process_group()
-        shm_allreduce_buffer(rank).unlink(missing_ok=True)
 
 
 @contextmanager
