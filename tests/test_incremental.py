@@ -182,6 +182,44 @@ def test_two_deepspeed_ranks_start_from_the_same_rows(runs: Runs, tiny_llama, tm
     assert reports[0]["fold_in"]["content_loss"] == pytest.approx(reports[1]["fold_in"]["content_loss"], rel=1e-6)
 
 
+def test_two_row_sharded_ranks_fold_in_together_and_train_as_one(runs: Runs, tiny_llama, tmp_path: Path) -> None:
+    """`distributed.table_sharding: rows`: each rank builds only its rows, reads its kept rows from the earlier
+    model's files by index and folds the new ids in with the other rank (no whole table anywhere); the first
+    epoch equals the plain warm run's (the same tolerance as the DeepSpeed test above)."""
+    from launched_runs import ROWS, run_training
+
+    out = tmp_path / "warm-rows"
+    args = tiny_overrides(runs.later, tiny_llama, out, **{**WARM, "finetune.epochs": 1, **ROWS})
+    run_training(["--init-from", str(runs.earlier), *args], 2, tmp_path / "rows.log")
+    rows, plain = (json.loads((folder / "results.json").read_text()) for folder in (out, runs.warm))
+    assert rows["engine"] == "row-sharded"
+    assert "building the whole model" not in (tmp_path / "rows.log").read_text()
+    assert ckpt.table_files(out / "model") == [ckpt.table_shard_name(rank, 2) for rank in range(2)]
+    for key, value in plain["history"][0].items():
+        if key.endswith(("lm_loss", "mr_loss", "val_selection")):
+            assert rows["history"][0][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    reports = [json.loads((folder / "init_from.json").read_text()) for folder in (out, runs.warm)]
+    assert reports[0]["counts"] == reports[1]["counts"] and reports[0]["fold_in"]["content_loss"]
+    assert reports[0]["fold_in"]["content_loss"] == pytest.approx(reports[1]["fold_in"]["content_loss"], rel=1e-5)
+
+
+def test_row_sharded_init_from_refuses_an_alignment(runs: Runs, tiny_llama, tmp_path: Path) -> None:
+    """An alignment map is fitted on whole tables: refused with row-sharded tables, by key, before a row moves."""
+    from cllm4rec.row_shards import RowSlices
+    from trainer.build import build_run
+    from trainer.config import ConfigError
+    from trainer.distributed import LOCAL
+    from trainer.incremental import warm_start
+
+    config = load_config("quick", tiny_overrides(runs.later, tiny_llama, tmp_path / "aligned", **WARM))
+    config.incremental.init_from, config.incremental.align = str(runs.earlier), "ridge"
+    parts = build_run(config, layout=RowSlices(0, 1))
+    before = parts.model.collab_item.detach().clone()
+    with pytest.raises(ConfigError, match=r"incremental.align=ridge .* set incremental.align=none"):
+        warm_start(config, parts, LOCAL)
+    assert torch.equal(parts.model.collab_item.detach(), before)
+
+
 def test_webdataset_shards_get_the_same_init_and_train(runs: Runs, tiny_llama, tmp_path: Path) -> None:
     from data_prep.shards import write_shards
 

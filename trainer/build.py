@@ -194,8 +194,9 @@ def build_model(config: TrainConfig, n_users: int, n_items: int, device: torch.d
 
 
 def builds_whole(config: TrainConfig) -> bool:
-    """Whether the model is built whole on every rank whatever the engine's table layout: the tables are
-    written whole after they are drawn (`incremental.init_from`)."""
+    """Whether a ZeRO-3 run builds the model whole on every rank even with `distributed.partitioned_build`: its
+    tables are written whole after they are drawn (`incremental.init_from`; the row-sharded engine writes each
+    rank's rows in place instead, trainer/incremental.py)."""
     return bool(config.incremental.init_from)
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
@@ -63,6 +64,7 @@ EXTRA = "extra.safetensors"
 STATE = "state.json"
 CONFIG = "config.yaml"
 IDENTITY = "identity.json"
+ROW_WINDOW_BYTES = 1 << 26  # rows read at once by `load_rows_at` / `column_sum`: 64 MiB of fp32
 TABLE_SHARD = re.compile(r"tables-rows-r(\d{4})-of-(\d{4})\.safetensors")
 MODEL_FILES = (CONFIG, IDENTITY)  # and the tables (`table_files`), whole or row-sharded
 DATASET = "dataset"  # a model folder's own processed dataset (a fold-in's grown catalogue), read instead of data.dataset
@@ -179,6 +181,46 @@ def load_tables(folder: Path) -> dict[str, torch.Tensor]:
     """The tables of `folder` whole (row shards laid end to end); not verified: callers verify first."""
     parts = [load_file(str(Path(folder) / name)) for name in table_files(folder)]
     return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def table_shapes(folder: Path) -> dict[str, tuple[int, int]]:
+    """{table: (rows, K)} of `folder`'s tables, from the files' headers (nothing read)."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for name in table_files(folder):
+        with safe_open(str(Path(folder) / name), "pt") as file:
+            for key in file.keys():
+                rows, dim = file.get_slice(key).get_shape()
+                shapes[key] = (shapes.get(key, (0, dim))[0] + rows, dim)
+    return shapes
+
+
+def load_rows_at(folder: Path, name: str, index: np.ndarray, window_bytes: int = ROW_WINDOW_BYTES) -> torch.Tensor:
+    """fp32 [len(index), K]: rows `index` (any order) of table `name`, read a window of at most `window_bytes`
+    of consecutive rows at a time, skipping the windows with no row asked for; not verified: callers verify
+    first."""
+    rows, dim = table_shapes(folder)[name]
+    index = np.asarray(index, dtype=np.int64)
+    if index.size and not (0 <= index.min() and index.max() < rows):
+        raise CheckpointError(f"{folder}: table {name!r} has {rows} rows, row {int(index.max())} was asked for")
+    out = torch.empty((index.size, dim), dtype=torch.float32)
+    order = np.argsort(index, kind="stable")
+    wanted, window, k = index[order], max(1, window_bytes // (4 * dim)), 0
+    while k < wanted.size:
+        lo = int(wanted[k])
+        stop = int(np.searchsorted(wanted, lo + window))
+        block = load_table_rows(folder, {name: (lo, int(wanted[stop - 1]) + 1)})[name]
+        out[torch.from_numpy(order[k:stop])] = block[torch.from_numpy(wanted[k:stop] - lo)].float()
+        k = stop
+    return out
+
+
+def column_sum(folder: Path, name: str, lo: int, hi: int, window_bytes: int = ROW_WINDOW_BYTES) -> torch.Tensor:
+    """float64 [K]: the sum of rows [lo, hi) of table `name`, read a window of at most `window_bytes` at a time."""
+    dim = table_shapes(folder)[name][1]
+    total, window = torch.zeros(dim, dtype=torch.float64), max(1, window_bytes // (4 * dim))
+    for start in range(lo, hi, window):
+        total += load_table_rows(folder, {name: (start, min(hi, start + window))})[name].double().sum(dim=0)
+    return total
 
 
 def load_table_rows(folder: Path, ranges: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:

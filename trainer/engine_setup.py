@@ -58,15 +58,16 @@ def model_dtype(config: TrainConfig, device: torch.device, ds: tuple[Path, dict[
 
 def table_layout(config: TrainConfig, dist: Dist, ds: tuple[Path, dict[str, Any]] | None) -> TableLayout:
     """How the model's tables are built for the engine (`build_run`): this rank's rows for the row-sharded
-    engine, the ZeRO-3 partitions of `ds` with `distributed.partitioned_build`, else whole. Whole too where
-    the tables are written whole after they are drawn (`incremental.init_from`)."""
-    rows = want_row_sharding(config)
-    if not rows and (ds is None or not config.distributed.partitioned_build):
+    engine, the ZeRO-3 partitions of `ds` with `distributed.partitioned_build`, else whole. Whole too under
+    ZeRO-3 where the tables are written whole after they are drawn (`builds_whole`: `incremental.init_from`)."""
+    if want_row_sharding(config):
+        return RowSlices(dist.rank, dist.world_size)
+    if ds is None or not config.distributed.partitioned_build:
         return None
     if builds_whole(config):
-        log.info("building the whole model on every rank: incremental.init_from writes whole tables")
+        log.info("building the whole model on every rank: incremental.init_from writes whole tables under ZeRO-3")
         return None
-    return RowSlices(dist.rank, dist.world_size) if rows else ds[1]
+    return ds[1]
 
 
 def build_engine(config: TrainConfig, dist: Dist, parts: RunParts, device: torch.device,

@@ -51,10 +51,12 @@ from trainer.build import build_run, load_weights, resolve_dataset, text_init_id
 from trainer.catalogue import grow_dataset
 from trainer.config import ALIGNMENTS, ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
+from trainer.distributed import LOCAL, Dist
 from trainer.engine import PlainEngine
 from trainer.evaluate import scoring_prompt
 from trainer.loop import run_epoch
 from trainer.phases import StepKind
+from trainer.rows_engine import RowShardedEngine
 from trainer.schedule import PLANNED_STEPS, StepPlan, step_plans
 from trainer.serving import save_pyfunc, saved_config, user_states
 
@@ -160,10 +162,16 @@ def new_corpora(corpora: Corpora, new_users: np.ndarray, new_items: np.ndarray) 
                    content_owner=[corpora.content_owner[k] for k in mine], train=histories_of(corpora.train, new_users))
 
 
+def held_mask(table: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """The part of the bool mask [rows of the whole table] over the rows `table` holds (all of a whole table,
+    a rank's rows of a `RowSlices` build), as a tensor on its device."""
+    lo = getattr(table, "first_row", 0)
+    return torch.as_tensor(mask[lo:lo + table.shape[0]], device=table.device)
+
+
 def row_masks(model: CLLM4Rec, users: np.ndarray, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bool [N] / [J] row masks `users` / `items` as tensors on the model's device."""
-    device = model.collab_user.device
-    return torch.as_tensor(users, device=device), torch.as_tensor(items, device=device)
+    """The bool [N] / [J] row masks `users` / `items` over the rows the model's tables hold (`held_mask`)."""
+    return held_mask(model.collab_user, users), held_mask(model.collab_item, items)
 
 
 def start_from_text(model: CLLM4Rec, config: TrainConfig, corpora: Corpora, new_users: np.ndarray,
@@ -177,15 +185,22 @@ def start_from_text(model: CLLM4Rec, config: TrainConfig, corpora: Corpora, new_
     model.init_content_from_text(texts)
     with torch.no_grad():
         for kind, index in texts:
-            getattr(model, f"collab_{kind}")[index] = getattr(model, f"content_{kind}")[index]
+            collab, content = getattr(model, f"collab_{kind}"), getattr(model, f"content_{kind}")
+            row = index - getattr(collab, "first_row", 0)  # where the table holds it (a rank's rows: maybe not)
+            if 0 <= row < collab.shape[0]:
+                collab[row] = content[row]
 
 
 def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: np.ndarray,
-                   new_items: np.ndarray) -> PlainEngine:
-    """A plain engine over `model` with the model's own steps at a constant `lr` (`fold_in_plans`), in which
-    only the new rows (bool [N] / [J] masks) move: content rows of new users and items, collaborative rows
-    of new users. The backbone must be frozen (requires_grad false) by the caller."""
-    engine = PlainEngine(model, lr, lr, plans=fold_in_plans(config, lr))
+                   new_items: np.ndarray, dist: Dist = LOCAL) -> PlainEngine:
+    """A plain engine over `model` (the row-sharded engine over `dist` when its tables are a rank's rows) with
+    the model's own steps at a constant `lr` (`fold_in_plans`), in which only the new rows (bool [N] / [J]
+    masks) move: content rows of new users and items, collaborative rows of new users. The backbone must be
+    frozen (requires_grad false) by the caller."""
+    plans = fold_in_plans(config, lr)
+    sharded = hasattr(model.collab_user, "first_row")
+    engine = RowShardedEngine(model, lr, lr, dist=dist, plans=plans) if sharded else PlainEngine(model, lr, lr,
+                                                                                                   plans=plans)
     users, items = row_masks(model, new_users, new_items)
     freeze_rows(engine.optimizer, {model.content_user: users, model.content_item: items, model.collab_user: users})
     return engine
@@ -292,17 +307,19 @@ def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, me
     return align_rows(model.collab_user, users, features, new, method, None, "user")
 
 
-def prior_means(model: CLLM4Rec, config: TrainConfig, kind: str, new: torch.Tensor) -> torch.Tensor:
-    """Step 4's collaborative rows [n, K] for the new rows `new` (bool mask) of the `kind` ("user" / "item")
-    tables: their content rows, or token-like copies of them (centred on the old content rows' mean) where the
-    model's warm-up made its collaborative rows of that kind so (`pretrain.collab_from_content` with
-    `collab_from_content_token_alpha`)."""
-    content, pre = getattr(model, f"content_{kind}"), config.pretrain
+def prior_means(engine: PlainEngine, config: TrainConfig, kind: str, new: torch.Tensor) -> torch.Tensor:
+    """Step 4's collaborative rows [n, K] for the new rows `new` (bool mask over the rows the engine's model
+    holds) of the `kind` ("user" / "item") tables: their content rows, or token-like copies of them (centred on
+    the old content rows' mean, over every rank's) where the model's warm-up made its collaborative rows of
+    that kind so (`pretrain.collab_from_content` with `collab_from_content_token_alpha`). Collective with
+    row-sharded tables: every rank calls it, with or without new rows."""
+    model, pre = engine.model, config.pretrain
+    content = getattr(model, f"content_{kind}")
     if kind not in pre.collab_copied_kinds() or pre.collab_from_content_token_alpha is None:
         return content[new]
     words = model.backbone.get_input_embeddings()
     return token_like_rows(content[new], words, pre.collab_from_content_token_alpha,
-                           content[~new].mean(dim=0)).to(content.dtype)
+                           engine.column_mean(content[~new].detach().float())).to(content.dtype)
 
 
 def read_new_texts(engine: PlainEngine, corpora: Corpora, config: TrainConfig, options: FoldInOptions, batch: int,
@@ -312,14 +329,16 @@ def read_new_texts(engine: PlainEngine, corpora: Corpora, config: TrainConfig, o
     set to its content row, the mean of its MR prior, in the form the model's warm-up gave its trained rows
     (`prior_means`); the loss of each pass."""
     step = StepKind.C_STEP
-    losses = _passes(engine, step, [corpora.content_batches(epoch_rng(options.seed, "fold-in", step.task, p), batch)
-                                    for p in range(options.passes)], options.progress) if corpora.content else []
+    streams = [corpora.content_batches(epoch_rng(options.seed, "fold-in", step.task, p), batch, engine.dist)
+               for p in range(options.passes)]
+    losses = _passes(engine, step, streams, options.progress) if corpora.content else []
     model = engine.model
     users, items = row_masks(model, new_users, new_items)
     with torch.no_grad():
         for kind, new in (("user", users), ("item", items)):
+            means = prior_means(engine, config, kind, new)
             if new.any():
-                getattr(model, f"collab_{kind}")[new] = prior_means(model, config, kind, new)
+                getattr(model, f"collab_{kind}")[new] = means
     return losses
 
 

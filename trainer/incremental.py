@@ -15,9 +15,14 @@ prepared again later starts from an earlier model's rows instead of random ones.
    collaborative rows are set to their content rows.
 3. Trained backbone or LoRA weights of the earlier model are loaded too.
 
-Rank 0 folds in and broadcasts the new rows; this happens before the engine is built (DeepSpeed then
-partitions the initialised tables). The mapping is printed, logged to MLflow (params `init_from.*` and
-the earlier model as an input of the parent run) and written to `<output_dir>/init_from.json`.
+This happens before the run's engine is built. With whole tables (the plain and ZeRO-3 engines) rank 0 folds
+in and broadcasts the new rows, and DeepSpeed then partitions the initialised tables. With row-sharded tables
+(`distributed.table_sharding: rows`) no rank holds a whole table here either: each reads its own kept rows
+from the earlier model's table files by index (`ckpt.load_rows_at`), the centroids are summed over the ranks'
+shares of the earlier tables, and the ranks fold in together through a row-sharded engine of their own,
+discarded before the run's is built (`incremental.align` must then be `none`). The mapping is printed,
+logged to MLflow (params `init_from.*` and the earlier model as an input of the parent run) and written to
+`<output_dir>/init_from.json`.
 """
 from __future__ import annotations
 
@@ -32,11 +37,12 @@ from typing import Any, Iterator
 import torch
 
 from cllm4rec.model import TABLE_NAMES, CLLM4Rec
+from cllm4rec.row_shards import RowShards
 from data_prep.atomic import atomic_write_text, sha256_file
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer import checkpoint as ckpt
 from trainer.build import RunParts, load_weights, resolve_dataset
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.distributed import Dist
 from trainer.fold_in import (FoldInOptions, align_new_items, fold_in_engine, mapped_tables, new_corpora, read_new_texts,
                              start_from_text)
@@ -68,7 +74,7 @@ def differences(saved: ckpt.SavedModel, earlier: TrainConfig, config: TrainConfi
     checks: list[tuple[str, Any, Any]] = [
         ("backbone", saved.identity.get("backbone"), parts.backbone_ref),
         ("tokenizer", saved.identity.get("tokenizer"), parts.backbone_ref),
-        ("K (hidden size, the tables' width)", saved.tables["collab_item"].shape[1], parts.model.dim),
+        ("K (hidden size, the tables' width)", ckpt.table_shapes(saved.path)["collab_item"][1], parts.model.dim),
         ("ID token layout (the first ID token, V = the backbone's vocabulary rows)", saved.identity.get("vocab_rows"),
          parts.model.vocab_rows),
         ("model.random_init (the backbone's weights)", earlier.model.random_init, config.model.random_init),
@@ -148,12 +154,54 @@ class WarmStart:
                           context="init_from")
 
 
+def carry_rows(model: CLLM4Rec, folder: Path, mapping: IdMapping, dist: Dist) -> None:
+    """Set the rows of `model`'s row-sharded tables that this rank holds: a kept id's row read from the earlier
+    model's table files in `folder` by its earlier index, a new id's at the earlier table's centroid (each rank
+    sums its share of the earlier rows; one all-reduce per table). Collective."""
+    shapes = ckpt.table_shapes(folder)
+    for name in TABLE_NAMES:
+        table = getattr(model, name)
+        rows = mapping.rows("users" if name.endswith("user") else "items")
+        lo = table.first_row
+        earlier = rows[lo:lo + table.shape[0]]
+        first, last = RowShards(shapes[name][0], dist.world_size).range(dist.rank)
+        centroid = dist.all_reduce_tensor(ckpt.column_sum(folder, name, first, last)) / shapes[name][0]
+        kept = torch.from_numpy(earlier >= 0)
+        with torch.no_grad():
+            table[~kept] = centroid.to(table.dtype)
+            table[kept] = ckpt.load_rows_at(folder, name, earlier[earlier >= 0]).to(table.device, table.dtype)
+
+
+def fold_in_new_rows(config: TrainConfig, parts: RunParts, dist: Dist, mapping: IdMapping, options: FoldInOptions,
+                     progress: bool) -> tuple[list[float], dict[str, Any]]:
+    """Steps 1-4 of trainer/fold_in.py for the new ids of `mapping` (module docstring): whole tables on rank 0
+    only, row-sharded ones on every rank together. Returns (the content loss of each pass, the alignment)."""
+    model, new_users, new_items = parts.model, mapping.users < 0, mapping.items < 0
+    sharded = hasattr(model.collab_user, "first_row")
+    if not (new_users.any() or new_items.any()) or not (sharded or dist.is_main):
+        return [], {"method": options.align, "items": 0}
+    corpora = new_corpora(parts.corpora, new_users, new_items)
+    start_from_text(model, config, corpora, new_users, new_items)
+    with backbone_frozen(model):
+        engine = fold_in_engine(model, config, options.lr, new_users, new_items, dist)
+        aligned, alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
+                                             options.seed, progress)
+        losses = read_new_texts(engine, corpora, config, options, config.pretrain.batch_size, new_users,
+                                new_items & ~aligned)
+        engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
+    return losses, alignment
+
+
 def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool = False) -> WarmStart:
     """Initialise `parts.model` from `config.incremental.init_from` (module docstring); collective."""
     start = time.perf_counter()
     source = source_model(config.incremental.init_from).resolve()
+    sharded = hasattr(parts.model.collab_user, "first_row")
+    if sharded and config.incremental.align != "none":
+        raise ConfigError(f"incremental.align={config.incremental.align} fits its map on whole tables, which "
+                          f"distributed.table_sharding=rows never builds: set incremental.align=none (the default)")
     try:
-        saved = ckpt.load_model(source)
+        saved = ckpt.load_model(source, tables=not sharded)
     except ckpt.CheckpointError as error:
         raise ckpt.CheckpointError(f"--init-from {config.incremental.init_from}: {error}") from None
     earlier = saved_config(saved)
@@ -167,21 +215,13 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
                                    f"nothing to carry over (are the raw ids written the same way?)")
     inc = config.incremental
     options = FoldInOptions(passes=inc.passes, lr=inc.lr, seed=config.seed, align=inc.align, progress=progress)
-    model, new_users, new_items = parts.model, mapping.users < 0, mapping.items < 0
-    load_weights(model, mapped_tables(saved.tables, mapping.users, mapping.items), saved.extra or None)
-    losses: list[float] = []
-    alignment: dict[str, Any] = {"method": inc.align, "items": 0}
-    if dist.is_main and (new_users.any() or new_items.any()):
-        corpora = new_corpora(parts.corpora, new_users, new_items)
-        start_from_text(model, config, corpora, new_users, new_items)
-        with backbone_frozen(model):
-            engine = fold_in_engine(model, config, inc.lr, new_users, new_items)
-            aligned, alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
-                                                 options.seed, progress)
-            losses = read_new_texts(engine, corpora, config, options, config.pretrain.batch_size, new_users,
-                                    new_items & ~aligned)
-            engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
-    share_rows(model, mapping, dist)
+    if sharded:
+        carry_rows(parts.model, source, mapping, dist)
+    else:
+        load_weights(parts.model, mapped_tables(saved.tables, mapping.users, mapping.items), saved.extra or None)
+    losses, alignment = fold_in_new_rows(config, parts, dist, mapping, options, progress)
+    if not sharded:
+        share_rows(parts.model, mapping, dist)
     return WarmStart(source, saved.identity, mapping, {"passes": inc.passes, "lr": inc.lr, "alignment": alignment},
                      losses, time.perf_counter() - start)
 

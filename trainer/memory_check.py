@@ -146,7 +146,7 @@ def run_setup(config: TrainConfig, engine: str, ranks: int, device: torch.device
                  item_head=any(step.task in (Task.COLLAB_LM, Task.RECOMMEND) for step in steps),
                  vocab_head=any(step.task is Task.CONTENT_LM for step in steps),
                  checkpointing=config.model.activation_checkpointing, ease=config.baselines.ease,
-                 partitioned_build=((engine == "rows" or config.distributed.partitioned_build) and not builds_whole(config)),
+                 partitioned_build=engine == "rows" or (config.distributed.partitioned_build and not builds_whole(config)),
                  offload_params=zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme"),
                  offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme"),
                  grad_bytes=4 if fp32_grads else dtype.itemsize,
