@@ -12,7 +12,7 @@ import numpy as np
 
 from cllm4rec.templates import cap_items
 
-MaskMode = Literal["fixed", "bernoulli"]
+MaskMode = Literal["fixed", "bernoulli", "uniform"]
 TargetMode = Literal["all", "dropped"]
 
 
@@ -44,18 +44,22 @@ def masked_prompt(
     """Drop some training items from the prompt, shuffle the rest (docs/method.md §9.1).
 
     mode "fixed": drop exactly max(1, ⌊ratio·n⌋) items (the authors' code); "bernoulli": drop each
-    item with probability `ratio` (the paper's wording). target "all": every training item (authors'
-    code); "dropped": only the dropped ones. An over-long prompt drops further random items.
+    item with probability `ratio` (the paper's wording); "uniform": keep a number of items drawn
+    uniformly from 1 to what "fixed" keeps, so that the model also sees prompts as short as a new user's.
+    target "all": every training item (authors' code); "dropped": only
+    the dropped ones. An over-long prompt drops further random items.
     """
     items = np.asarray(items, dtype=np.int64)
     n = items.shape[0]
-    if mode == "fixed":
+    if mode in ("fixed", "uniform"):
+        fixed_drop = min(n, max(1, int(np.floor(ratio * n))))
+        size = n - int(rng.integers(1, n - fixed_drop + 1)) if mode == "uniform" and n > fixed_drop else fixed_drop
         drop = np.zeros(n, dtype=bool)
-        drop[rng.choice(n, size=min(n, max(1, int(np.floor(ratio * n)))), replace=False)] = True
+        drop[rng.choice(n, size=size, replace=False)] = True
     elif mode == "bernoulli":
         drop = rng.random(n) < ratio
     else:
-        raise ValueError(f"unknown mask mode {mode!r}; expected 'fixed' or 'bernoulli'")
+        raise ValueError(f"unknown mask mode {mode!r}; expected 'fixed', 'bernoulli' or 'uniform'")
     kept = items[~drop]
     kept = kept[rng.permutation(kept.shape[0])]
     if max_items is not None:

@@ -163,7 +163,7 @@ def test_reordering_changes_order_not_items():
     assert order_items(items, rng, shuffle=False).tolist() == items.tolist()
 
 
-@pytest.mark.parametrize("mode", ["fixed", "bernoulli"])
+@pytest.mark.parametrize("mode", ["fixed", "bernoulli", "uniform"])
 @pytest.mark.parametrize("target", ["all", "dropped"])
 def test_masked_prompts(mode, target):
     rng = np.random.default_rng(1)
@@ -187,6 +187,16 @@ def test_bernoulli_masking_drops_each_item_with_the_ratio():
              for _ in range(2000)]
     assert np.mean(drops) == pytest.approx(2.0, abs=0.1)  # 20000 items, 0.2 each: mean 2, standard error 0.02
     assert min(drops) == 0 and max(drops) >= 5  # not a fixed count
+
+
+def test_uniform_masking_keeps_one_to_what_fixed_keeps_uniformly():
+    """20 items: "fixed" keeps 16; "uniform" keeps 1..16, each about 1/16 of the time (4000 draws: 250 each,
+    standard error ~15)."""
+    rng = np.random.default_rng(4)
+    kept = np.array([masked_prompt(np.arange(20), rng, mode="uniform", ratio=0.2).prompt_items.shape[0]
+                     for _ in range(4000)])
+    counts = np.bincount(kept, minlength=17)
+    assert counts[0] == 0 and kept.max() == 16 and counts[1:].min() > 180 and counts[1:].max() < 320
 
 
 def test_masked_prompt_caps_items_but_keeps_them_unseen_free():

@@ -217,7 +217,9 @@ class FinetuneConfig:
     """Users per global batch, and documents per global batch in the finetuning content epoch (split over
     the ranks)."""
     mask_mode: str = "fixed"
-    """`fixed`: drop exactly max(1, ⌊ratio·n⌋) items; `bernoulli`: drop each item with probability `mask_ratio`."""
+    """`fixed`: drop exactly max(1, ⌊ratio·n⌋) items; `bernoulli`: drop each item with probability `mask_ratio`;
+    `uniform`: keep a number of items drawn uniformly from 1 to what `fixed` keeps (prompts as short as a new
+    user's too)."""
     mask_ratio: float = 0.2
     """The ratio or probability above."""
     target: str = "all"

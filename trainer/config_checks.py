@@ -18,7 +18,7 @@ CHOICES = {
     "distributed.table_sharding": ("zero3", "rows"),
     "model.train_backbone": ("none", "full", "lora"),
     "model.content_init": ("collab", "random"),
-    "finetune.mask_mode": ("fixed", "bernoulli"),
+    "finetune.mask_mode": ("fixed", "bernoulli", "uniform"),
     "finetune.target": ("all", "dropped"),
     "pretrain.mr_reduction": ("sum", "mean"),
     "pretrain.collab_from_content_tables": ("both", "users"),
