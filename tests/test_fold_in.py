@@ -27,6 +27,7 @@ from data_prep.readers.new_entities import read_new_entities
 from trainer import checkpoint as ckpt
 from trainer import cli
 from trainer.catalogue import grow_dataset
+from trainer.config import ConfigError
 from trainer.config_loading import load_config
 from trainer.alignment import fit_alignment
 from trainer.evaluate import scoring_prompt
@@ -174,8 +175,9 @@ def text_run(run: Path, tiny_llama) -> Path:
     return out
 
 
-def start_rows(model_dir: Path, root: Path, align: str = "none", align_users: str = "none") -> dict[str, torch.Tensor]:
-    """The tables of `model_dir` after a fold-in without passes (`align`, `align_users`) of new item new0 (a
+def start_rows(model_dir: Path, root: Path, align: str = "none", align_users: str = "none",
+               align_features: str = "words") -> dict[str, torch.Tensor]:
+    """The tables of `model_dir` after a fold-in without passes (`align`, `align_users`, `align_features`) of new item new0 (a
     text), item blank (no text), user nu0 (a biography, two interactions: i0 and new0) and user nx0 (no
     biography, one interaction: blank)."""
     root.mkdir()
@@ -183,8 +185,9 @@ def start_rows(model_dir: Path, root: Path, align: str = "none", align_users: st
     (root / "users.jsonl").write_text(f'{{"user": "nu0", "text": "a user who loves {CLUSTER_WORDS[0]}"}}\n')
     (root / "inter.csv").write_text("user,item\nnu0,i0\nnu0,new0\nnx0,blank\n")
     tables_in = {"items": root / "items.csv", "users": root / "users.jsonl", "interactions": root / "inter.csv"}
-    fold_in(model_dir, read(tables_in), root / "model", FoldInOptions(passes=0, history_passes=0, align=align,
-                                                                      align_users=align_users, progress=False))
+    fold_in(model_dir, read(tables_in), root / "model",
+            FoldInOptions(passes=0, history_passes=0, align=align, align_users=align_users,
+                          align_features=align_features, progress=False))
     return tables(root / "model")
 
 
@@ -231,6 +234,29 @@ def test_ridge_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Pa
     report = json.loads((tmp_path / "fold" / "model" / "fold_in.json").read_text())["alignment"]
     assert report == {"method": "ridge", "items": 1, "fitted_on": N_ITEMS, "users": N_USERS,
                       "alpha": pytest.approx(fitted.alpha), "scale": pytest.approx(fitted.scale)}
+
+
+def test_tfidf_features_feed_the_ridge_map(text_run: Path, tmp_path: Path) -> None:
+    """--align-features tfidf: the features are the items' TF-IDF vectors reduced by LSA (fewer than K
+    dimensions here: the planted texts have few distinct words); new0 starts at its feature's image under the
+    ridge map fitted on the old items; old rows stay bit-identical; moments with them is refused by name."""
+    before = tables(text_run / "model")
+    after = start_rows(text_run / "model", tmp_path / "fold", align="ridge", align_features="tfidf")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    config, parts, engine = load_saved(tmp_path / "fold" / "model")
+    items, features = text_features(parts.model, parts.corpora, "tfidf", seed=0)
+    words = text_features(parts.model, parts.corpora)[1]
+    assert items.tolist() == [*range(N_ITEMS), N_ITEMS] and features.shape[0] == words.shape[0]
+    assert 1 <= features.shape[1] < parts.model.dim
+    new_users = np.arange(parts.dataset.n_users) >= N_USERS
+    users = calibration_users(parts.corpora.train, new_users, np.arange(parts.dataset.n_items) >= N_ITEMS, seed=0)
+    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
+                         progress=False)
+    fitted = fit_alignment("ridge", features[:N_ITEMS], before["collab_item"], states)
+    torch.testing.assert_close(after["collab_item"][N_ITEMS], fitted(features[N_ITEMS:])[0].float(), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="align_features=tfidf needs ridge maps"):
+        FoldInOptions(align="moments", align_features="tfidf")
 
 
 def test_history_features_average_the_texts_of_each_users_items() -> None:
@@ -361,8 +387,6 @@ def test_cli_errors_are_one_line_and_write_nothing(run: Path, tmp_path: Path, ca
 
 
 def test_bad_options_are_refused() -> None:
-    from trainer.config import ConfigError
-
     with pytest.raises(ConfigError, match="passes=-1"):
         FoldInOptions(passes=-1)
     with pytest.raises(ConfigError, match="lr=0"):

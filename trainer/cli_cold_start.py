@@ -7,11 +7,11 @@ from pathlib import Path
 
 from data_prep.cold_start import KINDS
 from trainer.checkpoint import COMPLETE
-from trainer.config import ALIGNMENTS
+from trainer.config import ALIGN_FEATURES, ALIGNMENTS
 
 
 def add_fold_in_options(p: argparse.ArgumentParser) -> None:
-    """--passes, --history-passes, --align, --align-users, --lr, --batch-size and --seed of a fold-in
+    """--passes, --history-passes, --align, --align-users, --align-features, --lr, --batch-size and --seed of a fold-in
     (`fold_in_options`)."""
     p.add_argument("--passes", type=int, default=0, help="fold-in C-step epochs over the new texts (default 0)")
     p.add_argument("--history-passes", type=int, default=5, help="fold-in epochs over the new users' histories "
@@ -22,6 +22,9 @@ def add_fold_in_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align-users", choices=ALIGNMENTS, default="none", help="where new users start their "
                    "collaborative rows: their content rows (none, the default), or the image of their history "
                    "items' texts under a map fitted on the old users, moments or ridge (docs/fold_in.md, section 2)")
+    p.add_argument("--align-features", choices=ALIGN_FEATURES, default="words", help="what the maps of --align and "
+                   "--align-users read of an item's text: the mean of its input word embeddings (words, the default), "
+                   "or its TF-IDF vector reduced by latent semantic analysis (tfidf; ridge maps only)")
     p.add_argument("--lr", type=float, default=1e-2, help="fold-in Adam lr of the new rows (default 0.01)")
     p.add_argument("--batch-size", type=int, help="fold-in documents per step (default: the model's "
                    "pretrain.batch_size)")
@@ -35,7 +38,8 @@ def fold_in_options(args: argparse.Namespace):
 
     return FoldInOptions(passes=args.passes, history_passes=args.history_passes, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, align=args.align,
-                         align_users=args.align_users, progress=not args.no_progress)
+                         align_users=args.align_users, align_features=args.align_features,
+                         progress=not args.no_progress)
 
 
 def add_prepare_cold_start(sources: argparse._SubParsersAction) -> None:

@@ -98,7 +98,7 @@ def evaluate_cold_start(model_dir: Path, out: Path, options: ColdStartOptions = 
               "options": {"k": options.k, "seed": options.seed, "max_users": options.max_users,
                           "passes": options.fold_in.passes, "history_passes": options.fold_in.history_passes,
                           "lr": options.fold_in.lr, "align": options.fold_in.align,
-                          "align_users": options.fold_in.align_users},
+                          "align_users": options.fold_in.align_users, "align_features": options.fold_in.align_features},
               "seconds": time.perf_counter() - start}
     write_results(Path(out), scored.rows, columns, report)
     _log(report, scored.rows, Path(out), Path(model_dir), config, options.mlflow)

@@ -371,6 +371,9 @@ class ServingConfig:
 
 ALIGNMENTS = ("none", "moments", "ridge")
 """Where a fold-in starts new items' collaborative rows (`trainer/alignment.py`)."""
+ALIGN_FEATURES = ("words", "tfidf")
+"""What an alignment map reads of an item's text: its mean input word embedding, or its TF-IDF vector reduced
+by latent semantic analysis (`trainer.fold_in.text_features`)."""
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cllm4rec.baselines.content import tfidf_lsa
 from cllm4rec.interactions import UserItems
 from cllm4rec.model import CLLM4Rec
 from cllm4rec.table_init import mean_word_embedding, token_like_rows
@@ -49,7 +50,7 @@ from trainer import checkpoint as ckpt
 from trainer.alignment import CannotAlign, fit_alignment
 from trainer.build import build_run, load_weights, resolve_dataset, text_init_ids
 from trainer.catalogue import grow_dataset
-from trainer.config import ALIGNMENTS, ConfigError, TrainConfig, config_to_dict
+from trainer.config import ALIGN_FEATURES, ALIGNMENTS, ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
 from trainer.distributed import LOCAL, Dist
 from trainer.engine import PlainEngine
@@ -70,7 +71,8 @@ class FoldInOptions:
     """passes: C-step epochs over the new entities' texts; history_passes: epochs over the new users'
     histories; lr: Adam's rate for the new rows; batch_size: documents per step (None: the model's
     pretrain.batch_size); seed: batch order and the users that scale an alignment; align / align_users:
-    where new items / users start their collaborative rows (ALIGNMENTS, `align_new_items`, `align_new_users`)."""
+    where new items / users start their collaborative rows (ALIGNMENTS, `align_new_items`, `align_new_users`);
+    align_features: what their maps read of an item's text (ALIGN_FEATURES, `text_features`)."""
 
     passes: int = 0
     history_passes: int = 5
@@ -79,6 +81,7 @@ class FoldInOptions:
     seed: int = 0
     align: str = "ridge"
     align_users: str = "none"
+    align_features: str = "words"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -87,9 +90,14 @@ class FoldInOptions:
             raise ConfigError(f"fold-in: need passes >= 0, history passes >= 0, lr > 0 and batch_size >= 1; got "
                               f"passes={self.passes}, history_passes={self.history_passes}, lr={self.lr}, "
                               f"batch_size={self.batch_size}")
-        for name, value in (("align", self.align), ("align_users", self.align_users)):
-            if value not in ALIGNMENTS:
-                raise ConfigError(f"fold-in: {name} must be one of {', '.join(ALIGNMENTS)}; got {value!r}")
+        for name, value, allowed in (("align", self.align, ALIGNMENTS), ("align_users", self.align_users, ALIGNMENTS),
+                                     ("align_features", self.align_features, ALIGN_FEATURES)):
+            if value not in allowed:
+                raise ConfigError(f"fold-in: {name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.align_features == "tfidf" and "moments" in (self.align, self.align_users):
+            raise ConfigError("fold-in: align_features=tfidf needs ridge maps: moments adds a feature to a row of "
+                              "the same width (K), and a TF-IDF vector is not one; use align=ridge (align_users "
+                              "ridge or none)")
 
 
 @dataclass
@@ -206,14 +214,21 @@ def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: n
     return engine
 
 
-def text_features(model: CLLM4Rec, corpora: Corpora) -> tuple[np.ndarray, torch.Tensor]:
-    """(the items with text [n], float32 [n, K] on the CPU: the mean input word embedding of each one's own
-    text, no reviews: where the text rule starts a new item, `start_from_text`)."""
-    words = model.backbone.get_input_embeddings()
+def text_features(model: CLLM4Rec, corpora: Corpora, features: str = "words", seed: int = 0) -> tuple[np.ndarray,
+                                                                                                      torch.Tensor]:
+    """(the items with text [n], float32 [n, D] on the CPU): of each one's own text, no reviews, `features`
+    "words": the mean input word embedding (D = K; where the text rule starts a new item, `start_from_text`);
+    "tfidf": its TF-IDF vector over the texts of these n items, reduced to D ≤ K dimensions by latent semantic
+    analysis (`tfidf_lsa`, seeded with `seed`): the words a practitioner's content baseline matches."""
     texts = sorted((index, ids) for (kind, index), ids in corpora.entity_text_ids().items() if kind == "item" and ids)
-    matrix = [mean_word_embedding(words, ids) for _, ids in texts]
-    return (np.array([index for index, _ in texts], dtype=np.int64),
-            torch.stack(matrix).cpu() if matrix else torch.zeros(0, model.dim))
+    items = np.array([index for index, _ in texts], dtype=np.int64)
+    if not texts:
+        return items, torch.zeros(0, model.dim)
+    if features == "tfidf":
+        decoded = [corpora.tokenizer.tokenizer.decode(ids) for _, ids in texts]
+        return items, torch.from_numpy(tfidf_lsa(decoded, model.dim, seed))
+    words = model.backbone.get_input_embeddings()
+    return items, torch.stack([mean_word_embedding(words, ids) for _, ids in texts]).cpu()
 
 
 def history_features(train: UserItems, items: np.ndarray, features: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -270,41 +285,44 @@ def align_rows(table: torch.nn.Parameter, owners: np.ndarray, features: torch.Te
 
 
 def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
-                    new_items: np.ndarray, method: str, seed: int, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+                    new_items: np.ndarray, method: str, seed: int, progress: bool,
+                    features: str = "words") -> tuple[np.ndarray, dict[str, Any]]:
     """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments` or `ridge`, each new
     item with text (bool [J] mask `new_items`; `corpora`: all of the grown catalogue's) starts its
-    collaborative row at its text feature's image under the map fitted on the old items with text, scaled
+    collaborative row at its text feature's (`text_features` of kind `features`) image under the map fitted
+    on the old items with text, scaled
     over `calibration_states`. Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
     `items` set, `fitted_on` old items, `users`, `alpha`, `scale`, or `skipped`: why no map could be
     fitted, its rows then left to step 4)."""
     nothing = np.zeros_like(new_items), {"method": method, "items": 0}
     if method == "none":
         return nothing
-    items, features = text_features(engine.model, corpora)
+    items, vectors = text_features(engine.model, corpora, features, seed)
     new = new_items[items]
     if not new.any():
         return nothing
     states = calibration_states(engine, corpora, config, new_users, new_items, seed, progress)
-    aligned, report = align_rows(engine.model.collab_item, items, features, new, method, states, "item")
+    aligned, report = align_rows(engine.model.collab_item, items, vectors, new, method, states, "item")
     return aligned, report if "skipped" in report else {**report, "users": states.shape[0]}
 
 
-def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, method: str) -> tuple[np.ndarray,
-                                                                                                     dict[str, Any]]:
+def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, method: str, features: str = "words",
+                    seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Step 2 for users: under `method` `moments` or `ridge`, each new user (bool [N] mask `new_users`; `corpora`:
     all of the grown catalogue's) with a training item that has text starts their collaborative row at the
-    image of their history feature (`history_features`) under the map fitted on the old users, scaled to the
+    image of their history feature (`history_features` over `text_features` of kind `features`) under the map
+    fitted on the old users, scaled to the
     old rows' spread (a user row is read by the backbone, not by a dot product). Returns (bool [N]: the rows
     set; the report for fold_in.json: `method`, `users` set, `fitted_on` old users, `alpha`, `scale`, or
     `skipped`)."""
     nothing = np.zeros_like(new_users), {"method": method, "users": 0}
     if method == "none":
         return nothing
-    users, features = history_features(corpora.train, *text_features(model, corpora))
+    users, vectors = history_features(corpora.train, *text_features(model, corpora, features, seed))
     new = new_users[users]
     if not new.any():
         return nothing
-    return align_rows(model.collab_user, users, features, new, method, None, "user")
+    return align_rows(model.collab_user, users, vectors, new, method, None, "user")
 
 
 def prior_means(engine: PlainEngine, config: TrainConfig, kind: str, new: torch.Tensor) -> torch.Tensor:
@@ -398,8 +416,9 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
         batch = options.batch_size or config.pretrain.batch_size
         lap("setup")
         aligned, result.alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
-                                                    options.seed, options.progress)
-        placed, result.user_alignment = align_new_users(model, parts.corpora, new_users, options.align_users)
+                                                    options.seed, options.progress, options.align_features)
+        placed, result.user_alignment = align_new_users(model, parts.corpora, new_users, options.align_users,
+                                                        options.align_features, options.seed)
         lap("align")
         result.content_loss = read_new_texts(engine, corpora, config, options, batch, new_users & ~placed,
                                              new_items & ~aligned)

@@ -37,6 +37,19 @@ def tfidf_vectors(texts: Sequence[str]) -> sp.csr_matrix:
     return TfidfVectorizer().fit_transform(texts).tocsr()
 
 
+def tfidf_lsa(texts: Sequence[str], dim: int, seed: int) -> np.ndarray:
+    """float32 [len(texts), c]: the texts' TF-IDF vectors (`tfidf_vectors`) projected on their c = min(dim,
+    V − 1, len(texts) − 1) leading singular directions (latent semantic analysis: scikit-learn's randomized
+    `TruncatedSVD`, seeded); the vectors themselves, dense, when V < 2."""
+    from sklearn.decomposition import TruncatedSVD
+
+    vectors = tfidf_vectors(texts)
+    components = min(dim, vectors.shape[1] - 1, vectors.shape[0] - 1)
+    if components < 1:
+        return vectors.toarray().astype(np.float32)
+    return TruncatedSVD(components, random_state=seed).fit_transform(vectors).astype(np.float32)
+
+
 @torch.no_grad()
 def mean_word_vectors(token_ids: Sequence[Sequence[int]], embeddings: torch.nn.Embedding) -> np.ndarray:
     """float32 [J, K]: per text, the mean of `embeddings`' rows over its token ids, L2-normalised (zeros
