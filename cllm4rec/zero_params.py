@@ -15,6 +15,11 @@ def is_partitioned(param: torch.Tensor) -> bool:
     return hasattr(param, "ds_id")
 
 
+def is_row_slice(param: torch.Tensor) -> bool:
+    """Whether `param` is one rank's rows of a table (`cllm4rec.row_shards.row_slice`, marked with `first_row`)."""
+    return hasattr(param, "first_row")
+
+
 def full_shape(param: torch.Tensor) -> torch.Size:
     """The whole parameter's shape, also for a ZeRO-3 partition."""
     return param.ds_shape if is_partitioned(param) else param.shape

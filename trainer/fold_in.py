@@ -43,6 +43,7 @@ from cllm4rec.baselines.content import tfidf_lsa
 from cllm4rec.interactions import UserItems
 from cllm4rec.model import CLLM4Rec
 from cllm4rec.table_init import mean_word_embedding, token_like_rows
+from cllm4rec.zero_params import is_row_slice
 from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
@@ -206,9 +207,10 @@ def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: n
     masks) move: content rows of new users and items, collaborative rows of new users. The backbone must be
     frozen (requires_grad false) by the caller."""
     plans = fold_in_plans(config, lr)
-    sharded = hasattr(model.collab_user, "first_row")
-    engine = RowShardedEngine(model, lr, lr, dist=dist, plans=plans) if sharded else PlainEngine(model, lr, lr,
-                                                                                                   plans=plans)
+    if is_row_slice(model.collab_user):
+        engine: PlainEngine = RowShardedEngine(model, lr, lr, dist=dist, plans=plans)
+    else:
+        engine = PlainEngine(model, lr, lr, plans=plans)
     users, items = row_masks(model, new_users, new_items)
     freeze_rows(engine.optimizer, {model.content_user: users, model.content_item: items, model.collab_user: users})
     return engine

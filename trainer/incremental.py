@@ -38,6 +38,7 @@ import torch
 
 from cllm4rec.model import TABLE_NAMES, CLLM4Rec
 from cllm4rec.row_shards import RowShards
+from cllm4rec.zero_params import is_row_slice
 from data_prep.atomic import atomic_write_text, sha256_file
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer import checkpoint as ckpt
@@ -177,7 +178,7 @@ def fold_in_new_rows(config: TrainConfig, parts: RunParts, dist: Dist, mapping: 
     """Steps 1-4 of trainer/fold_in.py for the new ids of `mapping` (module docstring): whole tables on rank 0
     only, row-sharded ones on every rank together. Returns (the content loss of each pass, the alignment)."""
     model, new_users, new_items = parts.model, mapping.users < 0, mapping.items < 0
-    sharded = hasattr(model.collab_user, "first_row")
+    sharded = is_row_slice(model.collab_user)
     if not (new_users.any() or new_items.any()) or not (sharded or dist.is_main):
         return [], {"method": options.align, "items": 0}
     corpora = new_corpora(parts.corpora, new_users, new_items)
@@ -196,7 +197,7 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
     """Initialise `parts.model` from `config.incremental.init_from` (module docstring); collective."""
     start = time.perf_counter()
     source = source_model(config.incremental.init_from).resolve()
-    sharded = hasattr(parts.model.collab_user, "first_row")
+    sharded = is_row_slice(parts.model.collab_user)
     if sharded and config.incremental.align != "none":
         raise ConfigError(f"incremental.align={config.incremental.align} fits its map on whole tables, which "
                           f"distributed.table_sharding=rows never builds: set incremental.align=none (the default)")
