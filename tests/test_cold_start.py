@@ -253,7 +253,8 @@ def test_evaluate_cold_start_users_ranks_the_catalogue_for_the_new_users(root: P
 def test_align_users_flag_reaches_the_fold_in_options(command: str) -> None:
     from trainer.cli_cold_start import fold_in_options
 
-    argv = [command, "--model", "m", "--align-users", "moments", *(["--out", "o"] if command == "fold-in" else [])]
+    argv = [command, "--model", "m", "--align-users", "moments", "--align-features", "words",
+            *(["--out", "o"] if command == "fold-in" else [])]
     assert fold_in_options(cli.build_parser().parse_args(argv)).align_users == "moments"
 
 

@@ -22,9 +22,10 @@ def add_fold_in_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align-users", choices=ALIGNMENTS, default="none", help="where new users start their "
                    "collaborative rows: their content rows (none, the default), or the image of their history "
                    "items' texts under a map fitted on the old users, moments or ridge (docs/fold_in.md, section 2)")
-    p.add_argument("--align-features", choices=ALIGN_FEATURES, default="words", help="what the maps of --align and "
-                   "--align-users read of an item's text: the mean of its input word embeddings (words, the default), "
-                   "or its TF-IDF vector reduced by latent semantic analysis (tfidf; ridge maps only)")
+    p.add_argument("--align-features", choices=ALIGN_FEATURES, default="tfidf", help="what the maps of --align and "
+                   "--align-users read of an item's text: its TF-IDF vector reduced by latent semantic analysis "
+                   "(tfidf, the default; ridge maps only), or the mean of its input word embeddings (words; needed "
+                   "by moments)")
     p.add_argument("--lr", type=float, default=1e-2, help="fold-in Adam lr of the new rows (default 0.01)")
     p.add_argument("--batch-size", type=int, help="fold-in documents per step (default: the model's "
                    "pretrain.batch_size)")

@@ -82,7 +82,7 @@ class FoldInOptions:
     seed: int = 0
     align: str = "ridge"
     align_users: str = "none"
-    align_features: str = "words"
+    align_features: str = "tfidf"
     progress: bool = True
 
     def __post_init__(self) -> None:

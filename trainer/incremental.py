@@ -215,7 +215,9 @@ def warm_start(config: TrainConfig, parts: RunParts, dist: Dist, progress: bool 
         raise ckpt.CheckpointError(f"--init-from {source}: no user or item id in common with {parts.dataset_path}: "
                                    f"nothing to carry over (are the raw ids written the same way?)")
     inc = config.incremental
-    options = FoldInOptions(passes=inc.passes, lr=inc.lr, seed=config.seed, align=inc.align, progress=progress)
+    # the maps read mean word embeddings here, as when incremental.align was measured (docs/incremental.md)
+    options = FoldInOptions(passes=inc.passes, lr=inc.lr, seed=config.seed, align=inc.align, align_features="words",
+                            progress=progress)
     if sharded:
         carry_rows(parts.model, source, mapping, dist)
     else:
