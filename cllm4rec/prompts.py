@@ -46,8 +46,8 @@ def masked_prompt(
     mode "fixed": drop exactly max(1, ⌊ratio·n⌋) items (the authors' code); "bernoulli": drop each
     item with probability `ratio` (the paper's wording); "uniform": keep a number of items drawn
     uniformly from 1 to what "fixed" keeps, so that the model also sees prompts as short as a new user's.
-    target "all": every training item (authors' code); "dropped": only
-    the dropped ones. An over-long prompt drops further random items.
+    target "all": every training item (authors' code); "dropped": only the dropped ones. An over-long
+    prompt drops further random items.
     """
     items = np.asarray(items, dtype=np.int64)
     n = items.shape[0]

@@ -20,6 +20,11 @@ def is_row_slice(param: torch.Tensor) -> bool:
     return hasattr(param, "first_row")
 
 
+def first_row(param: torch.Tensor) -> int:
+    """The first row of the whole table that `param` holds: a row slice's `first_row`, else 0."""
+    return getattr(param, "first_row", 0)
+
+
 def full_shape(param: torch.Tensor) -> torch.Size:
     """The whole parameter's shape, also for a ZeRO-3 partition."""
     return param.ds_shape if is_partitioned(param) else param.shape
@@ -33,7 +38,7 @@ def held_elements(param: torch.Tensor) -> tuple[int, torch.Tensor]:
         size = param.ds_tensor.numel()
         start = size * param.ds_zero_partition_rank
         return start, param.ds_tensor[:max(0, min(size, param.ds_numel - start))]
-    return getattr(param, "first_row", 0) * math.prod(param.shape[1:]), param.data.view(-1)
+    return first_row(param) * math.prod(param.shape[1:]), param.data.view(-1)
 
 
 @contextlib.contextmanager

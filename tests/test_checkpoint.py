@@ -283,7 +283,7 @@ def test_row_sharded_tables_load_whole_and_by_any_rows(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("world", [None, 3])
 def test_rows_by_index_and_column_sums_read_window_by_window(tmp_path: Path, world: int | None) -> None:
-    """`load_rows_at` returns any rows in the order asked (across shard files, windows of 2 rows of 4 fp32
+    """`TableReader.rows_at` returns any rows in the order asked (across shard files, windows of 2 rows of 4 fp32
     here, so most rows come from a window of their own), `column_sum` any range's sum; `table_shapes` reads
     the headers of whole and sharded files alike."""
     gen = torch.Generator().manual_seed(5)
@@ -293,12 +293,13 @@ def test_rows_by_index_and_column_sums_read_window_by_window(tmp_path: Path, wor
                            config=CONFIG, identity={**IDENTITY, "tokenizer": "tiny-tok"})
     assert ckpt.table_shapes(path) == {"collab_user": (7, 4), "collab_item": (5, 4)}
     index = np.array([6, 0, 3, 3, 5, 1])
-    assert torch.equal(ckpt.load_rows_at(path, "collab_user", index, window_bytes=32), tables["collab_user"][index])
-    assert ckpt.load_rows_at(path, "collab_item", np.array([], dtype=np.int64)).shape == (0, 4)
-    total = ckpt.column_sum(path, "collab_user", 1, 6, window_bytes=32)
-    assert total.dtype == torch.float64 and torch.allclose(total, tables["collab_user"][1:6].double().sum(dim=0))
-    with pytest.raises(CheckpointError, match=r"table 'collab_item' has 5 rows, row 5 was asked for"):
-        ckpt.load_rows_at(path, "collab_item", np.array([0, 5]))
+    with ckpt.TableReader(path) as reader:
+        assert torch.equal(reader.rows_at("collab_user", index, window_bytes=32), tables["collab_user"][index])
+        assert reader.rows_at("collab_item", np.array([], dtype=np.int64)).shape == (0, 4)
+        total = reader.column_sum("collab_user", 1, 6, window_bytes=32)
+        assert total.dtype == torch.float64 and torch.allclose(total, tables["collab_user"][1:6].double().sum(dim=0))
+        with pytest.raises(CheckpointError, match=r"table 'collab_item' has 5 rows, row 5 was asked for"):
+            reader.rows_at("collab_item", np.array([0, 5]))
 
 
 def test_incomplete_or_mixed_table_files_are_refused_by_name(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ EXTRA = "extra.safetensors"
 STATE = "state.json"
 CONFIG = "config.yaml"
 IDENTITY = "identity.json"
-ROW_WINDOW_BYTES = 1 << 26  # rows read at once by `load_rows_at` / `column_sum`: 64 MiB of fp32
+ROW_WINDOW_BYTES = 1 << 26  # rows read at once by `TableReader.rows_at` / `column_sum`: 64 MiB of fp32
 TABLE_SHARD = re.compile(r"tables-rows-r(\d{4})-of-(\d{4})\.safetensors")
 MODEL_FILES = (CONFIG, IDENTITY)  # and the tables (`table_files`), whole or row-sharded
 DATASET = "dataset"  # a model folder's own processed dataset (a fold-in's grown catalogue), read instead of data.dataset
@@ -183,66 +183,84 @@ def load_tables(folder: Path) -> dict[str, torch.Tensor]:
     return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
-def table_shapes(folder: Path) -> dict[str, tuple[int, int]]:
-    """{table: (rows, K)} of `folder`'s tables, from the files' headers (nothing read)."""
-    shapes: dict[str, tuple[int, int]] = {}
-    for name in table_files(folder):
-        with safe_open(str(Path(folder) / name), "pt") as file:
+class TableReader:
+    """The table files of a folder (`table_files`: whole, or row shards of any world size), opened once for
+    reads of row ranges, rows by index and column sums; nothing is read until asked. Not verified: callers
+    verify first. A context manager: the files close on exit."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._stack = contextlib.ExitStack()
+        self._files = [self._stack.enter_context(safe_open(str(self.folder / name), "pt"))
+                       for name in table_files(self.folder)]
+        self.shapes: dict[str, tuple[int, int]] = {}
+        """{table: (rows, K)}, from the files' headers."""
+        for file in self._files:
             for key in file.keys():
                 rows, dim = file.get_slice(key).get_shape()
-                shapes[key] = (shapes.get(key, (0, dim))[0] + rows, dim)
-    return shapes
+                self.shapes[key] = (self.shapes.get(key, (0, dim))[0] + rows, dim)
+
+    def __enter__(self) -> "TableReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
+        """Rows [lo, hi) of table `name`, sliced from the files that hold them."""
+        if name not in self.shapes:
+            raise CheckpointError(f"{self.folder}: its tables have no {name!r} (they hold {sorted(self.shapes)})")
+        if not 0 <= lo < hi <= self.shapes[name][0]:
+            raise CheckpointError(f"{self.folder}: table {name!r} has {self.shapes[name][0]} rows, rows [{lo}, {hi}) "
+                                  f"were asked for")
+        pieces, start = [], 0
+        for file in self._files:
+            part = file.get_slice(name)
+            a, b = start, start + part.get_shape()[0]
+            if max(lo, a) < min(hi, b):
+                pieces.append(part[max(lo, a) - a : min(hi, b) - a])
+            start = b
+        return torch.cat(pieces)
+
+    def rows_at(self, name: str, index: np.ndarray, window_bytes: int = ROW_WINDOW_BYTES) -> torch.Tensor:
+        """fp32 [len(index), K]: rows `index` (any order) of table `name`, read a window of at most
+        `window_bytes` of consecutive rows at a time, skipping the windows with no row asked for."""
+        rows, dim = self.shapes[name]
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and not (0 <= index.min() and index.max() < rows):
+            raise CheckpointError(f"{self.folder}: table {name!r} has {rows} rows, row {int(index.max())} was asked for")
+        out = torch.empty((index.size, dim), dtype=torch.float32)
+        order = np.argsort(index, kind="stable")
+        wanted, window, k = index[order], max(1, window_bytes // (4 * dim)), 0
+        while k < wanted.size:
+            lo = int(wanted[k])
+            stop = int(np.searchsorted(wanted, lo + window))
+            block = self.rows(name, lo, int(wanted[stop - 1]) + 1)
+            out[torch.from_numpy(order[k:stop])] = block[torch.from_numpy(wanted[k:stop] - lo)].float()
+            k = stop
+        return out
+
+    def column_sum(self, name: str, lo: int, hi: int, window_bytes: int = ROW_WINDOW_BYTES) -> torch.Tensor:
+        """float64 [K]: the sum of rows [lo, hi) of table `name`, read a window of at most `window_bytes` at a
+        time."""
+        dim = self.shapes[name][1]
+        total, window = torch.zeros(dim, dtype=torch.float64), max(1, window_bytes // (4 * dim))
+        for start in range(lo, hi, window):
+            total += self.rows(name, start, min(hi, start + window)).double().sum(dim=0)
+        return total
 
 
-def load_rows_at(folder: Path, name: str, index: np.ndarray, window_bytes: int = ROW_WINDOW_BYTES) -> torch.Tensor:
-    """fp32 [len(index), K]: rows `index` (any order) of table `name`, read a window of at most `window_bytes`
-    of consecutive rows at a time, skipping the windows with no row asked for; not verified: callers verify
-    first."""
-    rows, dim = table_shapes(folder)[name]
-    index = np.asarray(index, dtype=np.int64)
-    if index.size and not (0 <= index.min() and index.max() < rows):
-        raise CheckpointError(f"{folder}: table {name!r} has {rows} rows, row {int(index.max())} was asked for")
-    out = torch.empty((index.size, dim), dtype=torch.float32)
-    order = np.argsort(index, kind="stable")
-    wanted, window, k = index[order], max(1, window_bytes // (4 * dim)), 0
-    while k < wanted.size:
-        lo = int(wanted[k])
-        stop = int(np.searchsorted(wanted, lo + window))
-        block = load_table_rows(folder, {name: (lo, int(wanted[stop - 1]) + 1)})[name]
-        out[torch.from_numpy(order[k:stop])] = block[torch.from_numpy(wanted[k:stop] - lo)].float()
-        k = stop
-    return out
-
-
-def column_sum(folder: Path, name: str, lo: int, hi: int, window_bytes: int = ROW_WINDOW_BYTES) -> torch.Tensor:
-    """float64 [K]: the sum of rows [lo, hi) of table `name`, read a window of at most `window_bytes` at a time."""
-    dim = table_shapes(folder)[name][1]
-    total, window = torch.zeros(dim, dtype=torch.float64), max(1, window_bytes // (4 * dim))
-    for start in range(lo, hi, window):
-        total += load_table_rows(folder, {name: (start, min(hi, start + window))})[name].double().sum(dim=0)
-    return total
+def table_shapes(folder: Path) -> dict[str, tuple[int, int]]:
+    """{table: (rows, K)} of `folder`'s tables, from the files' headers (nothing read)."""
+    with TableReader(folder) as tables:
+        return tables.shapes
 
 
 def load_table_rows(folder: Path, ranges: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
     """Rows [lo, hi) of each table named in `ranges`, sliced from the files that hold them (a rank's rows of a
     table written by any number of ranks, without reading the rest); not verified: callers verify first."""
-    out: dict[str, torch.Tensor] = {}
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(safe_open(str(Path(folder) / name), "pt")) for name in table_files(folder)]
-        for name, (lo, hi) in ranges.items():
-            pieces, start = [], 0
-            for file in files:
-                if name not in file.keys():
-                    raise CheckpointError(f"{folder}: its tables have no {name!r} (they hold {sorted(file.keys())})")
-                part = file.get_slice(name)
-                a, b = start, start + part.get_shape()[0]
-                if max(lo, a) < min(hi, b):
-                    pieces.append(part[max(lo, a) - a : min(hi, b) - a])
-                start = b
-            if not 0 <= lo < hi <= start:
-                raise CheckpointError(f"{folder}: table {name!r} has {start} rows, rows [{lo}, {hi}) were asked for")
-            out[name] = torch.cat(pieces)
-    return out
+    with TableReader(folder) as tables:
+        return {name: tables.rows(name, lo, hi) for name, (lo, hi) in ranges.items()}
 
 
 def _write_common(folder: Path, config: dict, identity: dict, extra_tensors: dict[str, torch.Tensor] | None) -> None:

@@ -11,8 +11,8 @@ from trainer.config import ALIGN_FEATURES, ALIGNMENTS
 
 
 def add_fold_in_options(p: argparse.ArgumentParser) -> None:
-    """--passes, --history-passes, --align, --align-users, --align-features, --lr, --batch-size and --seed of a fold-in
-    (`fold_in_options`)."""
+    """--passes, --history-passes, --align, --align-users, --align-features, --lr, --batch-size and --seed of a
+    fold-in (`fold_in_options`)."""
     p.add_argument("--passes", type=int, default=0, help="fold-in C-step epochs over the new texts (default 0)")
     p.add_argument("--history-passes", type=int, default=5, help="fold-in epochs over the new users' histories "
                    "(default 5)")

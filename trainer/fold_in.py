@@ -43,7 +43,7 @@ from cllm4rec.baselines.content import tfidf_lsa
 from cllm4rec.interactions import UserItems
 from cllm4rec.model import CLLM4Rec
 from cllm4rec.table_init import mean_word_embedding, token_like_rows
-from cllm4rec.zero_params import is_row_slice
+from cllm4rec.zero_params import first_row, is_row_slice
 from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
@@ -174,7 +174,7 @@ def new_corpora(corpora: Corpora, new_users: np.ndarray, new_items: np.ndarray) 
 def held_mask(table: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     """The part of the bool mask [rows of the whole table] over the rows `table` holds (all of a whole table,
     a rank's rows of a `RowSlices` build), as a tensor on its device."""
-    lo = getattr(table, "first_row", 0)
+    lo = first_row(table)
     return torch.as_tensor(mask[lo:lo + table.shape[0]], device=table.device)
 
 
@@ -195,7 +195,7 @@ def start_from_text(model: CLLM4Rec, config: TrainConfig, corpora: Corpora, new_
     with torch.no_grad():
         for kind, index in texts:
             collab, content = getattr(model, f"collab_{kind}"), getattr(model, f"content_{kind}")
-            row = index - getattr(collab, "first_row", 0)  # where the table holds it (a rank's rows: maybe not)
+            row = index - first_row(collab)  # where the table holds it (a rank's rows: maybe not)
             if 0 <= row < collab.shape[0]:
                 collab[row] = content[row]
 
@@ -288,12 +288,11 @@ def align_rows(table: torch.nn.Parameter, owners: np.ndarray, features: torch.Te
 
 def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
                     new_items: np.ndarray, method: str, seed: int, progress: bool,
-                    features: str = "words") -> tuple[np.ndarray, dict[str, Any]]:
+                    features: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments` or `ridge`, each new
     item with text (bool [J] mask `new_items`; `corpora`: all of the grown catalogue's) starts its
     collaborative row at its text feature's (`text_features` of kind `features`) image under the map fitted
-    on the old items with text, scaled
-    over `calibration_states`. Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
+    on the old items with text, scaled over `calibration_states`. Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
     `items` set, `fitted_on` old items, `users`, `alpha`, `scale`, or `skipped`: why no map could be
     fitted, its rows then left to step 4)."""
     nothing = np.zeros_like(new_items), {"method": method, "items": 0}
@@ -308,14 +307,13 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
     return aligned, report if "skipped" in report else {**report, "users": states.shape[0]}
 
 
-def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, method: str, features: str = "words",
-                    seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, method: str, features: str,
+                    seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Step 2 for users: under `method` `moments` or `ridge`, each new user (bool [N] mask `new_users`; `corpora`:
     all of the grown catalogue's) with a training item that has text starts their collaborative row at the
     image of their history feature (`history_features` over `text_features` of kind `features`) under the map
-    fitted on the old users, scaled to the
-    old rows' spread (a user row is read by the backbone, not by a dot product). Returns (bool [N]: the rows
-    set; the report for fold_in.json: `method`, `users` set, `fitted_on` old users, `alpha`, `scale`, or
+    fitted on the old users, scaled to the old rows' spread (a user row is read by the backbone, not by a dot
+    product). Returns (bool [N]: the rows set; the report for fold_in.json: `method`, `users` set, `fitted_on` old users, `alpha`, `scale`, or
     `skipped`)."""
     nothing = np.zeros_like(new_users), {"method": method, "users": 0}
     if method == "none":

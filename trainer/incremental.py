@@ -18,7 +18,7 @@ prepared again later starts from an earlier model's rows instead of random ones.
 This happens before the run's engine is built. With whole tables (the plain and ZeRO-3 engines) rank 0 folds
 in and broadcasts the new rows, and DeepSpeed then partitions the initialised tables. With row-sharded tables
 (`distributed.table_sharding: rows`) no rank holds a whole table here either: each reads its own kept rows
-from the earlier model's table files by index (`ckpt.load_rows_at`), the centroids are summed over the ranks'
+from the earlier model's table files by index (`ckpt.TableReader`), the centroids are summed over the ranks'
 shares of the earlier tables, and the ranks fold in together through a row-sharded engine of their own,
 discarded before the run's is built (`incremental.align` must then be `none`). The mapping is printed,
 logged to MLflow (params `init_from.*` and the earlier model as an input of the parent run) and written to
@@ -38,7 +38,7 @@ import torch
 
 from cllm4rec.model import TABLE_NAMES, CLLM4Rec
 from cllm4rec.row_shards import RowShards
-from cllm4rec.zero_params import is_row_slice
+from cllm4rec.zero_params import first_row, is_row_slice
 from data_prep.atomic import atomic_write_text, sha256_file
 from data_prep.processed import ProcessedDataset, dataset_hash, load_processed
 from trainer import checkpoint as ckpt
@@ -159,18 +159,17 @@ def carry_rows(model: CLLM4Rec, folder: Path, mapping: IdMapping, dist: Dist) ->
     """Set the rows of `model`'s row-sharded tables that this rank holds: a kept id's row read from the earlier
     model's table files in `folder` by its earlier index, a new id's at the earlier table's centroid (each rank
     sums its share of the earlier rows; one all-reduce per table). Collective."""
-    shapes = ckpt.table_shapes(folder)
-    for name in TABLE_NAMES:
-        table = getattr(model, name)
-        rows = mapping.rows("users" if name.endswith("user") else "items")
-        lo = table.first_row
-        earlier = rows[lo:lo + table.shape[0]]
-        first, last = RowShards(shapes[name][0], dist.world_size).range(dist.rank)
-        centroid = dist.all_reduce_tensor(ckpt.column_sum(folder, name, first, last)) / shapes[name][0]
-        kept = torch.from_numpy(earlier >= 0)
-        with torch.no_grad():
-            table[~kept] = centroid.to(table.dtype)
-            table[kept] = ckpt.load_rows_at(folder, name, earlier[earlier >= 0]).to(table.device, table.dtype)
+    with ckpt.TableReader(folder) as tables:
+        for name in TABLE_NAMES:
+            table = getattr(model, name)
+            lo, n_earlier = first_row(table), tables.shapes[name][0]
+            earlier = mapping.rows("users" if name.endswith("user") else "items")[lo:lo + table.shape[0]]
+            share = RowShards(n_earlier, dist.world_size).range(dist.rank)
+            centroid = dist.all_reduce_tensor(tables.column_sum(name, *share)) / n_earlier
+            kept = torch.from_numpy(earlier >= 0)
+            with torch.no_grad():
+                table[~kept] = centroid.to(table.dtype)
+                table[kept] = tables.rows_at(name, earlier[earlier >= 0]).to(table.device, table.dtype)
 
 
 def fold_in_new_rows(config: TrainConfig, parts: RunParts, dist: Dist, mapping: IdMapping, options: FoldInOptions,
@@ -186,7 +185,7 @@ def fold_in_new_rows(config: TrainConfig, parts: RunParts, dist: Dist, mapping: 
     with backbone_frozen(model):
         engine = fold_in_engine(model, config, options.lr, new_users, new_items, dist)
         aligned, alignment = align_new_items(engine, parts.corpora, config, new_users, new_items, options.align,
-                                             options.seed, progress)
+                                             options.seed, progress, options.align_features)
         losses = read_new_texts(engine, corpora, config, options, config.pretrain.batch_size, new_users,
                                 new_items & ~aligned)
         engine.optimizer.zero_grad(set_to_none=True)  # the run's engine starts without gradients (ZeRO-3 needs it)
