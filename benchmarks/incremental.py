@@ -30,26 +30,35 @@ WARM = ["pretrain.warmup_epochs=0", "pretrain.rounds=0"]
 RUNS = ("earlier", "scratch", "warm")
 
 
-def earlier_dataset(later: Path, out: Path, *, interactions: float, items: float, users: float, seed: int) -> Path:
-    """The earlier snapshot of the prepared dataset `later`, prepared into `out` with the later split seed."""
+def earlier_dataset(later: Path, out: Path, *, interactions: float, items: float, users: float, seed: int,
+                    resume: bool = False) -> Path:
+    """The earlier snapshot of the prepared dataset `later`, prepared into `out` with the later split seed
+    (`resume`: a snapshot already prepared there is kept)."""
     from data_prep.prepare import prepare
     from data_prep.processed import load_processed
     from data_prep.snapshot import snapshot_builder
 
+    if resume and (out / "meta.json").is_file():
+        return out
     dataset = load_processed(later)
     prepare(snapshot_builder(dataset, interactions=interactions, items=items, users=users, seed=seed).build(), out,
             kcore=0, seed=dataset.seed)
     return out
 
 
-def train_run(out: Path, dataset: Path, recipe: str | None, overrides: list[str], init_from: Path | None = None) -> Path:
-    """Train the recipe on `dataset` into `out` (MLflow off unless an override turns it on); the run folder."""
+def train_run(out: Path, dataset: Path, recipe: str | None, overrides: list[str], init_from: Path | None = None,
+              resume: bool = False) -> Path:
+    """Train the recipe on `dataset` into `out` (MLflow off unless an override turns it on); the run folder.
+    `resume`: a finished run (its results.json written) is kept, an unfinished one continues from its last
+    checkpoint."""
     from trainer.config_loading import load_config
     from trainer.pipeline import train
 
+    if resume and (out / "results.json").is_file():
+        return out
     config = load_config(recipe, ["tracking.mlflow=false", *overrides, f"data.dataset={dataset}", f"output_dir={out}"])
     config.incremental.init_from = str(init_from) if init_from else None
-    train(config, progress=False)
+    train(config, progress=False, start="resume-or-start" if resume else "new")
     return out
 
 
@@ -117,8 +126,12 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.02, help="target = scratch's best × (1 - this) (0.02)")
     parser.add_argument("--k", type=int, default=20, help="top-k of the new-items check (20)")
     parser.add_argument("--out", type=Path, help="folder of the snapshot and the runs (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep what an earlier call with the same --out finished and continue its unfinished run")
     parser.add_argument("overrides", nargs="*", help="config overrides of all three runs")
     args = parser.parse_args()
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out: the folder of the earlier call")
 
     from trainer.build import resolve_dataset
 
@@ -126,10 +139,11 @@ def main() -> None:
         out = args.out or Path(tmp)
         later = resolve_dataset(args.dataset)
         earlier = earlier_dataset(later, out / "earlier-data", interactions=args.interactions, items=args.items,
-                                  users=args.users, seed=args.seed)
-        runs = {"earlier": train_run(out / "earlier", earlier, args.recipe, args.overrides),
-                "scratch": train_run(out / "scratch", later, args.recipe, args.overrides)}
-        runs["warm"] = train_run(out / "warm", later, args.recipe, [*args.overrides, *args.warm], init_from=runs["earlier"])
+                                  users=args.users, seed=args.seed, resume=args.resume)
+        runs = {"earlier": train_run(out / "earlier", earlier, args.recipe, args.overrides, resume=args.resume),
+                "scratch": train_run(out / "scratch", later, args.recipe, args.overrides, resume=args.resume)}
+        runs["warm"] = train_run(out / "warm", later, args.recipe, [*args.overrides, *args.warm],
+                                 init_from=runs["earlier"], resume=args.resume)
         report = compare(runs, args.tolerance, args.k)
         (out / "incremental.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"dataset {later}, recipe {args.recipe} {' '.join(args.overrides)}; warm: {' '.join(args.warm)}\n")

@@ -164,6 +164,15 @@ def test_incremental_benchmark_prints_the_epochs_to_the_target(planted_dataset, 
     report = json.loads((tmp_path / "incremental.json").read_text())
     assert report["runs"]["scratch"]["reach"] is not None and report["init_from"]["items"]["new"] == 2
 
+    # --resume keeps the finished runs and finishes the unfinished one from its checkpoints
+    finished = {name: (tmp_path / name / "results.json").stat().st_mtime_ns for name in ("earlier", "scratch")}
+    (tmp_path / "warm" / "results.json").unlink()
+    again = run_benchmark("incremental.py", "--dataset", str(planted_dataset), "--k", "5", "--out", str(tmp_path),
+                          "--resume", "--warm", "pretrain.warmup_epochs=0", "finetune.epochs=1", "--", *tiny,
+                          timeout=600)
+    assert {name: (tmp_path / name / "results.json").stat().st_mtime_ns for name in finished} == finished
+    assert {row[0]: row for row in table_rows(again) if len(row) == 7 and row[0] != "run"} == rows
+
 
 @pytest.mark.slow
 def test_table_sharding_benchmark_counts_both_engines_bytes():
