@@ -11,8 +11,9 @@ or not at all and pinned in its meta.json ("extra_files"), never read by trainin
 - items: `heldout/items.parquet` (item, text): what fold-in reads; `heldout/interactions.parquet` (user,
   item, timestamp, split: the source's): every interaction of a held-out item, the evaluation's targets.
 - users: `heldout/users.parquet` (user, text: the biography, maybe empty) and `heldout/history.parquet`
-  (user, item, timestamp): each held-out user's earliest 1-3 interactions (the count drawn per user),
-  what fold-in reads; `heldout/interactions.parquet`: the rest of their interactions, the targets. Only
+  (user, item, timestamp, and for a dataset with reviews `review`: the user's training review of the item,
+  empty without one): each held-out user's earliest 1-3 interactions (the count drawn per user), what
+  fold-in reads; `heldout/interactions.parquet`: the rest of their interactions, the targets. Only
   interactions with items the variant has are kept (the others are counted).
 
 meta.json's field "cold_start" records the kind, the hold-out seed and fraction, the source dataset
@@ -45,7 +46,8 @@ MAX_HISTORY = 3
 class HeldOut:
     """The held-out part of a cold-start split. kind: "items" or "users"; texts: raw id -> text of the
     held-out entities (file order); users / items: [n] raw ids of the target interactions; info: meta.json's
-    "cold_start"; path: the split's folder."""
+    "cold_start"; path: the split's folder; history_reviews: whether the users' history file has a `review`
+    column."""
 
     path: Path
     kind: str
@@ -53,6 +55,7 @@ class HeldOut:
     users: list[str]
     items: list[str]
     info: dict[str, Any]
+    history_reviews: bool = False
 
 
 def pick_heldout(dataset: ProcessedDataset, kind: str, fraction: float, seed: int) -> np.ndarray:
@@ -91,13 +94,18 @@ def without(dataset: ProcessedDataset, kind: str, held: np.ndarray) -> RawDatase
         has_time=bool(dataset.inter_time.any()), text_templates=dict(dataset.text_templates))
 
 
-def _interactions(dataset: ProcessedDataset, rows: np.ndarray, split: bool = True) -> pa.Table:
-    """Interactions `rows` of `dataset` by raw id: user, item, timestamp (and the source's split)."""
-    columns = {"user": pa.array([dataset.user_raw[u] for u in dataset.inter_user[rows]], pa.string()),
-               "item": pa.array([dataset.item_raw[j] for j in dataset.inter_item[rows]], pa.string()),
+def _interactions(dataset: ProcessedDataset, rows: np.ndarray, split: bool = True, reviews: bool = False) -> pa.Table:
+    """Interactions `rows` of `dataset` by raw id: user, item, timestamp (and the source's split; with
+    `reviews`, each one's training review, empty without one)."""
+    users, items = dataset.inter_user[rows], dataset.inter_item[rows]
+    columns = {"user": pa.array([dataset.user_raw[u] for u in users], pa.string()),
+               "item": pa.array([dataset.item_raw[j] for j in items], pa.string()),
                "timestamp": pa.array(dataset.inter_time[rows], pa.int64())}
     if split:
         columns["split"] = pa.array([SPLIT_NAMES[s] for s in dataset.inter_split[rows]], pa.string())
+    if reviews:
+        text = {(int(u), int(j)): t for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text)}
+        columns["review"] = pa.array([text.get((int(u), int(j)), "") for u, j in zip(users, items)], pa.string())
     return pa.table(columns)
 
 
@@ -124,7 +132,7 @@ def heldout_tables(dataset: ProcessedDataset, variant: ProcessedDataset, kind: s
     for start, size in zip(starts, np.minimum(drawn, np.maximum(ends - starts - 1, 0))):  # one target at least
         first[start : start + size] = True
     return {TEXTS[kind]: _texts(dataset.user_raw, dataset.user_text, held, "user"),
-            HISTORY: _interactions(dataset, rows[first], split=False),
+            HISTORY: _interactions(dataset, rows[first], split=False, reviews=bool(dataset.review_text)),
             INTERACTIONS: _interactions(dataset, rows[~first])}
 
 
@@ -161,5 +169,6 @@ def read_heldout(path: Path) -> HeldOut:
                             f"make one with `cllm4rec prepare cold-start DATASET` and train on it")
     info = meta[FIELD]
     texts, targets = read_extra(path, TEXTS[info["kind"]]), read_extra(path, INTERACTIONS)
+    reviews = info["kind"] == "users" and "review" in read_extra(path, HISTORY).column_names
     return HeldOut(Path(path), info["kind"], dict(zip(texts.column(0).to_pylist(), texts["text"].to_pylist())),
-                   targets["user"].to_pylist(), targets["item"].to_pylist(), info)
+                   targets["user"].to_pylist(), targets["item"].to_pylist(), info, reviews)

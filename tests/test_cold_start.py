@@ -18,16 +18,19 @@ import pytest
 import torch
 
 from conftest import FOLD_IN_SMALL, planted_raw, tiny_overrides
-from cllm4rec.baselines.content import mean_word_vectors, profile_scores, random_scores, tfidf_vectors
+from cllm4rec.baselines.content import (authored_vectors, mean_word_vectors, profile_scores, random_scores,
+                                        tfidf_vectors)
 from cllm4rec.interactions import UserItems
 from data_prep.cold_start import HISTORY, TEXTS, read_heldout, write_cold_start
 from data_prep.errors import DataPrepError
 from data_prep.prepare import prepare
 from data_prep.processed import load_processed
 from trainer import cli
-from trainer.cold_start_scoring import (FOLD_IN, MOSTPOP, RANDOM, RANDOM_COLLAB, ROW_KEYS, TFIDF, cold_start_metrics,
+from trainer.cold_start_scoring import (FOLD_IN, MOSTPOP, RANDOM, RANDOM_COLLAB, ROW_KEYS, TFIDF, TFIDF_REVIEWS,
+                                        cold_start_metrics,
                                         logit_scorer, replaced_rows)
 from trainer.config_loading import load_config
+from trainer.fold_in import FoldInOptions
 from trainer.pipeline import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -122,6 +125,10 @@ def test_user_split_keeps_their_first_interactions_to_fold_in_and_the_rest_to_fi
         assert 1 <= len(first) <= 3 and first == rows[: len(first)]  # the earliest ones
         assert {j for u, j in zip(held.users, held.items) if u == user} == {j for _, j in rows[len(first):]}
     assert held.info["history_interactions"] == len(history) and held.info["interactions_unknown_item"] == 0
+    reviews = {(source.user_raw[u], source.item_raw[j]): t
+               for u, j, t in zip(source.review_user, source.review_item, source.review_text)}
+    assert held.history_reviews and all(r["review"] == reviews.get((r["user"], r["item"]), "") for r in history)
+    assert any(r["review"] for r in history) and not read_heldout(root / "cold-items").history_reviews
 
 
 @pytest.mark.parametrize("kind", ["items", "users"])
@@ -181,6 +188,24 @@ def test_tfidf_puts_the_item_matching_the_history_first() -> None:
     assert float(scores[2].abs().max()) == 0  # no history: 0
 
 
+def test_own_reviews_join_the_tfidf_profile() -> None:
+    """A user whose one history item says little but whose review names what they like: the review's words,
+    under the item texts' vocabulary and idf, pull the item that matches them to the top."""
+    texts = ["red apple fruit", "blue ocean water", "green apple pie", "deep ocean fish"]
+    history = UserItems.from_lists([[0], [0]], len(texts))
+    reviews = tfidf_vectors(texts, ["I want ocean fish, not this", "unknown words only"])
+    assert reviews.shape == (2, tfidf_vectors(texts).shape[1]) and reviews[1].nnz == 0
+    authored = authored_vectors(reviews, np.array([0, 0]), 2)  # user 0 wrote both; user 1 none
+    assert np.allclose(authored.toarray()[1], 0) and np.allclose(authored.toarray()[0], reviews.toarray().sum(0))
+    with_reviews = profile_scores(tfidf_vectors(texts), history, np.array([0, 1]), authored)
+    without = profile_scores(tfidf_vectors(texts), history, np.array([0, 1]))
+    assert int(with_reviews[0, 1:].argmax()) + 1 == 3 and int(without[0, 1:].argmax()) + 1 == 2
+    assert torch.equal(with_reviews[1], without[1])  # no review: the history profile alone
+    profile = tfidf_vectors(texts)[0] + reviews[0]
+    expected = (tfidf_vectors(texts) @ profile.T).toarray().ravel() / np.linalg.norm(profile.toarray())
+    assert np.allclose(with_reviews[0].numpy(), expected, atol=1e-6)
+
+
 def test_mean_word_embedding_puts_the_item_closest_in_meaning_first() -> None:
     words = torch.nn.Embedding(4, 2)
     with torch.no_grad():
@@ -221,7 +246,7 @@ def test_evaluate_cold_start_items_writes_the_table_and_logs_it(root: Path, item
     assert items_evaluated["code"] == 0
     out, report, printed = items_evaluated["out"], items_evaluated["report"], items_evaluated["stdout"]
     columns = [f"{s} {m}@{K}" for s in ("held-out", "catalogue") for m in ("recall", "ndcg")]
-    rows = [row for row in ROW_KEYS if row != MOSTPOP]  # new items have no interactions
+    rows = [row for row in ROW_KEYS if row not in (MOSTPOP, TFIDF_REVIEWS)]  # new items: no interactions, no reviews
     assert report["columns"] == columns and report["rows"] == rows and set(report["models"]) == set(rows)
     assert all(0 <= report["models"][row][c] <= 1 for row in rows for c in columns)
     assert report["heldout"] == {"kind": "items", "model": 30, "new": 10} and report["users_evaluated"] > 40
@@ -243,10 +268,32 @@ def test_evaluate_cold_start_users_ranks_the_catalogue_for_the_new_users(root: P
     assert report["heldout"] == {"kind": "users", "model": 60, "new": 20}
     assert report["users_evaluated"] == len(set(held.users)) and report["targets"] == len(held.users)
     assert report["fold_in"]["content_loss"] and not (root / "users" / "mlflow.db").exists()  # --no-mlflow
+    history = pq.read_table(root / "cold-users" / HISTORY)
+    assert report["options"]["reviews"] and report["fold_in"]["reviews"] == sum(map(bool, history["review"].to_pylist()))
+    assert report["fold_in"]["reviews"] > 0
     assert report["options"]["align_users"] == "none" and report["fold_in"]["user_alignment"] == {"method": "none",
                                                                                                  "users": 0}
     random, folded = (report["models"][row]["catalogue recall@3"] for row in (RANDOM_COLLAB, FOLD_IN))
     assert random != folded  # the new users' collaborative rows enter their prompts
+
+
+def test_no_reviews_folds_the_new_users_in_without_them(root: Path, users_evaluated: dict, tmp_path: Path) -> None:
+    from trainer.cold_start import fold_heldout
+
+    _, folded = fold_heldout(users_evaluated["model"], tmp_path / "model", FoldInOptions(passes=0, history_passes=0,
+                                                                                     progress=False), reviews=False)
+    assert folded.added["reviews"] == 0 and folded.added["users"] == 20
+    args = cli.build_parser().parse_args(["evaluate", "--model", "m", "--cold-start", "--no-reviews"])
+    assert args.no_reviews
+
+
+def test_fold_in_reads_a_review_table_with_its_columns(tmp_path: Path) -> None:
+    from trainer.cli_model import _fold_in_tables
+
+    args = cli.build_parser().parse_args(["fold-in", "--model", "m", "--out", "o", "--interactions", "i.csv",
+                                          "--user-col", "member", "--reviews", "r.csv", "--review-text-col", "body"])
+    spec = _fold_in_tables(args)["reviews"]
+    assert (spec.path, spec.user, spec.item, spec.text) == (Path("r.csv"), "member", "item", "body")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "fold-in"])

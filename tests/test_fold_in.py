@@ -22,7 +22,7 @@ from conftest import CLUSTER_WORDS, FOLD_IN_SMALL, planted_raw, tiny_overrides
 from data_prep.errors import DataPrepError
 from data_prep.prepare import prepare
 from data_prep.processed import dataset_hash, load_processed
-from data_prep.readers.generic_spec import InteractionTableSpec, TextTableSpec
+from data_prep.readers.generic_spec import InteractionTableSpec, ReviewTableSpec, TextTableSpec
 from data_prep.readers.new_entities import read_new_entities
 from trainer import checkpoint as ckpt
 from trainer import cli
@@ -89,7 +89,7 @@ def test_old_rows_are_bit_identical_and_new_rows_learned(run: Path, folded: dict
         assert after[name].shape == (grown[kind], table.shape[1])
         assert torch.equal(after[name][: table.shape[0]], table), name  # bit-identical
     result = folded["result"]
-    assert result.added == {"users": 3, "items": 4, "interactions": 10}
+    assert result.added == {"users": 3, "items": 4, "interactions": 10, "reviews": 0}
     assert len(result.content_loss) == 5 and result.content_loss[-1] < result.content_loss[0] - 1e-3
     assert len(result.collab_loss) == 5 and result.collab_loss[-1] < 0.95 * result.collab_loss[0]
     for kind, old in (("user", N_USERS), ("item", N_ITEMS)):
@@ -209,6 +209,37 @@ def test_new_rows_start_from_their_text_when_the_model_did(text_run: Path, tmp_p
         centroid = before[f"content_{kind}"].mean(dim=0)
         torch.testing.assert_close(after[f"content_{kind}"][row], centroid)
         torch.testing.assert_close(after[f"collab_{kind}"][row], centroid)  # step 3: its content row
+
+
+def test_a_new_users_reviews_start_their_rows_where_the_model_reads_reviews(run: Path, tiny_llama,
+                                                                           tmp_path: Path) -> None:
+    """`--reviews`: a new user's reviews join the grown dataset as training reviews; under a model built with
+    `content_init_reviews` a new user without a biography starts both rows at the mean word embedding of
+    what they wrote, as the build started the old users' rows."""
+    out = run.parent / "review-run"
+    train(load_config(None, tiny_overrides(run.parent / "data", tiny_llama, out, **{
+        **FOLD_IN_SMALL, "data.reviews": True, "model.content_init_from_text": True,
+        "model.content_init_reviews": True})), progress=False)
+    (tmp_path / "inter.csv").write_text("user,item\nnr0,i0\nnr0,i4\nnx0,i1\n")
+    review = f"great {CLUSTER_WORDS[0]}, a user who loves {CLUSTER_WORDS[0]}"
+    (tmp_path / "reviews.jsonl").write_text(json.dumps({"user": "nr0", "item": "i0", "body": review}) + "\n")
+    new = read_new_entities(interactions=InteractionTableSpec(tmp_path / "inter.csv", "user", "item"),
+                            reviews=ReviewTableSpec(tmp_path / "reviews.jsonl", "user", "item", "body"))
+    result = fold_in(out / "model", new, tmp_path / "model", FoldInOptions(passes=0, history_passes=0, align="none",
+                                                                          progress=False))
+    assert result.added == {"users": 2, "items": 0, "interactions": 3, "reviews": 1}
+    grown = load_processed(tmp_path / "model" / ckpt.DATASET)
+    old = load_processed(run.parent / "data")
+    assert grown.review_text[: len(old.review_text)] == old.review_text and grown.review_text[-1] == review
+    assert (int(grown.review_user[-1]), int(grown.review_item[-1])) == (N_USERS, old.item_raw.index("i0"))
+    before, after = tables(out / "model"), tables(tmp_path / "model")
+    _, parts, _ = load_saved(tmp_path / "model")
+    words, text_ids = parts.model.backbone.get_input_embeddings(), parts.corpora.entity_text_ids(reviews=True)
+    expected = mean_word_embedding(words, text_ids["user", N_USERS])  # nr0: its review, no biography
+    assert parts.tokenizer.tokenizer.decode(text_ids["user", N_USERS]).strip() == review
+    torch.testing.assert_close(after["content_user"][N_USERS], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(after["collab_user"][N_USERS], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(after["content_user"][N_USERS + 1], before["content_user"].mean(dim=0))  # nx0: none
 
 
 def test_ridge_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Path) -> None:
@@ -365,6 +396,18 @@ def test_bad_interactions_name_file_row_and_column(planted, tmp_path: Path, rows
     new = read_new_entities(interactions=InteractionTableSpec(tmp_path / "inter.csv", "user", "item"))
     with pytest.raises(DataPrepError, match=message):
         grow_dataset(planted, new)
+
+
+def test_reviews_need_their_new_interactions(planted, tmp_path: Path) -> None:
+    (tmp_path / "inter.csv").write_text("user,item\nn1,i3\n")
+    (tmp_path / "reviews.csv").write_text("user,item,text\nn1,i3,fine\nn1,i5,stray\n")
+    reviews = ReviewTableSpec(tmp_path / "reviews.csv", "user", "item", "text")
+    new = read_new_entities(interactions=InteractionTableSpec(tmp_path / "inter.csv", "user", "item"), reviews=reviews)
+    with pytest.raises(DataPrepError, match=r"reviews.csv: columns 'user', 'item': 1 review\(s\) of no new interaction, "
+                                            r"e.g. user 'n1', item 'i5'"):
+        grow_dataset(planted, new)
+    with pytest.raises(DataPrepError, match=r"reviews.csv: reviews need the new interactions they review"):
+        read_new_entities(TextTableSpec(tmp_path / "reviews.csv", "item", ("text",)), reviews=reviews)
 
 
 def test_cli_errors_are_one_line_and_write_nothing(run: Path, tmp_path: Path, capsys) -> None:

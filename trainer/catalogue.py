@@ -3,8 +3,9 @@ users, items and interactions, checked against it.
 
 Old users and items keep their indices; new ones follow, in file order (users of the users table,
 then users seen only in the interactions). The new users' interactions are training interactions
-(their prompt history when serving); repeated (user, item) pairs are merged as `prepare` does (the
-earliest time wins). Val and test interactions, reviews and the split seed stay the old dataset's.
+(their prompt history when serving), and their reviews training reviews (the content LLM's
+documents); repeated (user, item) pairs are merged as `prepare` does (the earliest time wins). Val
+and test interactions, the old reviews and the split seed stay the old dataset's.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from trainer.rest import echo_ids
 
 def check_new(new: NewEntities, dataset: ProcessedDataset) -> None:
     """Raise DataPrepError naming file and column for ids already in the model (a few of them), for a
-    new interaction of a user the model has, or with an item neither in the model nor new."""
+    new interaction of a user the model has, with an item neither in the model nor new, or for a review
+    of no new interaction."""
     for kind, texts, spec, known in (("item", new.items, new.items_spec, dataset.item_raw),
                                      ("user", new.users, new.users_spec, dataset.user_raw)):
         taken = set(known)
@@ -40,6 +42,13 @@ def check_new(new: NewEntities, dataset: ProcessedDataset) -> None:
         if row.item not in items:
             raise DataPrepError(f"{where(spec.path, row.row)}: column '{spec.item}': unknown item {row.item!r}: "
                                 f"neither in the model nor among the new items")
+    pairs = {(row.user, row.item) for row in new.interactions}
+    stray = [pair for pair in new.reviews if pair not in pairs]
+    if stray:
+        review = new.reviews_spec
+        raise DataPrepError(f"{review.path}: columns '{review.user}', '{review.item}': {len(stray)} review(s) of no new "
+                            f"interaction, e.g. user {stray[0][0]!r}, item {stray[0][1]!r} (fold-in reads the reviews "
+                            f"of the new users' interactions, given with --interactions)")
 
 
 def grow_dataset(old: ProcessedDataset, new: NewEntities) -> ProcessedDataset:
@@ -57,8 +66,11 @@ def grow_dataset(old: ProcessedDataset, new: NewEntities) -> ProcessedDataset:
     times = np.array([r.time for r in new.interactions], dtype=np.int64)
     keep = merge_duplicates(users, items, times)
     keep = keep[np.lexsort((items[keep], times[keep], users[keep]))]  # the (user, timestamp, item) order
+    texts = [new.reviews.get((new.interactions[k].user, new.interactions[k].item), "") for k in keep]
+    reviewed = np.flatnonzero([bool(t) for t in texts])
     added = {"users": len(user_raw) - old.n_users, "items": len(new.items), "interactions": int(keep.shape[0]),
-             "duplicates_merged": len(new.interactions) - int(keep.shape[0]), **new.stats}
+             "reviews": int(reviewed.shape[0]), "duplicates_merged": len(new.interactions) - int(keep.shape[0]),
+             **new.stats}
     return replace(
         old,
         user_raw=user_raw,
@@ -69,6 +81,9 @@ def grow_dataset(old: ProcessedDataset, new: NewEntities) -> ProcessedDataset:
         inter_item=np.concatenate([old.inter_item, items[keep]]),
         inter_time=np.concatenate([old.inter_time, times[keep]]),
         inter_split=np.concatenate([old.inter_split, np.full(keep.shape[0], TRAIN, dtype=old.inter_split.dtype)]),
+        review_user=np.concatenate([old.review_user, users[keep][reviewed]]).astype(old.review_user.dtype),
+        review_item=np.concatenate([old.review_item, items[keep][reviewed]]).astype(old.review_item.dtype),
+        review_text=old.review_text + [texts[k] for k in reviewed],
         stats={**old.stats, **{f"fold_in_{key}": value for key, value in added.items()}},
         meta={},
     )

@@ -85,6 +85,8 @@ def add_evaluate_cold_start(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="with --cold-start: results folder (default: cold-start beside the model)")
     p.add_argument("--max-users", type=int, help="with --cold-start: only the first N users (by index) with held-out "
                    "interactions (smoke runs)")
+    p.add_argument("--no-reviews", action="store_true", help="with --cold-start: fold held-out users in without the "
+                   "reviews of their history interactions (default: with them, where the split holds them)")
     p.add_argument("--no-mlflow", action="store_true", help="with --cold-start: do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_fold_in_options(p)
@@ -97,8 +99,8 @@ def evaluate_cold_start(args: argparse.Namespace) -> int:
 
     out = check_output(args.out or default_out(args.model), [args.model], replaceable=_holds_results,
                        what="a cold-start evaluation")
-    options = ColdStartOptions(k=args.k, fold_in=fold_in_options(args), seed=args.seed, max_users=args.max_users,
-                               mlflow=not args.no_mlflow, progress=not args.no_progress)
+    options = ColdStartOptions(k=args.k, fold_in=fold_in_options(args), reviews=not args.no_reviews, seed=args.seed,
+                               max_users=args.max_users, mlflow=not args.no_mlflow, progress=not args.no_progress)
     report = evaluate(args.model, out, options)
     print(table_markdown(report))
     print(f"cold start: {out / 'results.md'}, {out / 'results.json'}; folded model {report['folded_model']}")

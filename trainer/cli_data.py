@@ -43,11 +43,7 @@ def add_data_parsers(sub: argparse._SubParsersAction) -> None:
     common(p, 5)
     p = sources.add_parser("generic", help="generic CSV / Parquet / JSON-lines tables (or a YAML spec)")
     p.add_argument("--spec", type=Path, help="YAML table spec (see docs/data.md); replaces the table flags")
-    add_table_flags(p, "interactions table", "user text table", "item text table")
-    p.add_argument("--reviews", type=Path, help="review table (user, item, text)")
-    p.add_argument("--review-user-col")
-    p.add_argument("--review-item-col")
-    p.add_argument("--review-text-col", default="text")
+    add_table_flags(p, "interactions table", "user text table", "item text table", "review table (user, item, text)")
     p.add_argument("--name", help="dataset name (default: the spec's name, else 'generic')")
     common(p, 0)
     add_prepare_cold_start(sources)
@@ -57,10 +53,11 @@ def add_data_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="processed dataset folder, or a name prepared into the cache (--name, ml-100k)")
 
 
-def add_table_flags(p: argparse.ArgumentParser, interactions: str, users: str, items: str,
+def add_table_flags(p: argparse.ArgumentParser, interactions: str, users: str, items: str, reviews: str,
                      text_default: str | None = None) -> None:
-    """The generic reader's table flags (`prepare generic`, `fold-in`): an interactions table and a user and
-    an item text table, each with its columns; the help of each table, and the text columns' default."""
+    """The generic reader's table flags (`prepare generic`, `fold-in`): an interactions table, a user and an
+    item text table and a review table, each with its columns; the help of each table, and the text columns'
+    default."""
     p.add_argument("--interactions", type=Path, help=interactions)
     p.add_argument("--user-col", default="user")
     p.add_argument("--item-col", default="item")
@@ -70,6 +67,10 @@ def add_table_flags(p: argparse.ArgumentParser, interactions: str, users: str, i
         p.add_argument(f"--{kind}-id-col", help=f"default: --{kind}-col")
         p.add_argument(f"--{kind}-text-col", action="append", help="repeatable; columns are joined"
                        + (f" (default: {text_default})" if text_default else ""))
+    p.add_argument("--reviews", type=Path, help=reviews)
+    p.add_argument("--review-user-col", help="default: --user-col")
+    p.add_argument("--review-item-col", help="default: --item-col")
+    p.add_argument("--review-text-col", default="text", help="default: text")
 
 
 def _generic_spec(args: argparse.Namespace):

@@ -111,15 +111,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _fold_in_tables(args: argparse.Namespace) -> dict:
-    """The table specs of `fold-in` (text columns default to 'text')."""
-    from data_prep.readers.generic_spec import InteractionTableSpec, TextTableSpec
+    """The table specs of `fold-in` (text columns default to 'text'; review columns to the interactions')."""
+    from data_prep.readers.generic_spec import InteractionTableSpec, ReviewTableSpec, TextTableSpec
 
     return {"items": args.items and TextTableSpec(args.items, args.item_id_col or args.item_col,
                                                   tuple(args.item_text_col or ["text"])),
             "users": args.users and TextTableSpec(args.users, args.user_id_col or args.user_col,
                                                   tuple(args.user_text_col or ["text"])),
             "interactions": args.interactions and InteractionTableSpec(args.interactions, args.user_col, args.item_col,
-                                                                      args.time_col)}
+                                                                      args.time_col),
+            "reviews": args.reviews and ReviewTableSpec(args.reviews, args.review_user_col or args.user_col,
+                                                        args.review_item_col or args.item_col, args.review_text_col)}
 
 
 def _placed(report: dict, entity: str) -> str:
@@ -192,7 +194,9 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="new model folder (written whole; it may replace only a saved "
                    "model or an empty folder)")
     add_table_flags(p, "interactions of new users with known or new items", "new users: id and biography columns",
-                     "new items: id and text columns (CSV, TSV, JSON lines, Parquet)", text_default="text")
+                     "new items: id and text columns (CSV, TSV, JSON lines, Parquet)",
+                     "reviews of the new users' interactions (user, item, text), read as training reviews",
+                     text_default="text")
     add_fold_in_options(p)
     p.add_argument("--pyfunc", type=Path, help="MLflow pyfunc model folder (default: pyfunc beside --out)")
     p.add_argument("--no-pyfunc", action="store_true", help="do not write the pyfunc model")

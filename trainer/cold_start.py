@@ -1,8 +1,8 @@
 """`cllm4rec evaluate --cold-start` (docs/fold_in.md, section 5): how well a model trained on a cold-start
 split (`data_prep/cold_start.py`) ranks for the held-out items or users once they are folded in.
 
-1. The held-out items (from their texts) or users (from their biographies and 1-3 first interactions)
-   are folded into the model (`trainer/fold_in.py`; its own folder `<out>/model`).
+1. The held-out items (from their texts) or users (from their biographies and 1-3 first interactions,
+   with those interactions' reviews where the split holds them) are folded into the model (`trainer/fold_in.py`; its own folder `<out>/model`).
 2. Held-out items: for every user of the model with interactions on them, two rankings: the held-out
    items only, and the whole catalogue with them included. Held-out users: each one's ranking of the
    whole catalogue. Training items (a new user's history) are excluded; Recall@k and NDCG@k over the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.cold_start import HISTORY, TEXTS, HeldOut, read_heldout
-from data_prep.readers.generic_spec import InteractionTableSpec, TextTableSpec
+from data_prep.readers.generic_spec import InteractionTableSpec, ReviewTableSpec, TextTableSpec
 from data_prep.readers.new_entities import read_new_entities
 from trainer import checkpoint as ckpt
 from trainer.build import resolve_dataset
@@ -37,12 +37,14 @@ FOLDED = "model"
 
 @dataclass(frozen=True)
 class ColdStartOptions:
-    """k: the metrics' cut-off; fold_in: the fold-in's options (passes, alignment, ...); seed: of the random
+    """k: the metrics' cut-off; fold_in: the fold-in's options (passes, alignment, ...); reviews: fold held-out
+    users in with the reviews of their history interactions, where the split holds them; seed: of the random
     scores and the random collaborative rows; max_users: only the first N users with targets (smoke runs);
     mlflow: log the results to the model's tracking store."""
 
     k: int = 20
     fold_in: FoldInOptions = field(default_factory=FoldInOptions)
+    reviews: bool = True
     seed: int = 0
     max_users: int | None = None
     mlflow: bool = True
@@ -63,16 +65,20 @@ def default_out(model_dir: Path) -> Path:
     return Path(model_dir).resolve().parent / "cold-start"
 
 
-def fold_heldout(model_dir: Path, out: Path, options: FoldInOptions) -> tuple[HeldOut, FoldInResult]:
+def fold_heldout(model_dir: Path, out: Path, options: FoldInOptions, reviews: bool = True) -> tuple[HeldOut,
+                                                                                                  FoldInResult]:
     """Fold the held-out items or users of the cold-start split `model_dir` was trained on into it, as model
-    folder `out`, from the split's files (items: their texts; users: biographies and histories); (the
-    held-out part, the fold-in's result)."""
+    folder `out`, from the split's files (items: their texts; users: biographies and histories, with
+    `reviews` the history's reviews where the split holds them); (the held-out part, the fold-in's result)."""
     config = saved_config(ckpt.load_model(Path(model_dir)))
     held = read_heldout(resolve_dataset(config.data.dataset, config.data.split_seed))
     texts = TextTableSpec(held.path / TEXTS[held.kind], held.kind.removesuffix("s"), ("text",))
-    new = (read_new_entities(items=texts) if held.kind == "items" else
-           read_new_entities(users=texts, interactions=InteractionTableSpec(held.path / HISTORY, "user", "item",
-                                                                            "timestamp")))
+    if held.kind == "items":
+        return held, fold_in(Path(model_dir), read_new_entities(items=texts), out, options)
+    history = held.path / HISTORY
+    new = read_new_entities(users=texts, interactions=InteractionTableSpec(history, "user", "item", "timestamp"),
+                            reviews=ReviewTableSpec(history, "user", "item", "review")
+                            if reviews and held.history_reviews else None)
     return held, fold_in(Path(model_dir), new, out, options)
 
 
@@ -80,7 +86,7 @@ def evaluate_cold_start(model_dir: Path, out: Path, options: ColdStartOptions = 
     """Fold the held-out items or users of the model's cold-start split into `model_dir`, score every row, write
     `out`/results.{md,json} and log them; returns results.json's content (module docstring)."""
     start = time.perf_counter()
-    held, folded = fold_heldout(Path(model_dir), Path(out) / FOLDED, options.fold_in)
+    held, folded = fold_heldout(Path(model_dir), Path(out) / FOLDED, options.fold_in, options.reviews)
     config, parts, engine = load_saved(Path(out) / FOLDED)
     scored = score_rows(config, parts, engine, held, k=options.k, seed=options.seed, max_users=options.max_users,
                         progress=options.progress)
@@ -93,9 +99,9 @@ def evaluate_cold_start(model_dir: Path, out: Path, options: ColdStartOptions = 
               "targets": scored.targets,
               "heldout": {"kind": held.kind, "model": in_model - len(held.texts), "new": len(held.texts)},
               "fold_in": {"alignment": folded.alignment, "user_alignment": folded.user_alignment,
-                          "content_loss": folded.content_loss,
+                          "reviews": folded.added["reviews"], "content_loss": folded.content_loss,
                           "collab_loss": folded.collab_loss, "seconds": folded.seconds},
-              "options": {"k": options.k, "seed": options.seed, "max_users": options.max_users,
+              "options": {"k": options.k, "seed": options.seed, "max_users": options.max_users, "reviews": options.reviews,
                           "passes": options.fold_in.passes, "history_passes": options.fold_in.history_passes,
                           "lr": options.fold_in.lr, "align": options.fold_in.align,
                           "align_users": options.fold_in.align_users, "align_features": options.fold_in.align_features},

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cllm4rec.baselines.content import mean_word_vectors, profile_scores, random_scores, tfidf_vectors
+from cllm4rec.baselines.content import authored_vectors, mean_word_vectors, profile_scores, random_scores, tfidf_vectors
 from cllm4rec.baselines.mostpop import item_popularity, score_mostpop
 from cllm4rec.interactions import UserItems
 from cllm4rec.metrics import evaluate_scores
@@ -30,11 +30,12 @@ Scorer = Callable[[np.ndarray], torch.Tensor]
 
 RANDOM, MOSTPOP = "Random", "MostPop"
 TFIDF, WORDS = "TF-IDF of history texts", "Mean word embedding of history texts"
+TFIDF_REVIEWS = "TF-IDF of history texts and own reviews"
 RANDOM_COLLAB, FOLD_IN = "CLLM4Rec fold-in, random collaborative rows", "CLLM4Rec fold-in"
-ROW_KEYS = {RANDOM: "random", MOSTPOP: "mostpop", TFIDF: "tfidf", WORDS: "word_embedding",
-            RANDOM_COLLAB: "fold_in_random_collab", FOLD_IN: "fold_in"}
-"""Every row, in table order, and its key in MLflow (MostPop: held-out users only; new items have no
-interactions)."""
+ROW_KEYS = {RANDOM: "random", MOSTPOP: "mostpop", TFIDF: "tfidf", TFIDF_REVIEWS: "tfidf_reviews",
+            WORDS: "word_embedding", RANDOM_COLLAB: "fold_in_random_collab", FOLD_IN: "fold_in"}
+"""Every row, in table order, and its key in MLflow (MostPop: held-out users only, new items have no
+interactions; TF-IDF with own reviews: held-out users folded in with reviews only)."""
 SETTINGS = {"held-out": "the held-out items only", "catalogue": "the whole catalogue, held-out items included"}
 """The rankings: column prefix -> what is ranked; held-out users are ranked over the catalogue only."""
 
@@ -104,10 +105,13 @@ def model_scorers(config: TrainConfig, parts: RunParts, engine: PlainEngine, kin
     return {RANDOM_COLLAB: random, FOLD_IN: folded}
 
 
-def baseline_scorers(parts: RunParts, history: UserItems, kind: str, seed: int) -> dict[str, Scorer]:
+def baseline_scorers(parts: RunParts, history: UserItems, kind: str, seed: int, n_new: int = 0) -> dict[str, Scorer]:
     """Random; MostPop for held-out users; and the history-text profiles by TF-IDF and by the backbone's
-    mean input word embedding (`cllm4rec/baselines/content.py`) over the model's item texts."""
-    texts = parts.dataset.item_text
+    mean input word embedding (`cllm4rec/baselines/content.py`) over the model's item texts. Where some of
+    the `n_new` held-out users (the last rows) were folded in with reviews, also the TF-IDF profile of their
+    history texts and their own reviews."""
+    dataset = parts.dataset
+    texts = dataset.item_text
     tfidf = tfidf_vectors(texts)
     token_ids = parts.tokenizer.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     words = mean_word_vectors(token_ids, parts.model.backbone.get_input_embeddings())
@@ -116,6 +120,11 @@ def baseline_scorers(parts: RunParts, history: UserItems, kind: str, seed: int) 
                MOSTPOP: lambda rows: score_mostpop(popularity, rows),
                TFIDF: lambda rows: profile_scores(tfidf, history, rows),
                WORDS: lambda rows: profile_scores(words, history, rows)}
+    reviewed = np.flatnonzero(np.asarray(dataset.review_user) >= dataset.n_users - n_new)
+    if kind == "users" and reviewed.shape[0]:
+        own = tfidf_vectors(texts, [dataset.review_text[r] for r in reviewed])
+        authored = authored_vectors(own, np.asarray(dataset.review_user)[reviewed], dataset.n_users)
+        scorers[TFIDF_REVIEWS] = lambda rows: profile_scores(tfidf, history, rows, authored)
     return {name: scorer for name, scorer in scorers.items() if name != MOSTPOP or kind == "users"}
 
 
@@ -156,7 +165,7 @@ def score_rows(config: TrainConfig, parts: RunParts, engine: PlainEngine, held: 
     targets, missing = heldout_targets(parts.dataset, held, max_users)
     users = np.flatnonzero(targets.lengths() > 0)
     train = parts.corpora.train
-    scorers = {**baseline_scorers(parts, train, held.kind, seed),
+    scorers = {**baseline_scorers(parts, train, held.kind, seed, n_new),
                **model_scorers(config, parts, engine, held.kind, n_new, users, seed=seed, progress=progress)}
     n_old_items = parts.dataset.n_items - (n_new if held.kind == "items" else 0)
     rows = {name: cold_start_metrics(scorers[name], train, targets, n_old_items, k, config.eval.batch_size,

@@ -397,7 +397,8 @@ def fold_in(model_dir: Path, new: NewEntities, out: Path, options: FoldInOptions
     old_path = resolve_dataset(config.data.dataset, config.data.split_seed)
     old = load_processed(old_path)
     grown = grow_dataset(old, new)
-    result = FoldInResult(Path(out), {key: grown.stats[f"fold_in_{key}"] for key in ("users", "items", "interactions")})
+    result = FoldInResult(Path(out), {key: grown.stats[f"fold_in_{key}"]
+                                      for key in ("users", "items", "interactions", "reviews")})
     # the new folder reads its own dataset; shards of the old one no longer match it
     written = replace(config, data=replace(config.data, dataset=str(Path(out).resolve() / ckpt.DATASET), shards=None))
     with atomic_folder(Path(out)) as tmp:

@@ -30,7 +30,7 @@ def read_generic(spec: GenericSpec, *, name: str | None = None, skip_bad_lines: 
     """Read the tables of `spec` into a `RawDataset` (times in unix seconds, UTC)."""
     reader = LineReader(skip_bad_lines=skip_bad_lines)
     builder = RawBuilder(name or spec.name, "generic")
-    reviews = _read_reviews(spec.reviews, reader) if spec.reviews else {}
+    reviews = read_reviews(spec.reviews, reader) if spec.reviews else {}
     pairs = _read_interactions(spec.interactions, reader, builder, reviews)
     if spec.reviews:
         builder.stats["reviews_without_interaction"] = sum(pair not in pairs for pair in reviews)
@@ -68,7 +68,7 @@ def interaction_rows(spec: InteractionTableSpec, reader: LineReader) -> Iterator
         yield row, pair[0], pair[1], time
 
 
-def _read_reviews(spec: ReviewTableSpec, reader: LineReader) -> dict[tuple[str, str], str]:
+def read_reviews(spec: ReviewTableSpec, reader: LineReader) -> dict[tuple[str, str], str]:
     """(user id, item id) -> review text; the first non-empty review of a pair is kept."""
     table = _Table(spec.path, reader)
     reviews: dict[tuple[str, str], str] = {}
