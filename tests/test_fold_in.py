@@ -31,7 +31,9 @@ from trainer.config import ConfigError
 from trainer.config_loading import load_config
 from trainer.alignment import fit_alignment
 from trainer.evaluate import scoring_prompt
-from trainer.fold_in import FoldInOptions, calibration_users, fold_in, history_features, text_features
+from trainer.fold_in import (FoldInOptions, calibration_users, fold_in, fold_in_plans, history_features,
+                             text_features)
+from trainer.phases import StepKind
 from trainer.pipeline import train
 from trainer.serving import Recommender, load_saved, user_states
 
@@ -427,6 +429,17 @@ def test_cli_errors_are_one_line_and_write_nothing(run: Path, tmp_path: Path, ca
     code = cli.main(["fold-in", "--model", str(run / "model"), "--interactions", str(tmp_path / "inter.csv"),
                      "--out", str(run), "--force"])
     assert code == 2 and "holds the input" in capsys.readouterr().err and (run / "model" / ckpt.COMPLETE).is_file()
+
+
+def test_fold_in_steps_run_at_the_models_own_rates_unless_given_one() -> None:
+    """lr None: the C-step at pretrain.lr, the histories' finetuning steps at finetune.lr, constant (the
+    model's schedules are of its training, not of a fold-in); a given lr: every step at it."""
+    config = load_config(None, ["pretrain.lr=0.002", "finetune.lr=0.0003", "finetune.lr_schedule=cosine"])
+    own, given = fold_in_plans(config, None), fold_in_plans(config, 0.05)
+    assert (own[StepKind.C_STEP].lr, own[StepKind.FINETUNE].lr) == (0.002, 0.0003)
+    assert all(plan.lr == 0.05 for plan in given.values())
+    assert all(plan.lr_schedule == "constant" and plan.warmup_steps == 0 for plan in [*own.values(), *given.values()])
+    assert FoldInOptions().lr is None
 
 
 def test_bad_options_are_refused() -> None:

@@ -26,7 +26,8 @@ def add_fold_in_options(p: argparse.ArgumentParser) -> None:
                    "--align-users read of an item's text: its TF-IDF vector reduced by latent semantic analysis "
                    "(tfidf, the default; ridge maps only), or the mean of its input word embeddings (words; needed "
                    "by moments)")
-    p.add_argument("--lr", type=float, default=1e-2, help="fold-in Adam lr of the new rows (default 0.01)")
+    p.add_argument("--lr", type=float, help="fold-in Adam lr of the new rows (default: the model's own, its "
+                   "pretrain.lr for the C-step passes and finetune.lr for the history passes)")
     p.add_argument("--batch-size", type=int, help="fold-in documents per step (default: the model's "
                    "pretrain.batch_size)")
     p.add_argument("--seed", type=int, default=0, help="batch order (and the random rows of a cold-start "

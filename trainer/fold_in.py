@@ -70,14 +70,15 @@ CALIBRATION_USERS = 256
 @dataclass(frozen=True)
 class FoldInOptions:
     """passes: C-step epochs over the new entities' texts; history_passes: epochs over the new users'
-    histories; lr: Adam's rate for the new rows; batch_size: documents per step (None: the model's
+    histories; lr: Adam's rate for the new rows (None: each step at the model's own base rate, its
+    `pretrain` lr for C-steps and `finetune` lr for the histories' finetuning steps); batch_size: documents per step (None: the model's
     pretrain.batch_size); seed: batch order and the users that scale an alignment; align / align_users:
     where new items / users start their collaborative rows (ALIGNMENTS, `align_new_items`, `align_new_users`);
     align_features: what their maps read of an item's text (ALIGN_FEATURES, `text_features`)."""
 
     passes: int = 0
     history_passes: int = 5
-    lr: float = 1e-2
+    lr: float | None = None
     batch_size: int | None = None
     seed: int = 0
     align: str = "ridge"
@@ -86,7 +87,7 @@ class FoldInOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if (min(self.passes, self.history_passes) < 0 or not self.lr > 0
+        if (min(self.passes, self.history_passes) < 0 or (self.lr is not None and not self.lr > 0)
                 or (self.batch_size is not None and self.batch_size < 1)):
             raise ConfigError(f"fold-in: need passes >= 0, history passes >= 0, lr > 0 and batch_size >= 1; got "
                               f"passes={self.passes}, history_passes={self.history_passes}, lr={self.lr}, "
@@ -149,10 +150,12 @@ def freeze_rows(optimizer: torch.optim.Optimizer, trainable: dict[torch.nn.Param
     optimizer.register_step_pre_hook(zero_frozen_rows)
 
 
-def fold_in_plans(config: TrainConfig, lr: float) -> dict[StepKind, StepPlan]:
-    """The model's own steps (C-step, L-step, finetuning: their MR and prior weights) at a constant `lr`."""
+def fold_in_plans(config: TrainConfig, lr: float | None) -> dict[StepKind, StepPlan]:
+    """The model's own steps (C-step, L-step, finetuning: their MR and prior weights) at a constant `lr` (None:
+    each at its own base rate)."""
     plans = step_plans(config, dict.fromkeys(PLANNED_STEPS, 1))
-    return {step: replace(plans[step], lr=lr, lr_schedule="constant", warmup_steps=0) for step in PLANNED_STEPS}
+    return {step: replace(plans[step], lr=plans[step].lr if lr is None else lr, lr_schedule="constant",
+                          warmup_steps=0) for step in PLANNED_STEPS}
 
 
 def histories_of(train: UserItems, users: np.ndarray) -> UserItems:
@@ -200,17 +203,18 @@ def start_from_text(model: CLLM4Rec, config: TrainConfig, corpora: Corpora, new_
                 collab[row] = content[row]
 
 
-def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float, new_users: np.ndarray,
+def fold_in_engine(model: CLLM4Rec, config: TrainConfig, lr: float | None, new_users: np.ndarray,
                    new_items: np.ndarray, dist: Dist = LOCAL) -> PlainEngine:
     """A plain engine over `model` (the row-sharded engine over `dist` when its tables are a rank's rows) with
-    the model's own steps at a constant `lr` (`fold_in_plans`), in which only the new rows (bool [N] / [J]
+    the model's own steps at a constant `lr` (None: their own rates; `fold_in_plans`), in which only the new rows (bool [N] / [J]
     masks) move: content rows of new users and items, collaborative rows of new users. The backbone must be
     frozen (requires_grad false) by the caller."""
     plans = fold_in_plans(config, lr)
+    rates = (config.pretrain.lr, config.finetune.lr) if lr is None else (lr, lr)
     if is_row_slice(model.collab_user):
-        engine: PlainEngine = RowShardedEngine(model, lr, lr, dist=dist, plans=plans)
+        engine: PlainEngine = RowShardedEngine(model, *rates, dist=dist, plans=plans)
     else:
-        engine = PlainEngine(model, lr, lr, plans=plans)
+        engine = PlainEngine(model, *rates, plans=plans)
     users, items = row_masks(model, new_users, new_items)
     freeze_rows(engine.optimizer, {model.content_user: users, model.content_item: items, model.collab_user: users})
     return engine
