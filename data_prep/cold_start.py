@@ -79,11 +79,16 @@ def heldout_rows(dataset: ProcessedDataset, kind: str, held: np.ndarray) -> np.n
     return np.isin(dataset.inter_item if kind == "items" else dataset.inter_user, held)
 
 
+def review_texts(dataset: ProcessedDataset) -> dict[tuple[int, int], str]:
+    """(user index, item index) -> the training review of that interaction."""
+    return {(int(u), int(j)): t for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text)}
+
+
 def without(dataset: ProcessedDataset, kind: str, held: np.ndarray) -> RawDataset:
     """`dataset` as raw input with every interaction of the held-out items or users removed; training
     reviews of the kept interactions stay (one the new split holds out is dropped by `build_processed`)."""
     keep = ~heldout_rows(dataset, kind, held)
-    reviews = {(int(u), int(j)): t for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text)}
+    reviews = review_texts(dataset)
     users, items = dataset.inter_user[keep], dataset.inter_item[keep]
     return RawDataset(
         name=f"{dataset.name}-cold-{kind}", source=dataset.source, user_ids=list(dataset.user_raw),
@@ -104,7 +109,7 @@ def _interactions(dataset: ProcessedDataset, rows: np.ndarray, split: bool = Tru
     if split:
         columns["split"] = pa.array([SPLIT_NAMES[s] for s in dataset.inter_split[rows]], pa.string())
     if reviews:
-        text = {(int(u), int(j)): t for u, j, t in zip(dataset.review_user, dataset.review_item, dataset.review_text)}
+        text = review_texts(dataset)
         columns["review"] = pa.array([text.get((int(u), int(j)), "") for u, j in zip(users, items)], pa.string())
     return pa.table(columns)
 
