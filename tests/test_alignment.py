@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.alignment import ALPHAS, AffineMap, CannotAlign, fit_alignment, logit_spread, ridge_loo
+from trainer.alignment import (ALPHAS, RANK_DECAYS, AffineMap, CannotAlign, fit_alignment, fit_rank_map,
+                               logit_spread, ridge_loo)
 
 FEATURES = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [1.0, 3.0], [3.0, 1.0]])
 W = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0]])
@@ -85,3 +86,31 @@ def test_affine_map_is_mean_plus_scaled_projection() -> None:
 def test_a_map_needs_two_different_texts(features: torch.Tensor, entity: str, message: str) -> None:
     with pytest.raises(CannotAlign, match=message):
         fit_alignment("ridge", features, torch.zeros(features.shape[0], 3), torch.eye(3), entity)
+
+
+def test_rank_map_ranks_new_items_for_the_users_whose_items_share_their_words() -> None:
+    """Two tastes: users 0-9 read along state axis 0 and chose the items whose text has word 0, users 10-19
+    along axis 1 and the items with word 1; word 2 is noise. The rank map, fitted on those choices alone (the
+    rows are only its mean), ranks a new word-0 item above a new word-1 item for the first users and below it
+    for the others, takes no scale, and picks its decay among RANK_DECAYS."""
+    generator = torch.Generator().manual_seed(0)
+    taste = torch.arange(12) % 2
+    features = torch.zeros(12, 3)
+    features[torch.arange(12), taste] = 1.0
+    features[:, 2] = torch.rand(12, generator=generator)
+    states = torch.zeros(20, 4)
+    states[:10, 0], states[10:, 1] = 1.0, 1.0
+    targets = (taste[None, :] == (torch.arange(20) >= 10).long()[:, None]).float()
+    rows = torch.randn(12, 4, generator=generator)
+    fitted = fit_rank_map(features, rows, states, targets, seed=0)
+    assert fitted.scale == 1.0 and fitted.alpha in RANK_DECAYS
+    torch.testing.assert_close(fitted.mean_out, rows.double().mean(dim=0))
+    logits = states.double() @ fitted(torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])).T  # [20 users, 2 new items]
+    assert (logits[:10, 0] > logits[:10, 1]).all() and (logits[10:, 1] > logits[10:, 0]).all()
+
+
+def test_rank_map_needs_items_and_a_user_with_one() -> None:
+    with pytest.raises(CannotAlign, match="3 old items with text and 2 scoring users"):
+        fit_rank_map(FEATURES[:3], torch.zeros(3, 3), torch.eye(2, 3), torch.ones(2, 3), seed=0)
+    with pytest.raises(CannotAlign, match="and 0 scoring users"):
+        fit_rank_map(FEATURES, torch.zeros(6, 3), torch.eye(2, 3), torch.zeros(2, 6), seed=0)

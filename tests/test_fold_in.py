@@ -29,7 +29,7 @@ from trainer import cli
 from trainer.catalogue import grow_dataset
 from trainer.config import ConfigError
 from trainer.config_loading import load_config
-from trainer.alignment import fit_alignment
+from trainer.alignment import fit_alignment, fit_rank_map
 from trainer.evaluate import scoring_prompt
 from trainer.fold_in import (FoldInOptions, calibration_users, fold_in, fold_in_plans, history_features,
                              text_features)
@@ -292,6 +292,30 @@ def test_tfidf_features_feed_the_ridge_map(text_run: Path, tmp_path: Path) -> No
         FoldInOptions(align="moments", align_features="tfidf")
 
 
+def test_rank_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Path) -> None:
+    """--align rank: new0's collaborative row is the image of its text feature under the map fitted by the
+    model's ranking of the old calibration users' training items; the report names the decay; old rows stay
+    bit-identical; new users have no rank map."""
+    before = tables(text_run / "model")
+    after = start_rows(text_run / "model", tmp_path / "fold", align="rank", align_features="tfidf")
+    for name, table in before.items():
+        assert torch.equal(after[name][: table.shape[0]], table), name
+    config, parts, engine = load_saved(tmp_path / "fold" / "model")
+    items, features = text_features(parts.model, parts.corpora, "tfidf", seed=0)
+    new_users = np.arange(parts.dataset.n_users) >= N_USERS
+    users = calibration_users(parts.corpora.train, new_users, np.arange(parts.dataset.n_items) >= N_ITEMS, seed=0)
+    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
+                         progress=False)
+    targets = parts.corpora.train.to_dense(users)[:, :N_ITEMS]
+    fitted = fit_rank_map(features[:N_ITEMS], before["collab_item"], states, targets, seed=0)
+    torch.testing.assert_close(after["collab_item"][N_ITEMS], fitted(features[N_ITEMS:])[0].float(), rtol=0, atol=1e-5)
+    report = json.loads((tmp_path / "fold" / "model" / "fold_in.json").read_text())["alignment"]
+    assert report == {"method": "rank", "items": 1, "fitted_on": N_ITEMS, "users": N_USERS,
+                      "alpha": pytest.approx(fitted.alpha), "scale": 1.0}
+    with pytest.raises(ConfigError, match="align_users must be one of none, moments, ridge; got 'rank'"):
+        FoldInOptions(align_users="rank")
+
+
 def test_history_features_average_the_texts_of_each_users_items() -> None:
     train = UserItems.from_lists([[0, 2], [1], [3, 2, 0]], n_items=4)  # item 1 has no text
     features = torch.tensor([[1.0, 0.0], [0.0, 4.0], [3.0, 2.0]])  # items 0, 2, 3
@@ -449,7 +473,7 @@ def test_bad_options_are_refused() -> None:
         FoldInOptions(lr=0)
     with pytest.raises(ConfigError, match="history_passes=-2"):
         FoldInOptions(history_passes=-2)
-    with pytest.raises(ConfigError, match="align must be one of none, moments, ridge; got 'nearest'"):
+    with pytest.raises(ConfigError, match="align must be one of none, moments, ridge, rank; got 'nearest'"):
         FoldInOptions(align="nearest")
     with pytest.raises(ConfigError, match="align_users must be one of none, moments, ridge; got 'text'"):
         FoldInOptions(align_users="text")

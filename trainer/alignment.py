@@ -9,6 +9,11 @@ collaborative row z [K], and a new item (user) starts at the image of its own x:
 - `ridge`:   z = μ_z + c·(x − μ_x) W, W the ridge regression of the old rows' deviations from μ_z on their
   features' deviations from μ_x, its penalty the one of `ALPHAS` with the least exact leave-one-out error.
 
+- `rank` (items only): z = μ_z + (x − μ_x) W, W fitted by the model's own recommendation loss instead of
+  least squares: the multinomial log-likelihood of some old users' training items under a softmax over the
+  old items' mapped rows, read by those users' scoring states S [U, K] (`fit_rank_map`). Its logits are
+  fitted on the likelihood's scale, so it takes no c.
+
 c puts the new rows' logits on the old rows' scale: with S [U, K] the scoring states of some old users, B
 [n, K] the old rows' deviations from μ_z and P [n, K] what the map predicts for them when each is left out
 of the fit (as a new item is), c = ‖S Bᵀ‖_F / ‖S Pᵀ‖_F. A least-squares image is shrunk toward the mean:
@@ -34,7 +39,7 @@ class CannotAlign(ValueError):
 @dataclass(frozen=True)
 class AffineMap:
     """x [n, K] → mean_out + scale · (x − mean_in) @ weight, float64 [n, K]; weight None: the identity.
-    alpha: the ridge penalty (None for `moments`)."""
+    alpha: the ridge penalty, or the `rank` map's weight decay (None for `moments`)."""
 
     mean_in: torch.Tensor
     mean_out: torch.Tensor
@@ -102,3 +107,70 @@ def fit_alignment(method: str, features: torch.Tensor, rows: torch.Tensor, state
         return AffineMap(mean_in, mean_out, None, logit_spread(states, b, a))
     fit = ridge_loo(a, b, tuple(alpha * variance for alpha in ALPHAS))
     return AffineMap(mean_in, mean_out, fit.weight, logit_spread(states, b, fit.loo), fit.alpha)
+
+
+RANK_DECAYS = (1e-4, 1e-3, 1e-2)
+"""The `rank` map's weight decays tried (on the sum of W's squares, beside a mean log-likelihood per user)."""
+RANK_STEPS = 200
+"""Full-batch Adam steps (lr `RANK_LR`, from W = 0) of each `rank` fit."""
+RANK_LR = 1e-2
+RANK_FOLDS = 5
+"""Folds of the old items that choose the `rank` map's weight decay."""
+RANK_K = 20
+"""The cut-off of the recall that compares the weight decays."""
+
+
+def _rank_weight(features: torch.Tensor, states: torch.Tensor, targets: torch.Tensor, decay: float) -> torch.Tensor:
+    """W [D, K] of the `rank` map from centred features [n, D], states [U, K] and multi-hot targets [U, n] (each
+    row with at least one item): maximises the mean over users of Σ_i y_ui/|y_u| · log softmax_i(s_u · (x_i W))
+    less decay · ‖W‖², by `RANK_STEPS` Adam steps from zero."""
+    weight = torch.zeros(features.shape[1], states.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr=RANK_LR)
+    share = targets / targets.sum(dim=1, keepdim=True)
+    for _ in range(RANK_STEPS):
+        logits = (states @ weight.T) @ features.T
+        loss = -(share * logits.log_softmax(dim=1)).sum(dim=1).mean() + decay * weight.square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return weight.detach()
+
+
+def _recall_among(states: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean Recall@`RANK_K` of the users with a target (targets [U, n]) when `rows` [n, K] are ranked among
+    themselves by states [U, K], as new items are: hits over min(k, targets)."""
+    users = targets.sum(dim=1) > 0
+    top = (states[users] @ rows.T).topk(min(RANK_K, rows.shape[0]), dim=1).indices
+    hits = targets[users].gather(1, top).sum(dim=1)
+    return float((hits / targets[users].sum(dim=1).clamp(max=RANK_K)).mean())
+
+
+def fit_rank_map(features: torch.Tensor, rows: torch.Tensor, states: torch.Tensor, targets: torch.Tensor,
+                 seed: int) -> AffineMap:
+    """The `rank` map (module docstring) from the old items' features [n, D] to their rows [n, K], fitted on
+    the scoring states [U, K] of some old users and their training items among these n (bool or 0/1 [U, n]).
+    Its weight decay (of `RANK_DECAYS`) is the one whose maps, each fitted without one of `RANK_FOLDS` folds of
+    the items (drawn with `seed`), rank the left-out fold's items best for their users (`_recall_among`)."""
+    targets = targets.float()
+    states, targets = states.float()[targets.sum(dim=1) > 0], targets[targets.sum(dim=1) > 0]
+    n = features.shape[0]
+    if n < RANK_FOLDS or states.shape[0] == 0:
+        raise CannotAlign(f"{n} old items with text and {states.shape[0]} scoring users with one of them; the "
+                          f"rank map needs at least {RANK_FOLDS} items and one user")
+    mean_in = features.float().mean(dim=0)
+    centred = features.float() - mean_in
+    folds = np.array_split(np.random.default_rng(seed).permutation(n), RANK_FOLDS)
+
+    def held_out_recall(decay: float) -> float:
+        recalls = []
+        for fold in folds:
+            kept = torch.from_numpy(np.setdiff1d(np.arange(n), fold))
+            usable = targets[:, kept].sum(dim=1) > 0
+            weight = _rank_weight(centred[kept], states[usable], targets[usable][:, kept], decay)
+            recalls.append(_recall_among(states, centred[torch.from_numpy(fold)] @ weight,
+                                         targets[:, torch.from_numpy(fold)]))
+        return float(np.mean(recalls))
+
+    decay = max(RANK_DECAYS, key=held_out_recall)
+    weight = _rank_weight(centred, states, targets, decay)
+    return AffineMap(mean_in.double(), rows.double().mean(dim=0), weight.double(), 1.0, decay)

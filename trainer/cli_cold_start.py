@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data_prep.cold_start import KINDS
 from trainer.checkpoint import COMPLETE
-from trainer.config import ALIGN_FEATURES, ALIGNMENTS
+from trainer.config import ALIGN_FEATURES, ALIGNMENTS, ITEM_ALIGNMENTS
 
 
 def add_fold_in_options(p: argparse.ArgumentParser) -> None:
@@ -16,15 +16,16 @@ def add_fold_in_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", type=int, default=0, help="fold-in C-step epochs over the new texts (default 0)")
     p.add_argument("--history-passes", type=int, default=5, help="fold-in epochs over the new users' histories "
                    "(default 5)")
-    p.add_argument("--align", choices=ALIGNMENTS, default="ridge", help="where new items start their collaborative "
+    p.add_argument("--align", choices=ITEM_ALIGNMENTS, default="ridge", help="where new items start their collaborative "
                    "rows: their content rows (none), or their text's image under a map fitted on the old items, "
-                   "moments or ridge (default ridge; docs/fold_in.md, section 2)")
+                   "moments, ridge (least squares to the rows; the default) or rank (fitted by the model's own "
+                   "ranking of old users' items; docs/fold_in.md, section 2)")
     p.add_argument("--align-users", choices=ALIGNMENTS, default="none", help="where new users start their "
                    "collaborative rows: their content rows (none, the default), or the image of their history "
                    "items' texts under a map fitted on the old users, moments or ridge (docs/fold_in.md, section 2)")
     p.add_argument("--align-features", choices=ALIGN_FEATURES, default="tfidf", help="what the maps of --align and "
                    "--align-users read of an item's text: its TF-IDF vector reduced by latent semantic analysis "
-                   "(tfidf, the default; ridge maps only), or the mean of its input word embeddings (words; needed "
+                   "(tfidf, the default; ridge and rank maps only), or the mean of its input word embeddings (words; needed "
                    "by moments)")
     p.add_argument("--lr", type=float, help="fold-in Adam lr of the new rows (default: the model's own, its "
                    "pretrain.lr for the C-step passes and finetune.lr for the history passes)")

@@ -370,7 +370,10 @@ class ServingConfig:
 
 
 ALIGNMENTS = ("none", "moments", "ridge")
-"""Where a fold-in starts new items' collaborative rows (`trainer/alignment.py`)."""
+"""Where a fold-in starts new users' collaborative rows (`trainer/alignment.py`)."""
+ITEM_ALIGNMENTS = (*ALIGNMENTS, "rank")
+"""Where a fold-in starts new items' collaborative rows: also `rank`, a map fitted by the model's own ranking of
+old users' items (a user row is read by the backbone, not by a dot product, so users have no `rank`)."""
 ALIGN_FEATURES = ("words", "tfidf")
 """What an alignment map reads of an item's text: its mean input word embedding, or its TF-IDF vector reduced
 by latent semantic analysis (`trainer.fold_in.text_features`)."""
@@ -392,8 +395,8 @@ class IncrementalConfig:
     """Adam lr of those epochs (`cllm4rec fold-in --lr`)."""
     align: str = "none"
     """Where new items with text start their collaborative rows (`cllm4rec fold-in --align`, whose default is
-    `ridge`): `none`, at their content rows after the passes (the MR prior's mean); `moments` or `ridge`, at
-    the image of their text under a map fitted on the kept items ([fold_in.md](fold_in.md), section 2).
+    `ridge`): `none`, at their content rows after the passes (the MR prior's mean); `moments`, `ridge` or
+    `rank`, at the image of their text under a map fitted on the kept items ([fold_in.md](fold_in.md), section 2).
     `none` by default here: the run then trains every row, and the maps were measured on fold-in only."""
 
 

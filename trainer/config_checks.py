@@ -7,7 +7,7 @@ import typing
 from typing import Any
 
 from trainer.ablations import ABLATIONS
-from trainer.config import ALIGNMENTS, ConfigError, EvalConfig, TrainConfig, config_to_dict, flatten
+from trainer.config import ITEM_ALIGNMENTS, ConfigError, EvalConfig, TrainConfig, config_to_dict, flatten
 
 CHOICES = {
     "ablation": tuple(ABLATIONS),
@@ -25,7 +25,7 @@ CHOICES = {
     "model.table_optimizer": ("adam", "row_adam"),
     "pretrain.lr_schedule": ("constant", "cosine"),
     "finetune.lr_schedule": ("constant", "cosine"),
-    "incremental.align": ALIGNMENTS,
+    "incremental.align": ITEM_ALIGNMENTS,
 }
 
 

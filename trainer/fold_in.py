@@ -5,9 +5,10 @@
    mean) of the old rows of its table; for a model built with `model.content_init_from_text`, a new
    entity with text starts both its rows at its text's mean word embedding, as the build started the
    old content rows (`start_from_text`).
-2. With `align` `moments` or `ridge` (the default), each new item with text starts its collaborative row
-   at the image of its text under a map fitted on the old items, scaled so that its logits spread like
-   the old items' (`align_new_items`, `trainer/alignment.py`). With `align_users` `moments` or `ridge`,
+2. With `align` `moments`, `ridge` (the default) or `rank`, each new item with text starts its collaborative
+   row at the image of its text under a map fitted on the old items, with its logits on the old items' scale
+   (`align_new_items`, `trainer/alignment.py`; `rank` fits the map by the model's own ranking of some old
+   users' training items). With `align_users` `moments` or `ridge`,
    each new user with a training item that has text starts the same way from the mean of those items'
    features, under a map fitted on the old users (`align_new_users`).
 3. The content LLM reads the new entities' own texts (biographies, item texts) for `passes` epochs of
@@ -34,7 +35,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,10 +49,10 @@ from data_prep.atomic import atomic_folder
 from data_prep.processed import dataset_hash, load_processed, write_processed
 from data_prep.readers.new_entities import NewEntities
 from trainer import checkpoint as ckpt
-from trainer.alignment import CannotAlign, fit_alignment
+from trainer.alignment import AffineMap, CannotAlign, fit_alignment, fit_rank_map
 from trainer.build import build_run, load_weights, resolve_dataset, text_init_ids
 from trainer.catalogue import grow_dataset
-from trainer.config import ALIGN_FEATURES, ALIGNMENTS, ConfigError, TrainConfig, config_to_dict
+from trainer.config import ALIGN_FEATURES, ALIGNMENTS, ITEM_ALIGNMENTS, ConfigError, TrainConfig, config_to_dict
 from trainer.data import Corpora, EpochStream, epoch_rng
 from trainer.distributed import LOCAL, Dist
 from trainer.engine import PlainEngine
@@ -73,7 +74,8 @@ class FoldInOptions:
     histories; lr: Adam's rate for the new rows (None: each step at the model's own base rate, its
     `pretrain` lr for C-steps and `finetune` lr for the histories' finetuning steps); batch_size: documents per step (None: the model's
     pretrain.batch_size); seed: batch order and the users that scale an alignment; align / align_users:
-    where new items / users start their collaborative rows (ALIGNMENTS, `align_new_items`, `align_new_users`);
+    where new items / users start their collaborative rows (ITEM_ALIGNMENTS / ALIGNMENTS, `align_new_items`,
+    `align_new_users`);
     align_features: what their maps read of an item's text (ALIGN_FEATURES, `text_features`)."""
 
     passes: int = 0
@@ -92,7 +94,7 @@ class FoldInOptions:
             raise ConfigError(f"fold-in: need passes >= 0, history passes >= 0, lr > 0 and batch_size >= 1; got "
                               f"passes={self.passes}, history_passes={self.history_passes}, lr={self.lr}, "
                               f"batch_size={self.batch_size}")
-        for name, value, allowed in (("align", self.align, ALIGNMENTS), ("align_users", self.align_users, ALIGNMENTS),
+        for name, value, allowed in (("align", self.align, ITEM_ALIGNMENTS), ("align_users", self.align_users, ALIGNMENTS),
                                      ("align_features", self.align_features, ALIGN_FEATURES)):
             if value not in allowed:
                 raise ConfigError(f"fold-in: {name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -262,24 +264,16 @@ def calibration_users(train: UserItems, new_users: np.ndarray, new_items: np.nda
     return np.sort(picked)
 
 
-def calibration_states(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
-                       new_items: np.ndarray, seed: int, progress: bool) -> torch.Tensor:
-    """float32 [U, K]: the scoring states (`user_states`, the model's scoring prompt) of `calibration_users`."""
-    users = calibration_users(corpora.train, new_users, new_items, seed)
-    return user_states(engine, corpora, users, prompt=scoring_prompt(config), seed=config.seed,
-                       batch_size=config.eval.batch_size, progress=progress)
-
-
 def align_rows(table: torch.nn.Parameter, owners: np.ndarray, features: torch.Tensor, new: np.ndarray, method: str,
-               states: torch.Tensor | None, entity: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Fit `method`'s map (`fit_alignment`) from the features [n, K] of the old `owners` [n] (where `new` [n] is
-    false) to their rows of `table`, and set the rows of the new owners to their features' images. Returns
-    (bool [rows of table]: the rows set; the report: `method`, `<entity>s` set, `fitted_on`, `alpha`, `scale`,
-    or `skipped`: why no map could be fitted, nothing then set)."""
+               fit: Callable[[torch.Tensor, torch.Tensor], AffineMap], entity: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit `method`'s map (`fit`: the old owners' features, their rows → the map) from the features [n, K] of
+    the old `owners` [n] (where `new` [n] is false) to their rows of `table`, and set the rows of the new owners
+    to their features' images. Returns (bool [rows of table]: the rows set; the report: `method`, `<entity>s`
+    set, `fitted_on`, `alpha`, `scale`, or `skipped`: why no map could be fitted, nothing then set)."""
     placed, report = np.zeros(table.shape[0], dtype=bool), {"method": method, f"{entity}s": 0}
     old_rows = table.detach()[torch.as_tensor(owners[~new], device=table.device)].float().cpu()
     try:
-        fitted = fit_alignment(method, features[torch.from_numpy(~new)], old_rows, states, entity)
+        fitted = fit(features[torch.from_numpy(~new)], old_rows)
     except CannotAlign as error:
         return placed, {**report, "skipped": str(error)}
     with torch.no_grad():
@@ -293,10 +287,11 @@ def align_rows(table: torch.nn.Parameter, owners: np.ndarray, features: torch.Te
 def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, new_users: np.ndarray,
                     new_items: np.ndarray, method: str, seed: int, progress: bool,
                     features: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments` or `ridge`, each new
-    item with text (bool [J] mask `new_items`; `corpora`: all of the grown catalogue's) starts its
+    """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments`, `ridge` or `rank`,
+    each new item with text (bool [J] mask `new_items`; `corpora`: all of the grown catalogue's) starts its
     collaborative row at its text feature's (`text_features` of kind `features`) image under the map fitted
-    on the old items with text, scaled over `calibration_states`. Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
+    on the old items with text, over the scoring states of `calibration_users` (`rank`: and their training
+    items). Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
     `items` set, `fitted_on` old items, `users`, `alpha`, `scale`, or `skipped`: why no map could be
     fitted, its rows then left to step 4)."""
     nothing = np.zeros_like(new_items), {"method": method, "items": 0}
@@ -306,8 +301,15 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
     new = new_items[items]
     if not new.any():
         return nothing
-    states = calibration_states(engine, corpora, config, new_users, new_items, seed, progress)
-    aligned, report = align_rows(engine.model.collab_item, items, vectors, new, method, states, "item")
+    users = calibration_users(corpora.train, new_users, new_items, seed)
+    states = user_states(engine, corpora, users, prompt=scoring_prompt(config), seed=config.seed,
+                         batch_size=config.eval.batch_size, progress=progress)
+    if method == "rank":
+        targets = corpora.train.to_dense(users)[:, torch.from_numpy(items[~new])]
+        fit = lambda old, rows: fit_rank_map(old, rows, states, targets, seed)  # noqa: E731
+    else:
+        fit = lambda old, rows: fit_alignment(method, old, rows, states, "item")  # noqa: E731
+    aligned, report = align_rows(engine.model.collab_item, items, vectors, new, method, fit, "item")
     return aligned, report if "skipped" in report else {**report, "users": states.shape[0]}
 
 
@@ -326,7 +328,8 @@ def align_new_users(model: CLLM4Rec, corpora: Corpora, new_users: np.ndarray, me
     new = new_users[users]
     if not new.any():
         return nothing
-    return align_rows(model.collab_user, users, vectors, new, method, None, "user")
+    return align_rows(model.collab_user, users, vectors, new, method,
+                      lambda old, rows: fit_alignment(method, old, rows, None, "user"), "user")
 
 
 def prior_means(engine: PlainEngine, config: TrainConfig, kind: str, new: torch.Tensor) -> torch.Tensor:
