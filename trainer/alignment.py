@@ -11,8 +11,8 @@ collaborative row z [K], and a new item (user) starts at the image of its own x:
 
 - `rank` (items only): z = μ_z + (x − μ_x) W, W fitted by the model's own recommendation loss instead of
   least squares: the multinomial log-likelihood of some old users' training items under a softmax over the
-  old items' mapped rows, read by those users' scoring states S [U, K] (`fit_rank_map`). Its logits are
-  fitted on the likelihood's scale, so it takes no c.
+  old items' mapped rows, read by those users' scoring states S [U, K] (`fit_rank_map`); c as below, P
+  the predictions of maps fitted without the item's fold.
 
 c puts the new rows' logits on the old rows' scale: with S [U, K] the scoring states of some old users, B
 [n, K] the old rows' deviations from μ_z and P [n, K] what the map predicts for them when each is left out
@@ -111,29 +111,34 @@ def fit_alignment(method: str, features: torch.Tensor, rows: torch.Tensor, state
 
 RANK_DECAYS = (1e-4, 1e-3, 1e-2)
 """The `rank` map's weight decays tried (on the sum of W's squares, beside a mean log-likelihood per user)."""
-RANK_STEPS = 200
-"""Full-batch Adam steps (lr `RANK_LR`, from W = 0) of each `rank` fit."""
+RANK_STEPS = (50, 200)
+"""The numbers of full-batch Adam steps (lr `RANK_LR`, from W = 0) tried with each decay."""
 RANK_LR = 1e-2
 RANK_FOLDS = 5
-"""Folds of the old items that choose the `rank` map's weight decay."""
+"""Folds of the old items that choose the `rank` map's decay and steps, and predict each old row out of fold."""
 RANK_K = 20
-"""The cut-off of the recall that compares the weight decays."""
+"""The cut-off of the recall that compares the settings."""
 
 
-def _rank_weight(features: torch.Tensor, states: torch.Tensor, targets: torch.Tensor, decay: float) -> torch.Tensor:
-    """W [D, K] of the `rank` map from centred features [n, D], states [U, K] and multi-hot targets [U, n] (each
-    row with at least one item): maximises the mean over users of Σ_i y_ui/|y_u| · log softmax_i(s_u · (x_i W))
-    less decay · ‖W‖², by `RANK_STEPS` Adam steps from zero."""
+def _rank_weights(features: torch.Tensor, states: torch.Tensor, targets: torch.Tensor,
+                  decay: float) -> dict[int, torch.Tensor]:
+    """W [D, K] of the `rank` map after each of `RANK_STEPS` Adam steps from zero, from centred features [n, D],
+    states [U, K] and multi-hot targets [U, n] (users without a target are left out): maximises the mean over
+    users of Σ_i y_ui/|y_u| · log softmax_i(s_u · (x_i W)) less decay · ‖W‖²."""
+    users = targets.sum(dim=1) > 0
+    states, share = states[users], targets[users] / targets[users].sum(dim=1, keepdim=True)
     weight = torch.zeros(features.shape[1], states.shape[1], requires_grad=True)
     optimizer = torch.optim.Adam([weight], lr=RANK_LR)
-    share = targets / targets.sum(dim=1, keepdim=True)
-    for _ in range(RANK_STEPS):
+    weights = {}
+    for step in range(1, max(RANK_STEPS) + 1):
         logits = (states @ weight.T) @ features.T
         loss = -(share * logits.log_softmax(dim=1)).sum(dim=1).mean() + decay * weight.square().sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return weight.detach()
+        if step in RANK_STEPS:
+            weights[step] = weight.detach().clone()
+    return weights
 
 
 def _recall_among(states: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> float:
@@ -148,29 +153,30 @@ def _recall_among(states: torch.Tensor, rows: torch.Tensor, targets: torch.Tenso
 def fit_rank_map(features: torch.Tensor, rows: torch.Tensor, states: torch.Tensor, targets: torch.Tensor,
                  seed: int) -> AffineMap:
     """The `rank` map (module docstring) from the old items' features [n, D] to their rows [n, K], fitted on
-    the scoring states [U, K] of some old users and their training items among these n (bool or 0/1 [U, n]).
-    Its weight decay (of `RANK_DECAYS`) is the one whose maps, each fitted without one of `RANK_FOLDS` folds of
-    the items (drawn with `seed`), rank the left-out fold's items best for their users (`_recall_among`)."""
-    targets = targets.float()
-    states, targets = states.float()[targets.sum(dim=1) > 0], targets[targets.sum(dim=1) > 0]
-    n = features.shape[0]
-    if n < RANK_FOLDS or states.shape[0] == 0:
-        raise CannotAlign(f"{n} old items with text and {states.shape[0]} scoring users with one of them; the "
-                          f"rank map needs at least {RANK_FOLDS} items and one user")
+    the scoring states [U, K] of some old users and their training items among these n (0/1 [U, n]). Its decay
+    and steps (`RANK_DECAYS` × `RANK_STEPS`) are those whose maps, each fitted without one of `RANK_FOLDS` folds
+    of the items (drawn with `seed`), rank the left-out fold's items best for their users (`_recall_among`),
+    as new items are ranked; c is `logit_spread` of the rows against those out-of-fold predictions."""
+    states, targets = states.float(), targets.float()
+    n, users = features.shape[0], int((targets.sum(dim=1) > 0).sum())
+    if n < RANK_FOLDS or users == 0:
+        raise CannotAlign(f"{n} old items with text and {users} scoring users with one of them; the rank map "
+                          f"needs at least {RANK_FOLDS} items and one user")
     mean_in = features.float().mean(dim=0)
     centred = features.float() - mean_in
-    folds = np.array_split(np.random.default_rng(seed).permutation(n), RANK_FOLDS)
-
-    def held_out_recall(decay: float) -> float:
-        recalls = []
-        for fold in folds:
-            kept = torch.from_numpy(np.setdiff1d(np.arange(n), fold))
-            usable = targets[:, kept].sum(dim=1) > 0
-            weight = _rank_weight(centred[kept], states[usable], targets[usable][:, kept], decay)
-            recalls.append(_recall_among(states, centred[torch.from_numpy(fold)] @ weight,
-                                         targets[:, torch.from_numpy(fold)]))
-        return float(np.mean(recalls))
-
-    decay = max(RANK_DECAYS, key=held_out_recall)
-    weight = _rank_weight(centred, states, targets, decay)
-    return AffineMap(mean_in.double(), rows.double().mean(dim=0), weight.double(), 1.0, decay)
+    settings = [(decay, steps) for decay in RANK_DECAYS for steps in RANK_STEPS]
+    recalls = {setting: [] for setting in settings}
+    predicted = {setting: torch.zeros(n, rows.shape[1]) for setting in settings}
+    for fold in np.array_split(np.random.default_rng(seed).permutation(n), RANK_FOLDS):
+        left_out = torch.from_numpy(fold)
+        kept = torch.from_numpy(np.setdiff1d(np.arange(n), fold))
+        for decay in RANK_DECAYS:
+            for steps, weight in _rank_weights(centred[kept], states, targets[:, kept], decay).items():
+                predicted[decay, steps][left_out] = centred[left_out] @ weight
+                recalls[decay, steps].append(_recall_among(states, predicted[decay, steps][left_out],
+                                                           targets[:, left_out]))
+    decay, steps = max(settings, key=lambda setting: float(np.mean(recalls[setting])))
+    weight = _rank_weights(centred, states, targets, decay)[steps]
+    deviations, out_of_fold = rows.double() - rows.double().mean(dim=0), predicted[decay, steps].double()
+    scale = logit_spread(states, deviations, out_of_fold - out_of_fold.mean(dim=0))
+    return AffineMap(mean_in.double(), rows.double().mean(dim=0), weight.double(), scale, decay)

@@ -66,6 +66,8 @@ from trainer.serving import save_pyfunc, saved_config, user_states
 REPORT = "fold_in.json"
 CALIBRATION_USERS = 256
 """At most this many old users' scoring states scale an alignment (drawn with the fold-in's seed)."""
+RANK_USERS = 2048
+"""At most this many old users' scoring states and training items fit and scale a `rank` map (`fit_rank_map`)."""
 
 
 @dataclass(frozen=True)
@@ -253,14 +255,15 @@ def history_features(train: UserItems, items: np.ndarray, features: torch.Tensor
     return users, sums[users] / torch.from_numpy(counts[users]).float()[:, None]
 
 
-def calibration_users(train: UserItems, new_users: np.ndarray, new_items: np.ndarray, seed: int) -> np.ndarray:
-    """Sorted: at most CALIBRATION_USERS old users (bool [N] / [J] masks of the new ones) with training items,
-    none of them new (their scoring prompts hold old rows only), drawn with `seed`."""
+def calibration_users(train: UserItems, new_users: np.ndarray, new_items: np.ndarray, seed: int,
+                      limit: int = CALIBRATION_USERS) -> np.ndarray:
+    """Sorted: at most `limit` old users (bool [N] / [J] masks of the new ones) with training items, none of them
+    new (their scoring prompts hold old rows only), drawn with `seed`."""
     owner = train.owners()
     touched = np.zeros(train.n_users, dtype=bool)
     touched[owner[new_items[train.indices]]] = True
     eligible = np.flatnonzero((train.lengths() > 0) & ~new_users & ~touched)
-    picked = epoch_rng(seed, "fold-in", "align").choice(eligible, min(len(eligible), CALIBRATION_USERS), replace=False)
+    picked = epoch_rng(seed, "fold-in", "align").choice(eligible, min(len(eligible), limit), replace=False)
     return np.sort(picked)
 
 
@@ -290,8 +293,8 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
     """Step 2 of the module docstring (`trainer/alignment.py`): under `method` `moments`, `ridge` or `rank`,
     each new item with text (bool [J] mask `new_items`; `corpora`: all of the grown catalogue's) starts its
     collaborative row at its text feature's (`text_features` of kind `features`) image under the map fitted
-    on the old items with text, over the scoring states of `calibration_users` (`rank`: and their training
-    items). Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
+    on the old items with text, over the scoring states of `calibration_users` (`rank`: at most RANK_USERS of
+    them, and their training items). Returns (bool [J]: the rows set; the report for fold_in.json: `method`,
     `items` set, `fitted_on` old items, `users`, `alpha`, `scale`, or `skipped`: why no map could be
     fitted, its rows then left to step 4)."""
     nothing = np.zeros_like(new_items), {"method": method, "items": 0}
@@ -301,7 +304,8 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
     new = new_items[items]
     if not new.any():
         return nothing
-    users = calibration_users(corpora.train, new_users, new_items, seed)
+    users = calibration_users(corpora.train, new_users, new_items, seed, RANK_USERS if method == "rank" else
+                              CALIBRATION_USERS)
     states = user_states(engine, corpora, users, prompt=scoring_prompt(config), seed=config.seed,
                          batch_size=config.eval.batch_size, progress=progress)
     if method == "rank":
