@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-4.0, 2.5, 0.5))
 """The ridge penalties tried, as multiples of the features' mean squared deviation from their mean."""
@@ -151,12 +152,13 @@ def _recall_among(states: torch.Tensor, rows: torch.Tensor, targets: torch.Tenso
 
 
 def fit_rank_map(features: torch.Tensor, rows: torch.Tensor, states: torch.Tensor, targets: torch.Tensor,
-                 seed: int) -> AffineMap:
+                 seed: int, progress: bool = False) -> AffineMap:
     """The `rank` map (module docstring) from the old items' features [n, D] to their rows [n, K], fitted on
     the scoring states [U, K] of some old users and their training items among these n (0/1 [U, n]). Its decay
     and steps (`RANK_DECAYS` × `RANK_STEPS`) are those whose maps, each fitted without one of `RANK_FOLDS` folds
     of the items (drawn with `seed`), rank the left-out fold's items best for their users (`_recall_among`),
-    as new items are ranked; c is `logit_spread` of the rows against those out-of-fold predictions."""
+    as new items are ranked; c is `logit_spread` of the rows against those out-of-fold predictions. `progress`:
+    a bar over the fits."""
     states, targets = states.float(), targets.float()
     n, users = features.shape[0], int((targets.sum(dim=1) > 0).sum())
     if n < RANK_FOLDS or users == 0:
@@ -167,6 +169,7 @@ def fit_rank_map(features: torch.Tensor, rows: torch.Tensor, states: torch.Tenso
     settings = [(decay, steps) for decay in RANK_DECAYS for steps in RANK_STEPS]
     recalls = {setting: [] for setting in settings}
     predicted = {setting: torch.zeros(n, rows.shape[1]) for setting in settings}
+    bar = tqdm(total=RANK_FOLDS * len(RANK_DECAYS) + 1, desc="rank map fits", disable=not progress, leave=False)
     for fold in np.array_split(np.random.default_rng(seed).permutation(n), RANK_FOLDS):
         left_out = torch.from_numpy(fold)
         kept = torch.from_numpy(np.setdiff1d(np.arange(n), fold))
@@ -175,8 +178,11 @@ def fit_rank_map(features: torch.Tensor, rows: torch.Tensor, states: torch.Tenso
                 predicted[decay, steps][left_out] = centred[left_out] @ weight
                 recalls[decay, steps].append(_recall_among(states, predicted[decay, steps][left_out],
                                                            targets[:, left_out]))
+            bar.update()
     decay, steps = max(settings, key=lambda setting: float(np.mean(recalls[setting])))
     weight = _rank_weights(centred, states, targets, decay)[steps]
+    bar.update()
+    bar.close()
     deviations, out_of_fold = rows.double() - rows.double().mean(dim=0), predicted[decay, steps].double()
     scale = logit_spread(states, deviations, out_of_fold - out_of_fold.mean(dim=0))
     return AffineMap(mean_in.double(), rows.double().mean(dim=0), weight.double(), scale, decay)

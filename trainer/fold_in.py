@@ -310,7 +310,7 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
                          batch_size=config.eval.batch_size, progress=progress)
     if method == "rank":
         targets = corpora.train.to_dense(users)[:, torch.from_numpy(items[~new])]
-        fit = lambda old, rows: fit_rank_map(old, rows, states, targets, seed)  # noqa: E731
+        fit = lambda old, rows: fit_rank_map(old, rows, states, targets, seed, progress)  # noqa: E731
     else:
         fit = lambda old, rows: fit_alignment(method, old, rows, states, "item")  # noqa: E731
     aligned, report = align_rows(engine.model.collab_item, items, vectors, new, method, fit, "item")
