@@ -27,12 +27,13 @@ from data_prep.readers.new_entities import read_new_entities
 from trainer import checkpoint as ckpt
 from trainer import cli
 from trainer.catalogue import grow_dataset
-from trainer.config import ConfigError
+from trainer.build import RunParts
+from trainer.config import ConfigError, TrainConfig
 from trainer.config_loading import load_config
 from trainer.alignment import fit_alignment, fit_rank_map
 from trainer.evaluate import scoring_prompt
-from trainer.fold_in import (RANK_USERS, FoldInOptions, calibration_users, fold_in, fold_in_plans, history_features,
-                             text_features)
+from trainer.fold_in import (CALIBRATION_USERS, RANK_USERS, FoldInOptions, calibration_users, fold_in, fold_in_plans,
+                             history_features, text_features)
 from trainer.phases import StepKind
 from trainer.pipeline import train
 from trainer.serving import Recommender, load_saved, user_states
@@ -193,6 +194,18 @@ def start_rows(model_dir: Path, root: Path, align: str = "none", align_users: st
     return tables(root / "model")
 
 
+def folded_states(model_dir: Path, limit: int = CALIBRATION_USERS) -> tuple[TrainConfig, RunParts, np.ndarray,
+                                                                              torch.Tensor]:
+    """(config, parts, calibration users, their scoring states) of the folded model `model_dir` (start_rows')."""
+    config, parts, engine = load_saved(model_dir)
+    new_users = np.arange(parts.dataset.n_users) >= N_USERS
+    users = calibration_users(parts.corpora.train, new_users, np.arange(parts.dataset.n_items) >= N_ITEMS, seed=0,
+                              limit=limit)
+    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
+                         progress=False)
+    return config, parts, users, states
+
+
 def test_new_rows_start_from_their_text_when_the_model_did(text_run: Path, tmp_path: Path) -> None:
     """content_init_from_text: a new entity with text starts at its text's mean word embedding (content and
     collaborative rows alike); one without text at the centroid; old rows stay bit-identical."""
@@ -251,15 +264,10 @@ def test_ridge_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Pa
     before, after = tables(text_run / "model"), start_rows(text_run / "model", tmp_path / "fold", align="ridge")
     for name, table in before.items():
         assert torch.equal(after[name][: table.shape[0]], table), name
-    config, parts, engine = load_saved(tmp_path / "fold" / "model")
+    config, parts, users, states = folded_states(tmp_path / "fold" / "model")
     items, features = text_features(parts.model, parts.corpora)
     assert items.tolist() == [*range(N_ITEMS), N_ITEMS]  # blank has no text
-    new_users = np.arange(parts.dataset.n_users) >= N_USERS
-    new_items = np.arange(parts.dataset.n_items) >= N_ITEMS
-    users = calibration_users(parts.corpora.train, new_users, new_items, seed=0)
     assert users.tolist() == list(range(N_USERS))  # every old user: fewer than CALIBRATION_USERS
-    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
-                         progress=False)
     fitted = fit_alignment("ridge", features[:N_ITEMS], before["collab_item"], states)
     torch.testing.assert_close(after["collab_item"][N_ITEMS], fitted(features[N_ITEMS:])[0].float(), rtol=0, atol=1e-5)
     torch.testing.assert_close(after["content_item"][N_ITEMS], features[N_ITEMS], rtol=0, atol=1e-6)  # the text rule
@@ -277,15 +285,11 @@ def test_tfidf_features_feed_the_ridge_map(text_run: Path, tmp_path: Path) -> No
     after = start_rows(text_run / "model", tmp_path / "fold", align="ridge", align_features="tfidf")
     for name, table in before.items():
         assert torch.equal(after[name][: table.shape[0]], table), name
-    config, parts, engine = load_saved(tmp_path / "fold" / "model")
+    config, parts, users, states = folded_states(tmp_path / "fold" / "model")
     items, features = text_features(parts.model, parts.corpora, "tfidf", seed=0)
     words = text_features(parts.model, parts.corpora)[1]
     assert items.tolist() == [*range(N_ITEMS), N_ITEMS] and features.shape[0] == words.shape[0]
     assert 1 <= features.shape[1] < parts.model.dim
-    new_users = np.arange(parts.dataset.n_users) >= N_USERS
-    users = calibration_users(parts.corpora.train, new_users, np.arange(parts.dataset.n_items) >= N_ITEMS, seed=0)
-    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
-                         progress=False)
     fitted = fit_alignment("ridge", features[:N_ITEMS], before["collab_item"], states)
     torch.testing.assert_close(after["collab_item"][N_ITEMS], fitted(features[N_ITEMS:])[0].float(), rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="align_features=tfidf needs ridge maps"):
@@ -300,13 +304,8 @@ def test_rank_places_a_new_item_at_its_texts_image(text_run: Path, tmp_path: Pat
     after = start_rows(text_run / "model", tmp_path / "fold", align="rank", align_features="tfidf")
     for name, table in before.items():
         assert torch.equal(after[name][: table.shape[0]], table), name
-    config, parts, engine = load_saved(tmp_path / "fold" / "model")
+    config, parts, users, states = folded_states(tmp_path / "fold" / "model", limit=RANK_USERS)
     items, features = text_features(parts.model, parts.corpora, "tfidf", seed=0)
-    new_users = np.arange(parts.dataset.n_users) >= N_USERS
-    users = calibration_users(parts.corpora.train, new_users, np.arange(parts.dataset.n_items) >= N_ITEMS, seed=0,
-                              limit=RANK_USERS)
-    states = user_states(engine, parts.corpora, users, prompt=scoring_prompt(config), seed=config.seed, batch_size=16,
-                         progress=False)
     targets = parts.corpora.train.to_dense(users)[:, :N_ITEMS]
     fitted = fit_rank_map(features[:N_ITEMS], before["collab_item"], states, targets, seed=0)
     torch.testing.assert_close(after["collab_item"][N_ITEMS], fitted(features[N_ITEMS:])[0].float(), rtol=0, atol=1e-5)

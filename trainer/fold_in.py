@@ -308,11 +308,13 @@ def align_new_items(engine: PlainEngine, corpora: Corpora, config: TrainConfig, 
                               CALIBRATION_USERS)
     states = user_states(engine, corpora, users, prompt=scoring_prompt(config), seed=config.seed,
                          batch_size=config.eval.batch_size, progress=progress)
-    if method == "rank":
+
+    def fit(old: torch.Tensor, rows: torch.Tensor) -> AffineMap:
+        if method != "rank":
+            return fit_alignment(method, old, rows, states, "item")
         targets = corpora.train.to_dense(users)[:, torch.from_numpy(items[~new])]
-        fit = lambda old, rows: fit_rank_map(old, rows, states, targets, seed, progress)  # noqa: E731
-    else:
-        fit = lambda old, rows: fit_alignment(method, old, rows, states, "item")  # noqa: E731
+        return fit_rank_map(old, rows, states, targets, seed, progress)
+
     aligned, report = align_rows(engine.model.collab_item, items, vectors, new, method, fit, "item")
     return aligned, report if "skipped" in report else {**report, "users": states.shape[0]}
 
